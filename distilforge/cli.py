@@ -1,0 +1,64 @@
+"""The one `distilforge` command: each package's sub-app, composed, plus `run` (all stages)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time unless a user opts in
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from curation.cli import curate_cmd, generate_cmd, teacher_app  # noqa: E402
+from distilforge.runctx import fail  # noqa: E402
+from heldout.cli import eval_cmd, heldout_app  # noqa: E402
+from heldout.decide_cli import abtest_cmd, decide_cmd, report_cmd  # noqa: E402
+from training.cli import train_cmd  # noqa: E402
+
+app = typer.Typer(help="distilforge: teacher → curated data → LoRA student → locked held-out score → decision.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(heldout_app, name="heldout")
+app.command("generate")(generate_cmd)
+app.command("curate")(curate_cmd)
+app.command("train")(train_cmd)
+app.command("eval")(eval_cmd)
+app.command("decide")(decide_cmd)
+app.command("report")(report_cmd)
+app.command("abtest")(abtest_cmd)
+try:  # the review sub-app talks to Argilla; it is optional at import time
+    from labeling.cli import review_app
+
+    app.add_typer(review_app, name="review")
+except ImportError:  # pragma: no cover
+    pass
+
+
+@app.command("run")
+def run_cmd(task: Path = typer.Argument(..., help="Task spec YAML."),
+            profile: Optional[str] = typer.Option(None, "--profile", help="smoke | demo | any profile in the spec."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<name>-<profile>)."),
+            report: bool = typer.Option(True, help="Write RUN/report.html and the decision at the end.")):
+    """Run every stage; stages whose inputs and config are unchanged are skipped."""
+    from distilforge.pipeline import run_all
+    from distilforge.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(task, profile)
+    except SpecError as e:
+        fail(str(e))
+    run = out or Path("runs") / f"{spec.name}-{profile or 'default'}"
+    t0 = time.time()
+    run_all(task, profile, run, report=report)
+    typer.echo(f"run finished in {time.time() - t0:.0f}s → {run}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""How stages talk: a HF dataset saved on disk plus one small `manifest.json` per stage.
+
+A manifest says what went in (upstream manifests' output hashes + this stage's config hash),
+what came out (dataset hashes and row counts), tokens and timings. `run` skips a stage whose
+recorded input fingerprint equals the current one, so every stage can be rerun from the files
+before it and nothing is recomputed without cause. Everything is written to a temp path first
+and renamed, so an interrupted stage never leaves a half-written dataset behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+MANIFEST = "manifest.json"
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dataset_hash(ds: datasets.Dataset) -> str:
+    """Content hash of a dataset's rows in order (independent of arrow file layout)."""
+    h = hashlib.sha256()
+    for row in ds:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n")
+
+
+def save_dataset(ds: datasets.Dataset, path: str | Path) -> str:
+    """Save `ds` at `path` atomically (temp dir, then swap); returns its content hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.save_to_disk(str(tmp))
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return dataset_hash(ds)
+
+
+def load_dataset_dir(path: str | Path) -> datasets.Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no dataset here (run the stage that writes it first)")
+    return datasets.load_from_disk(str(path))
+
+
+def read_manifest(stage_dir: str | Path) -> dict | None:
+    p = Path(stage_dir) / MANIFEST
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+class Stage:
+    """Context for one stage run: collects outputs and writes the manifest last.
+
+    The manifest is written only when the stage finished, so its presence means "done".
+    """
+
+    def __init__(self, stage_dir: str | Path, name: str, inputs: dict[str, str], config: Any):
+        self.dir = Path(stage_dir)
+        self.name = name
+        self.inputs = dict(inputs)
+        self.config_hash = sha256_json(config)
+        self.fingerprint = sha256_json({"inputs": self.inputs, "config": self.config_hash})
+        self.outputs: dict[str, dict] = {}
+        self.extra: dict[str, Any] = {}
+        self.t0 = time.time()
+
+    def is_current(self) -> bool:
+        m = read_manifest(self.dir)
+        return bool(m) and m.get("fingerprint") == self.fingerprint
+
+    def begin(self) -> "Stage":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stale = self.dir / MANIFEST
+        if stale.exists():
+            stale.unlink()  # a rerun invalidates the old "done" marker before touching outputs
+        return self
+
+    def save(self, key: str, ds: datasets.Dataset) -> str:
+        h = save_dataset(ds, self.dir / key)
+        self.outputs[key] = {"path": key, "rows": len(ds), "sha256": h}
+        return h
+
+    def finish(self, **extra: Any) -> dict:
+        self.extra.update(extra)
+        manifest = {
+            "stage": self.name,
+            "fingerprint": self.fingerprint,
+            "inputs": self.inputs,
+            "config_sha256": self.config_hash,
+            "outputs": self.outputs,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)),
+            "seconds": round(time.time() - self.t0, 2),
+            **self.extra,
+        }
+        atomic_write_json(self.dir / MANIFEST, manifest)
+        return manifest
+
+
+def output_hash(stage_dir: str | Path, key: str) -> str:
+    """The recorded hash of an upstream output; raises if the upstream stage has not run."""
+    m = read_manifest(stage_dir)
+    if not m or key not in m.get("outputs", {}):
+        raise FileNotFoundError(f"{Path(stage_dir) / MANIFEST}: stage output '{key}' missing (run that stage first)")
+    return m["outputs"][key]["sha256"]

@@ -1,0 +1,321 @@
+"""`decide`, `report` and `abtest`: thin CLI layers over `decide_run`, `report.render_report` and
+`abtest.readout_files`.
+
+Where the decision's inputs come from, in order (each one's source is recorded in decision.json):
+command-line flag > `--config decide.yaml` > measured in the run (eval's teacher token counts,
+generate's cost/tokens, a GPU train run's time) > the spec's teacher prices. Nothing is invented:
+an input found nowhere stays unknown and the verdict says `needs input`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distilforge.manifest import atomic_write_json, read_manifest
+from heldout import abtest as ab
+from heldout.economics import EconInputs, EconomicsError, PreCheck, decide
+
+STUDENT_KEYS = ("student", "student_dpo", "student_sft")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Hosted(_Strict):
+    model: Optional[str] = None
+    price_in_per_m: Optional[float] = Field(None, ge=0)
+    price_out_per_m: Optional[float] = Field(None, ge=0)
+
+
+class _Tokens(_Strict):
+    input: Optional[float] = Field(None, ge=0)
+    output: Optional[float] = Field(None, ge=0)
+
+
+class _Volume(_Strict):
+    tasks_per_month: Optional[float] = Field(None, ge=0)
+    months: Optional[float] = Field(None, gt=0)
+
+
+class _Training(_Strict):
+    gpu_per_hour: Optional[float] = Field(None, ge=0)
+    gpu_hours: Optional[float] = Field(None, ge=0)
+
+
+class _Serving(_Strict):
+    per_hour: Optional[float] = Field(None, ge=0)
+    hours: Optional[float] = Field(None, ge=0)
+    per_m_tokens: Optional[float] = Field(None, ge=0)
+
+
+class _Answer(_Strict):
+    answer: Optional[bool] = None
+    evidence: Optional[str] = None
+
+
+class _Precheck(_Strict):
+    prompting_fails: _Answer = _Answer()
+    retrieval_tools_insufficient: _Answer = _Answer()
+    volume_justifies: _Answer = _Answer()
+
+
+class DecideConfig(_Strict):
+    """The `decide.yaml` schema (see examples/banking77/decide.yaml)."""
+
+    hosted: _Hosted = _Hosted()
+    tokens_per_task: _Tokens = _Tokens()
+    volume: _Volume = _Volume()
+    generation_cost_usd: Optional[float] = Field(None, ge=0)
+    training: _Training = _Training()
+    serving: _Serving = _Serving()
+    other_upfront_usd: float = Field(0.0, ge=0)
+    margin: float = Field(0.20, ge=0, lt=1)
+    quality_tolerance: float = Field(0.0, ge=0, lt=1)
+    student_model: Optional[str] = None
+    precheck: _Precheck = _Precheck()
+
+
+def load_config(path: str | Path | None) -> DecideConfig:
+    if path is None:
+        return DecideConfig()
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise EconomicsError(f"{p}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise EconomicsError(f"{p}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    try:
+        return DecideConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise EconomicsError(f"{p}: field '{where}': {err['msg']}") from None
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EconomicsError(f"{path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def _manifest(stage_dir: Path) -> dict:
+    try:
+        return read_manifest(stage_dir) or {}
+    except json.JSONDecodeError as e:
+        raise EconomicsError(f"{stage_dir / 'manifest.json'}: invalid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def pick_student(models: dict, wanted: str | None = None) -> str | None:
+    if wanted:
+        if wanted not in models:
+            raise EconomicsError(f"student_model: '{wanted}' not in eval metrics (have: {', '.join(models)})")
+        return wanted
+    return next((k for k in STUDENT_KEYS if k in models), None)
+
+
+def _ci(m: dict, where: str) -> tuple[float, float] | None:
+    ci = m.get("accuracy_ci")
+    if ci is None:
+        return None
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        raise EconomicsError(f"{where}: accuracy_ci must be [lo, hi], got {ci!r}")
+    return float(ci[0]), float(ci[1])
+
+
+def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] | None = None) -> EconInputs:
+    """Collect the economics inputs for `run` (flags in `overrides` win; None = not given)."""
+    run = Path(run)
+    ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    src: dict[str, str] = {}
+    inp = EconInputs(margin=cfg.margin, quality_tolerance=cfg.quality_tolerance,
+                     other_upfront_usd=cfg.other_upfront_usd, sources=src)
+
+    def put(name: str, cfg_value: Any, cfg_where: str, measured: Any = None, measured_where: str = "") -> None:
+        for value, where in ((ov.get(name), f"flag --{name.replace('_', '-')}"), (cfg_value, f"config {cfg_where}"),
+                             (measured, measured_where)):
+            if value is not None:
+                setattr(inp, name, float(value))
+                src[name] = where
+                return
+
+    spec = _read_json(run / "spec.json") or {}
+    teacher = spec.get("teacher") or {}
+    sp_in, sp_out = teacher.get("price_in_per_m"), teacher.get("price_out_per_m")
+    spec_priced = bool(sp_in or sp_out)
+    put("hosted_in_per_m", cfg.hosted.price_in_per_m, "hosted.price_in_per_m",
+        sp_in if spec_priced else None, "spec.json teacher.price_in_per_m")
+    put("hosted_out_per_m", cfg.hosted.price_out_per_m, "hosted.price_out_per_m",
+        sp_out if spec_priced else None, "spec.json teacher.price_out_per_m")
+
+    metrics = _read_json(run / "eval" / "metrics.json") or {}
+    models = metrics.get("models") or {}
+    tok = (models.get("teacher") or {}).get("tokens") or {}
+    calls = tok.get("calls") or metrics.get("n")
+    m_in = m_out = None
+    if calls and tok.get("prompt") is not None and tok.get("completion") is not None:
+        m_in, m_out = tok["prompt"] / calls, tok["completion"] / calls
+    where = f"measured: eval/metrics.json models.teacher.tokens over {calls} calls"
+    put("tokens_in_per_task", cfg.tokens_per_task.input, "tokens_per_task.input", m_in, where)
+    put("tokens_out_per_task", cfg.tokens_per_task.output, "tokens_per_task.output", m_out, where)
+    put("tasks_per_month", cfg.volume.tasks_per_month, "volume.tasks_per_month")
+    put("months", cfg.volume.months, "volume.months")
+
+    gen = _manifest(run / "generate")
+    g_cost, g_where = None, ""
+    if gen.get("cost_usd"):
+        g_cost, g_where = gen["cost_usd"], "measured: generate/manifest.json cost_usd"
+    elif gen.get("tokens") and inp.hosted_in_per_m is not None and inp.hosted_out_per_m is not None:
+        t = gen["tokens"]
+        g_cost = (t.get("prompt", 0) * inp.hosted_in_per_m + t.get("completion", 0) * inp.hosted_out_per_m) / 1e6
+        g_where = "generate/manifest.json tokens priced at the hosted rates (the teacher ran at $0)"
+    put("generation_cost_usd", cfg.generation_cost_usd, "generation_cost_usd", g_cost, g_where)
+
+    train = _manifest(run / "train")
+    device = str(train.get("device") or "").lower()
+    gpu_measured = None
+    if train.get("seconds") is not None and ("cuda" in device or "gpu" in device):
+        gpu_measured = float(train["seconds"]) / 3600  # a GPU run's own time; CPU time is never scaled
+    put("gpu_per_hour", cfg.training.gpu_per_hour, "training.gpu_per_hour")
+    put("gpu_hours", cfg.training.gpu_hours, "training.gpu_hours", gpu_measured,
+        f"measured: train/manifest.json seconds on device {device!r}")
+    put("serving_per_hour", cfg.serving.per_hour, "serving.per_hour")
+    put("serving_hours", cfg.serving.hours, "serving.hours")
+    put("serving_per_m_tokens", cfg.serving.per_m_tokens, "serving.per_m_tokens")
+    for name in ("margin", "quality_tolerance", "other_upfront_usd"):
+        if name in ov:
+            setattr(inp, name, float(ov[name]))
+            src[name] = f"flag --{name.replace('_', '-')}"
+
+    key = pick_student(models, ov.get("student_model") or cfg.student_model)
+    mpath = run / "eval" / "metrics.json"
+    if key and "teacher" in models:
+        s, t = models[key], models["teacher"]
+        inp.student_model = key
+        inp.student_accuracy, inp.student_ci = s.get("accuracy"), _ci(s, f"{mpath}: models.{key}")
+        inp.teacher_accuracy, inp.teacher_ci = t.get("accuracy"), _ci(t, f"{mpath}: models.teacher")
+        inp.n_heldout = metrics.get("n")
+        src["quality"] = f"measured: eval/metrics.json models.{key} vs models.teacher"
+
+    for k, ans in cfg.precheck.model_dump().items():
+        if ans["answer"] is not None:
+            inp.prechecks[k] = PreCheck(k, ans["answer"], ans["evidence"], "user")
+    return inp
+
+
+def decide_run(run: str | Path, config: str | Path | DecideConfig | None = None,
+               overrides: dict[str, Any] | None = None) -> dict:
+    """Decide for `run`; writes RUN/decide/decision.json and cost_vs_volume.png; returns the dict."""
+    run = Path(run)
+    if not run.is_dir():
+        raise EconomicsError(f"{run}: no such run directory")
+    cfg = config if isinstance(config, DecideConfig) else load_config(config)
+    d = decide(gather_inputs(run, cfg, overrides))
+    d["run"] = str(run)
+    d["config_file"] = None if config is None or isinstance(config, DecideConfig) else str(config)
+    d["hosted_model"] = cfg.hosted.model
+    d["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = run / "decide"
+    out.mkdir(parents=True, exist_ok=True)
+    if d["costs"]["finetune_fixed_usd"] is not None and d["costs"]["hosted_per_task_usd"] is not None \
+            and d["costs"]["finetune_per_task_usd"] is not None:
+        from heldout.report import plot_cost_vs_volume
+
+        png = out / "cost_vs_volume.png"
+        tmp = png.with_name(f".{png.name}.tmp{os.getpid()}")
+        tmp.write_bytes(plot_cost_vs_volume(d))
+        os.replace(tmp, png)
+        d["plot"] = "decide/cost_vs_volume.png"
+    atomic_write_json(out / "decision.json", d)
+    return d
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def decide_cmd(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="decide.yaml with the economics inputs")] = None,
+    hosted_in_per_m: Annotated[Optional[float], typer.Option("--hosted-in-per-m", help="hosted $ per 1M input tokens")] = None,
+    hosted_out_per_m: Annotated[Optional[float], typer.Option("--hosted-out-per-m", help="hosted $ per 1M output tokens")] = None,
+    tokens_in_per_task: Annotated[Optional[float], typer.Option("--tokens-in", help="input tokens per task (default: measured by eval)")] = None,
+    tokens_out_per_task: Annotated[Optional[float], typer.Option("--tokens-out", help="output tokens per task (default: measured by eval)")] = None,
+    tasks_per_month: Annotated[Optional[float], typer.Option("--tasks-per-month")] = None,
+    months: Annotated[Optional[float], typer.Option("--months", help="horizon in months")] = None,
+    gpu_per_hour: Annotated[Optional[float], typer.Option("--gpu-per-hour", help="training GPU $ per hour")] = None,
+    gpu_hours: Annotated[Optional[float], typer.Option("--gpu-hours", help="training GPU hours")] = None,
+    serving_per_hour: Annotated[Optional[float], typer.Option("--serving-per-hour", help="serving $ per hour")] = None,
+    serving_hours: Annotated[Optional[float], typer.Option("--serving-hours", help="serving hours over the horizon (default always-on)")] = None,
+    serving_per_m_tokens: Annotated[Optional[float], typer.Option("--serving-per-m-tokens", help="serving $ per 1M tokens")] = None,
+    generation_cost_usd: Annotated[Optional[float], typer.Option("--generation-cost", help="override the measured generation cost ($)")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="required savings fraction (default 0.2)")] = None,
+) -> None:
+    """Decide fine-tune vs stay hosted; writes RUN/decide/decision.json and prints the verdict line."""
+    overrides = {k: v for k, v in locals().items() if k not in ("run", "config")}
+    try:
+        d = decide_run(run, config, overrides)
+    except (EconomicsError, ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(d["verdict_line"])
+    for r in d["reasons"]:
+        typer.echo(f"  - {r}")
+    typer.echo(f"wrote {Path(run) / 'decide' / 'decision.json'}")
+
+
+def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Render RUN/report.html: one self-contained page that opens offline."""
+    from heldout.report import render_report
+
+    try:
+        out = render_report(run)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {out}")
+
+
+def abtest_cmd(
+    a: Annotated[Path, typer.Argument(help="arm A log (JSONL or CSV), e.g. hosted")],
+    b: Annotated[Path, typer.Argument(help="arm B log (JSONL or CSV), e.g. fine-tuned")],
+    metric: Annotated[str, typer.Option("--metric", help="column with the per-request outcome/metric")] = "outcome",
+    kind: Annotated[str, typer.Option("--kind", help="auto | rate | mean")] = "auto",
+    mde: Annotated[Optional[float], typer.Option("--mde", help="minimum detectable effect (absolute)")] = None,
+    power: Annotated[float, typer.Option("--power")] = 0.8,
+    alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
+    planned_n: Annotated[Optional[int], typer.Option("--planned-n", help="planned sample size per arm")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the readout as JSON here")] = None,
+) -> None:
+    """A/B readout: effect, 95% CI, p-value, needed sample size, peeking warning."""
+    try:
+        r = ab.readout_files(a, b, metric=metric, kind=kind, mde=mde, power=power, alpha=alpha, planned_n=planned_n)
+    except (ab.ABTestError, ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(r["readout_line"])
+    if r["required_n_per_arm"] is not None:
+        typer.echo(f"  needed per arm for mde {mde:g} at power {power:g}: {r['required_n_per_arm']}")
+    for w in r["warnings"]:
+        typer.echo(f"  WARNING {w}", err=True)
+    if out is not None:
+        atomic_write_json(out, r)
+        typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # python -m heldout.decide_cli decide|report|abtest ...
+    _app = typer.Typer(add_completion=False)
+    _app.command("decide")(decide_cmd)
+    _app.command("report")(report_cmd)
+    _app.command("abtest")(abtest_cmd)
+    _app(args=sys.argv[1:])

@@ -1,0 +1,343 @@
+"""Fine-tune vs stay-on-the-hosted-model economics: pure arithmetic, no I/O, no plotting.
+
+Why pure: the verdict is the toolkit's whole point, so every number behind it must be
+reproducible by hand from the recorded inputs (tests do exactly that). `decide_cli` gathers the
+inputs from a run directory and a config; this module only turns inputs into a decision.
+
+Cost model over the horizon (lifetime volume V = tasks/month x months):
+  hosted(V)    = V * c_h,      c_h = (tokens_in * price_in + tokens_out * price_out) / 1e6
+  finetune(V)  = F + V * c_s,  F   = generation + GPU $/h * GPU hours + other upfront
+                                     + serving $/h * serving hours (a fixed cost: the box runs
+                                       whether or not requests come)
+                               c_s = (tokens_in + tokens_out) * serving $/1M tokens / 1e6
+The student is assumed to see the same prompt and emit an answer as long as the hosted one
+(`tokens per task` applies to both); give `serving_per_m_tokens` accordingly.
+Break-even volume V0 = F / (c_h - c_s) (none when c_h <= c_s). The margin rule needs
+finetune(V) <= (1 - margin) * hosted(V), i.e. V >= F / ((1 - margin) c_h - c_s).
+
+GPU cost is never guessed: a CPU run's time is not scaled into GPU hours. Without a GPU rate and
+hours (given, or measured on a GPU by the train stage) the fine-tune cost is unknown and the
+verdict says `needs input`.
+
+Quality rule (CI-aware non-inferiority on the locked held-out set), with tol = quality_tolerance:
+  worse        : student CI upper bound < teacher accuracy - tol (the data show it is worse)
+  inconclusive : not worse, but the student's point accuracy < teacher accuracy - tol
+                 (the CI still allows "equal": more held-out data / a better student needed)
+  ok           : student point accuracy >= teacher accuracy - tol (which implies the CI upper
+                 bound is too, i.e. the looser "upper bound >= teacher" rule also holds)
+
+Verdict, first match wins:
+  1. quality worse                                   -> stay hosted (however cheap)
+  2. pre-check `no` on prompting / retrieval          -> stay hosted (says which)
+  3. any needed input unknown                        -> needs input (lists them)
+  4. fine-tune never cheaper per task (c_s >= c_h)   -> stay hosted
+  5. savings < margin at the planned volume          -> need more data / more volume (volume)
+  6. quality inconclusive                            -> need more data / more volume (data)
+  7. otherwise                                       -> fine-tune
+Pre-check questions are phrased so that `yes` favours fine-tuning; an unanswered one is noted in
+the verdict line but does not block it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+HOURS_PER_MONTH = 730.0  # 24 * 365 / 12: an always-on serving box
+
+FINE_TUNE = "fine-tune"
+STAY = "stay hosted"
+MORE = "need more data / more volume"
+NEEDS_INPUT = "needs input"
+
+PRECHECK_QUESTIONS = {
+    "prompting_fails": "Does prompting (better instructions, few-shot) fail consistently on this task?",
+    "retrieval_tools_insufficient": "Do retrieval or tools still fail to fix it?",
+    "volume_justifies": "Does the expected volume justify the upfront fine-tune cost?",
+}
+
+
+class EconomicsError(ValueError):
+    """Bad economics input, phrased as the one line a user should see."""
+
+
+@dataclass
+class PreCheck:
+    key: str
+    answer: bool | None = None  # None = not answered
+    evidence: str | None = None  # a link / path / sentence backing the answer
+    source: str = "user"  # "user" or "computed"
+
+    @property
+    def question(self) -> str:
+        return PRECHECK_QUESTIONS.get(self.key, self.key)
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "question": self.question, "answer": _yes_no(self.answer),
+                "evidence": self.evidence, "source": self.source}
+
+
+@dataclass
+class EconInputs:
+    """Everything the verdict depends on; `None` means "not known" (never silently zero)."""
+
+    hosted_in_per_m: float | None = None
+    hosted_out_per_m: float | None = None
+    tokens_in_per_task: float | None = None
+    tokens_out_per_task: float | None = None
+    tasks_per_month: float | None = None
+    months: float | None = None
+    generation_cost_usd: float | None = None
+    gpu_per_hour: float | None = None
+    gpu_hours: float | None = None
+    serving_per_hour: float | None = None
+    serving_hours: float | None = None  # over the whole horizon; default always-on
+    serving_per_m_tokens: float | None = None
+    other_upfront_usd: float = 0.0
+    student_accuracy: float | None = None
+    student_ci: tuple[float, float] | None = None
+    teacher_accuracy: float | None = None
+    teacher_ci: tuple[float, float] | None = None
+    n_heldout: int | None = None
+    student_model: str | None = None
+    margin: float = 0.20
+    quality_tolerance: float = 0.0
+    prechecks: dict[str, PreCheck] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # field -> where its value came from
+
+    def validate(self) -> None:
+        for name in ("hosted_in_per_m", "hosted_out_per_m", "tokens_in_per_task", "tokens_out_per_task",
+                     "tasks_per_month", "generation_cost_usd", "gpu_per_hour", "gpu_hours",
+                     "serving_per_hour", "serving_hours", "serving_per_m_tokens", "other_upfront_usd"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or v < 0):
+                raise EconomicsError(f"{name}: must be a number >= 0, got {v!r}")
+        if self.months is not None and not self.months > 0:
+            raise EconomicsError(f"months: must be > 0, got {self.months!r}")
+        if not 0 <= self.margin < 1:
+            raise EconomicsError(f"margin: must be in [0, 1), got {self.margin!r}")
+        if not 0 <= self.quality_tolerance < 1:
+            raise EconomicsError(f"quality_tolerance: must be in [0, 1), got {self.quality_tolerance!r}")
+        for name in ("student_accuracy", "teacher_accuracy"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise EconomicsError(f"{name}: must be in [0, 1], got {v!r}")
+        for name in ("student_ci", "teacher_ci"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 2 or not 0 <= v[0] <= v[1] <= 1):
+                raise EconomicsError(f"{name}: must be [lo, hi] with 0 <= lo <= hi <= 1, got {v!r}")
+        for key in self.prechecks:
+            if key not in PRECHECK_QUESTIONS:
+                raise EconomicsError(f"precheck.{key}: unknown question (known: {', '.join(PRECHECK_QUESTIONS)})")
+
+
+def _yes_no(b: bool | None) -> str | None:
+    return None if b is None else ("yes" if b else "no")
+
+
+def hosted_cost_per_task(inp: EconInputs) -> float | None:
+    if None in (inp.hosted_in_per_m, inp.hosted_out_per_m, inp.tokens_in_per_task, inp.tokens_out_per_task):
+        return None
+    return (inp.tokens_in_per_task * inp.hosted_in_per_m + inp.tokens_out_per_task * inp.hosted_out_per_m) / 1e6
+
+
+def serving_costs(inp: EconInputs) -> tuple[float | None, float | None, float | None]:
+    """(fixed serving $ over the horizon, serving $ per task, serving hours used); None = unknown."""
+    if inp.serving_per_hour is None and inp.serving_per_m_tokens is None:
+        return None, None, None
+    hours = None
+    fixed = 0.0
+    if inp.serving_per_hour is not None:
+        hours = inp.serving_hours
+        if hours is None:
+            if inp.months is None:
+                return None, None, None
+            hours = inp.months * HOURS_PER_MONTH
+        fixed = inp.serving_per_hour * hours
+    per_task = 0.0
+    if inp.serving_per_m_tokens is not None:
+        if inp.tokens_in_per_task is None or inp.tokens_out_per_task is None:
+            return fixed, None, hours
+        per_task = (inp.tokens_in_per_task + inp.tokens_out_per_task) * inp.serving_per_m_tokens / 1e6
+    return fixed, per_task, hours
+
+
+def training_cost(inp: EconInputs) -> float | None:
+    if inp.gpu_per_hour is None or inp.gpu_hours is None:
+        return None
+    return inp.gpu_per_hour * inp.gpu_hours
+
+
+def quality_status(inp: EconInputs) -> str:
+    """"ok" / "inconclusive" / "worse" / "unknown" (see the module docstring for the rule)."""
+    if inp.student_accuracy is None or inp.teacher_accuracy is None:
+        return "unknown"
+    bar = inp.teacher_accuracy - inp.quality_tolerance
+    hi = inp.student_ci[1] if inp.student_ci else inp.student_accuracy
+    if hi < bar:
+        return "worse"
+    if inp.student_accuracy < bar:
+        return "inconclusive"
+    return "ok"
+
+
+def break_even_volume(fixed: float, c_hosted: float, c_student: float, margin: float = 0.0) -> float | None:
+    """Smallest lifetime volume where fine-tune total <= (1 - margin) * hosted total; None if never."""
+    denom = (1 - margin) * c_hosted - c_student
+    if denom <= 0:
+        return None
+    return fixed / denom
+
+
+def cost_lines(decision: dict, volumes: list[float]) -> tuple[list[float], list[float]]:
+    """Hosted and fine-tune lifetime cost at each volume, from a decision dict (for the plot)."""
+    c = decision["costs"]
+    ch, cs, fixed = c["hosted_per_task_usd"], c["finetune_per_task_usd"], c["finetune_fixed_usd"]
+    if ch is None or cs is None or fixed is None:
+        raise EconomicsError("cost_lines: the decision has unknown costs (verdict needs input)")
+    return [v * ch for v in volumes], [fixed + v * cs for v in volumes]
+
+
+def _money(x: float | None) -> str:
+    return "?" if x is None else f"{'-' if x < 0 else ''}${abs(x):,.2f}"
+
+
+def _acc(a: float | None, ci) -> str:
+    if a is None:
+        return "?"
+    return f"{a:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def decide(inp: EconInputs) -> dict:
+    """The decision as a JSON-able dict: verdict, reasons, every input and computed number."""
+    inp.validate()
+    missing: list[str] = []
+    if inp.hosted_in_per_m is None or inp.hosted_out_per_m is None:
+        missing.append("hosted price per 1M input/output tokens (--hosted-in-per-m, --hosted-out-per-m)")
+    if inp.tokens_in_per_task is None or inp.tokens_out_per_task is None:
+        missing.append("tokens per task (measured by eval's teacher calls, or --tokens-in/--tokens-out)")
+    if inp.tasks_per_month is None or inp.months is None:
+        missing.append("volume (--tasks-per-month, --months)")
+    if inp.generation_cost_usd is None:
+        missing.append("generation cost (generate stage's tokens, or generation_cost_usd)")
+    if training_cost(inp) is None:
+        missing.append("fine-tune cost unknown: training GPU $/h and GPU hours (--gpu-per-hour, --gpu-hours; "
+                       "a CPU run's time is not scaled)")
+    fixed_serving, c_s, serving_hours = serving_costs(inp)
+    if fixed_serving is None or c_s is None:
+        missing.append("serving cost (--serving-per-hour [--serving-hours], or --serving-per-m-tokens)")
+    q = quality_status(inp)
+    if q == "unknown":
+        missing.append("quality: student and teacher accuracy from eval (RUN/eval/metrics.json)")
+
+    c_h = hosted_cost_per_task(inp)
+    train = training_cost(inp)
+    volume = inp.tasks_per_month * inp.months if inp.tasks_per_month is not None and inp.months else None
+    fixed = None
+    if None not in (inp.generation_cost_usd, train, fixed_serving):
+        fixed = inp.generation_cost_usd + train + inp.other_upfront_usd + fixed_serving
+    hosted_total = ft_total = savings = frac = be = be_margin = None
+    if c_h is not None and volume is not None:
+        hosted_total = volume * c_h
+    if None not in (fixed, c_s, c_h):
+        be = break_even_volume(fixed, c_h, c_s)
+        be_margin = break_even_volume(fixed, c_h, c_s, inp.margin)
+        if volume is not None:
+            ft_total = fixed + volume * c_s
+            savings = hosted_total - ft_total
+            frac = savings / hosted_total if hosted_total > 0 else None
+
+    prechecks = {k: PreCheck(k) for k in PRECHECK_QUESTIONS}
+    prechecks.update({k: p for k, p in inp.prechecks.items()})
+    vol = prechecks["volume_justifies"]
+    if vol.answer is None and frac is not None:
+        prechecks["volume_justifies"] = PreCheck(
+            "volume_justifies", frac >= inp.margin, "decision.json#costs (savings fraction vs margin)", "computed")
+
+    reasons: list[str] = []
+    detail = None
+    nos = [p for k, p in prechecks.items() if p.answer is False and k != "volume_justifies"]
+    if q == "worse":
+        verdict = STAY
+        reasons.append(f"student is significantly worse: CI upper bound {inp.student_ci[1] if inp.student_ci else inp.student_accuracy:.3f}"
+                       f" < teacher {inp.teacher_accuracy:.3f} - tolerance {inp.quality_tolerance:g}")
+    elif nos:
+        verdict = STAY
+        reasons += [f"pre-check answered no: {p.question} (evidence: {p.evidence or 'none given'})" for p in nos]
+    elif missing:
+        verdict = NEEDS_INPUT
+        reasons += [f"missing: {m}" for m in missing]
+    elif c_s >= c_h:
+        verdict = STAY
+        reasons.append(f"fine-tuned per-task cost {_money(c_s)} >= hosted {_money(c_h)}: never cheaper at any volume")
+    elif frac is None or frac < inp.margin or prechecks["volume_justifies"].answer is False:
+        verdict, detail = MORE, "volume"
+        pct = "?" if frac is None else f"{frac:.0%}"
+        need = "never" if be_margin is None else f"{be_margin:,.0f} tasks"
+        reasons.append(f"savings {pct} < margin {inp.margin:.0%} at {volume:,.0f} tasks; the margin needs {need}")
+    elif q == "inconclusive":
+        verdict, detail = MORE, "data"
+        reasons.append(f"quality inconclusive: student {_acc(inp.student_accuracy, inp.student_ci)} below teacher "
+                       f"{inp.teacher_accuracy:.3f} but its CI includes it (n={inp.n_heldout}); more held-out "
+                       "data or a better student is needed")
+    else:
+        verdict = FINE_TUNE
+        reasons.append(f"saves {_money(savings)} ({frac:.0%} >= margin {inp.margin:.0%}) and quality is at least "
+                       f"equal (student {_acc(inp.student_accuracy, inp.student_ci)} vs teacher {inp.teacher_accuracy:.3f})")
+    unanswered = [k for k, p in prechecks.items() if p.answer is None]
+
+    line = f"VERDICT: {verdict}"
+    if detail:
+        line += f" ({detail})"
+    if savings is not None and frac is not None:
+        line += (f" | savings {_money(savings)} ({frac:.0%}) over {inp.months:g} months at "
+                 f"{inp.tasks_per_month:,.0f} tasks/month")
+    costs_known = None not in (fixed, c_s, c_h)
+    line += f" | break-even {f'{be:,.0f} tasks' if be is not None else ('never' if costs_known else '?')}"
+    line += (f" | student {_acc(inp.student_accuracy, inp.student_ci)} vs hosted "
+             f"{_acc(inp.teacher_accuracy, inp.teacher_ci)}")
+    if unanswered:
+        line += f" | pre-check unanswered: {', '.join(unanswered)}"
+
+    inputs = asdict(inp)
+    inputs.pop("prechecks")
+    inputs["student_ci"] = list(inp.student_ci) if inp.student_ci else None
+    inputs["teacher_ci"] = list(inp.teacher_ci) if inp.teacher_ci else None
+    return {
+        "verdict": verdict,
+        "verdict_detail": detail,
+        "verdict_line": line,
+        "reasons": reasons,
+        "missing": missing,
+        "inputs": inputs,
+        "costs": {
+            "hosted_per_task_usd": c_h,
+            "finetune_per_task_usd": c_s,
+            "generation_usd": inp.generation_cost_usd,
+            "training_usd": train,
+            "other_upfront_usd": inp.other_upfront_usd,
+            "serving_fixed_usd": fixed_serving,
+            "serving_hours": serving_hours,
+            "finetune_fixed_usd": fixed,
+            "lifetime_tasks": volume,
+            "hosted_total_usd": hosted_total,
+            "finetune_total_usd": ft_total,
+            "savings_usd": savings,
+            "savings_fraction": frac,
+            "break_even_tasks": be,
+            "break_even_tasks_per_month": be / inp.months if be is not None and inp.months else None,
+            "volume_for_margin_tasks": be_margin,
+        },
+        "quality": {
+            "status": q,
+            "rule": "ok if student accuracy >= teacher - tol; worse if student CI upper < teacher - tol; "
+                    "else inconclusive",
+            "student_model": inp.student_model,
+            "student_accuracy": inp.student_accuracy,
+            "student_ci": inputs["student_ci"],
+            "teacher_accuracy": inp.teacher_accuracy,
+            "teacher_ci": inputs["teacher_ci"],
+            "tolerance": inp.quality_tolerance,
+            "n": inp.n_heldout,
+        },
+        "precheck": [p.to_dict() for p in prechecks.values()],
+    }

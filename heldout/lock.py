@@ -1,0 +1,179 @@
+"""Lock the real held-out set, and refuse to trust it after any change.
+
+The held-out rows are the only honest yardstick in the project: synthetic data is scored
+against them, never trained on them. `lock` imports them from the task's source (a local
+CSV/JSONL/Parquet file, or a hub dataset id when online), canonicalizes them, and writes
+`lock.json` with a sha256 per row, an overall hash, and the source file's own hash.
+`verify` re-reads the source and the locked copy and names the first difference: an edited
+row, an added or removed one, or a reorder. Evaluation calls `verify` before it scores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from pathlib import Path
+
+import datasets
+
+from distilforge.manifest import atomic_write_json, save_dataset, sha256_file
+
+LOCK = "lock.json"
+ROWS = "rows"
+
+
+class HeldoutError(RuntimeError):
+    """The held-out set is missing, unreadable, or no longer what was locked."""
+
+
+def canonical(text: str) -> str:
+    """Unicode NFC, no surrounding whitespace, inner whitespace runs collapsed to one space."""
+    return " ".join(unicodedata.normalize("NFC", str(text)).split())
+
+
+def row_sha(text: str, label: str) -> str:
+    return hashlib.sha256(f"{label}\x1f{text}".encode()).hexdigest()
+
+
+def _read_source(source: str, text_col: str, label_col: str) -> tuple[list[dict], str | None]:
+    p = Path(source)
+    if p.exists():
+        import pandas as pd
+
+        suffix = p.suffix.lower()
+        try:
+            if suffix == ".csv":
+                df = pd.read_csv(p, dtype=str, keep_default_na=False)
+            elif suffix in (".jsonl", ".json"):
+                df = pd.read_json(p, lines=suffix == ".jsonl", dtype=False)
+            elif suffix == ".parquet":
+                df = pd.read_parquet(p)
+            else:
+                raise HeldoutError(f"{p}: unsupported held-out file type '{suffix}' (use .csv, .jsonl or .parquet)")
+        except (ValueError, OSError) as e:
+            raise HeldoutError(f"{p}: cannot parse held-out file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+        file_hash = sha256_file(p)
+    for col in (text_col, label_col):
+        if col not in ds.column_names:
+            raise HeldoutError(f"{source}: column '{col}' not found (columns: {', '.join(ds.column_names)})")
+    names = ds.features[label_col].names if hasattr(ds.features[label_col], "names") else None
+    rows = []
+    for i, r in enumerate(ds):
+        text, label = r[text_col], r[label_col]
+        if text is None or label is None:
+            raise HeldoutError(f"{source}: row {i + 2}: empty '{text_col if text is None else label_col}'")
+        rows.append({"text": canonical(text), "label": names[label] if names else canonical(label)})
+    return rows, file_hash
+
+
+def _select(rows: list[dict], labels: list[str], max_per_label: int | None) -> list[dict]:
+    wanted, seen, out = set(labels), {}, []
+    for r in rows:
+        if r["label"] not in wanted:
+            continue
+        seen[r["label"]] = seen.get(r["label"], 0) + 1
+        if max_per_label and seen[r["label"]] > max_per_label:
+            continue
+        out.append(r)
+    return out
+
+
+def build_rows(heldout_cfg, labels: list[str]) -> tuple[list[dict], str | None]:
+    """Read, canonicalize and filter the held-out source; rows get ids `h<index>-<sha[:10]>`."""
+    raw, file_hash = _read_source(heldout_cfg.source, heldout_cfg.text_column, heldout_cfg.label_column)
+    for r in raw:
+        r["label"] = heldout_cfg.label_map.get(r["label"], r["label"])
+    use = heldout_cfg.labels or labels
+    rows = _select(raw, use, heldout_cfg.max_per_label)
+    missing = sorted(set(use) - {r["label"] for r in rows})
+    if missing:
+        raise HeldoutError(f"{heldout_cfg.source}: no held-out rows for label(s): {', '.join(missing)}")
+    for i, r in enumerate(rows):
+        r["sha256"] = row_sha(r["text"], r["label"])
+        r["id"] = f"h{i:05d}-{r['sha256'][:10]}"
+    return rows, file_hash
+
+
+def _overall(hashes: list[str]) -> str:
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+def lock(heldout_cfg, labels: list[str], out_dir: str | Path) -> dict:
+    """Write `out_dir/lock.json` and the canonical rows dataset `out_dir/rows`."""
+    out_dir = Path(out_dir)
+    rows, file_hash = build_rows(heldout_cfg, labels)
+    hashes = [r["sha256"] for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    ds = datasets.Dataset.from_list([{"id": r["id"], "text": r["text"], "label": r["label"]} for r in rows])
+    save_dataset(ds, out_dir / ROWS)
+    info = {
+        "source": heldout_cfg.source,
+        "source_sha256": file_hash,
+        "text_column": heldout_cfg.text_column,
+        "label_column": heldout_cfg.label_column,
+        "labels": counts,
+        "max_per_label": heldout_cfg.max_per_label,
+        "n": len(rows),
+        "sha256": _overall(hashes),
+        "rows": [{"id": r["id"], "sha256": r["sha256"]} for r in rows],
+    }
+    atomic_write_json(out_dir / LOCK, info)
+    return info
+
+
+def _diff(locked: list[str], now: list[str], what: str) -> str | None:
+    if locked == now:
+        return None
+    if sorted(locked) == sorted(now):
+        i = next(i for i, (a, b) in enumerate(zip(locked, now)) if a != b)
+        return f"{what}: rows reordered (first difference at row {i})"
+    if len(now) > len(locked):
+        extra = len(set(now) - set(locked))
+        return f"{what}: {len(now) - len(locked)} row(s) added ({extra} not in the lock)"
+    if len(now) < len(locked):
+        return f"{what}: {len(locked) - len(now)} row(s) removed"
+    i = next(i for i, (a, b) in enumerate(zip(locked, now)) if a != b)
+    return f"{what}: row {i} was edited (sha256 {locked[i][:12]} -> {now[i][:12]})"
+
+
+def read_lock(lock_dir: str | Path) -> dict:
+    p = Path(lock_dir) / LOCK
+    if not p.exists():
+        raise HeldoutError(f"{p}: no held-out lock (run `distilforge heldout lock` first)")
+    return json.loads(p.read_text())
+
+
+def verify(heldout_cfg, labels: list[str], lock_dir: str | Path) -> dict:
+    """Raise HeldoutError naming the first change since `lock`; return the lock info if intact."""
+    info = read_lock(lock_dir)
+    locked = [r["sha256"] for r in info["rows"]]
+    if _overall(locked) != info["sha256"]:
+        raise HeldoutError(f"{Path(lock_dir) / LOCK}: lock file itself was edited (overall hash mismatch)")
+    if heldout_cfg.source != info["source"]:
+        raise HeldoutError(f"held-out source changed: locked {info['source']}, spec now says {heldout_cfg.source}")
+    rows, file_hash = build_rows(heldout_cfg, labels)
+    msg = _diff(locked, [r["sha256"] for r in rows], f"{heldout_cfg.source}")
+    if msg:
+        raise HeldoutError(f"held-out set changed since it was locked — {msg}; refusing to trust it")
+    if info["source_sha256"] and file_hash != info["source_sha256"]:
+        raise HeldoutError(
+            f"{heldout_cfg.source}: file bytes changed since it was locked (sha256 {info['source_sha256'][:12]} -> "
+            f"{file_hash[:12]}); refusing to trust it"
+        )
+    stored = datasets.load_from_disk(str(Path(lock_dir) / ROWS))
+    msg = _diff(locked, [row_sha(t, lab) for t, lab in zip(stored["text"], stored["label"])], f"{Path(lock_dir) / ROWS}")
+    if msg:
+        raise HeldoutError(f"locked copy changed — {msg}; refusing to trust it")
+    return info
+
+
+def load_locked(lock_dir: str | Path) -> datasets.Dataset:
+    """The locked rows (id, text, label). Callers outside `heldout` must never export the text."""
+    p = Path(lock_dir) / ROWS
+    if not p.exists():
+        raise HeldoutError(f"{p}: no locked held-out rows (run `distilforge heldout lock` first)")
+    return datasets.load_from_disk(str(p))

@@ -1,0 +1,471 @@
+"""`distilforge report RUN` -> RUN/report.html: the whole run on one page that opens offline.
+
+One file on purpose: it gets mailed, attached to a ticket and opened years later, so charts are
+matplotlib PNGs embedded as base64 and there is no script, font or stylesheet to fetch.
+Each section reads only its own stage's outputs (the run-directory contract) and, when that
+stage did not run, says so instead of failing; a section that cannot be rendered from a broken
+file shows the error line rather than taking the whole report down. Held-out data appears only
+as counts, the lock hash, metrics and anonymous points on the coverage map: its text is never
+read here.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from distilforge.manifest import atomic_write_text, read_manifest
+
+SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "generation", "economics")
+_MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
+_QUALITY = {"student_accuracy", "student_ci", "teacher_accuracy", "teacher_ci", "n_heldout", "student_model"}
+
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%}
+.not-run{color:#8a6d3b;background:#fcf8e3;padding:.6em;border-left:4px solid #e0c36b}
+.error{color:#a94442;background:#f2dede;padding:.6em;border-left:4px solid #c9302c}
+.verdict{font-size:1.2em;font-weight:bold;padding:.6em;background:#eef5ee;border-left:4px solid #3c763d}
+code{background:#f5f5f5;padding:0 .2em}"""
+
+
+def esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _num(x: Any, fmt: str = "{:,.0f}") -> str:
+    if x is None:
+        return "?"
+    try:
+        return fmt.format(x)
+    except (ValueError, TypeError):
+        return esc(x)
+
+
+def _cell(c: Any) -> str:
+    return esc(f"{c:.6g}" if isinstance(c, float) else c)
+
+
+def _usd(x: Any, nd: int = 4) -> str:
+    return "?" if x is None else f"{'-' if x < 0 else ''}${abs(x):,.{nd}f}"
+
+
+def table(header: list[str] | None, rows: list[list[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def not_run(what: str, path: Path) -> str:
+    return f'<p class="not-run">{esc(what)} didn\'t run: <code>{esc(path)}</code> not found.</p>'
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def img(fig, alt: str) -> str:
+    data = base64.b64encode(png_bytes(fig)).decode()
+    return f'<img class="chart" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def _columns(path: Path, cols: list[str]) -> dict[str, list]:
+    """Only the named columns of a saved dataset (missing columns come back empty)."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    return {c: (list(ds[c]) if c in ds.column_names else []) for c in cols}
+
+
+def _counts(values: list) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------- sections
+
+def sec_summary(run: Path) -> str:
+    spec = _json(run / "spec.json")
+    lock = _json(run / "heldout" / "lock.json")
+    dec = _json(run / "decide" / "decision.json")
+    out = []
+    if dec:
+        out.append(f'<p class="verdict">{esc(dec.get("verdict_line"))}</p>')
+    rows = [["run", str(run)]]
+    if spec:
+        teacher = spec.get("teacher") or {}
+        rows += [["task", spec.get("name")], ["type", spec.get("type")],
+                 ["labels", ", ".join(str(lab.get("name")) for lab in spec.get("labels") or [])],
+                 ["teacher", teacher.get("model")], ["student", (spec.get("student") or {}).get("base")]]
+    else:
+        out.append(not_run("spec resolution", run / "spec.json"))
+    if lock:
+        rows += [["held-out rows (locked)", lock.get("n")], ["held-out sha256", lock.get("sha256")]]
+    else:
+        out.append(not_run("held-out lock", run / "heldout" / "lock.json"))
+    stages = [s for s in ("generate", "curate", "review", "train") if read_manifest(run / s)]
+    stages += [s for s, f in (("blindspots", "blindspots/blindspots.json"), ("eval", "eval/metrics.json"),
+                              ("decide", "decide/decision.json")) if (run / f).exists()]
+    rows.append(["stages present", ", ".join(stages) or "none"])
+    return "".join(out) + table(None, rows)
+
+
+def sec_funnel(run: Path) -> str:
+    gen, cur, rev = read_manifest(run / "generate"), read_manifest(run / "curate"), read_manifest(run / "review")
+    if not gen and not cur:
+        return not_run("generate / curate", run / "generate" / "manifest.json")
+    steps: list[tuple[str, int | None, dict]] = []
+    if gen:
+        g = _columns(run / "generate" / "rows", ["label", "status"])
+        ok = [lab for lab, st in zip(g["label"], g["status"]) if st == "ok"] if g["status"] else g["label"]
+        steps.append(("generated (requested)", len(g["label"]), _counts(g["label"])))
+        steps.append(("generated ok", len(ok), _counts(ok)))
+    for f in (cur or {}).get("funnel") or []:
+        steps.append((f.get("step", "?"), f.get("out"), f.get("per_label") or {}))
+    if rev:
+        steps += [("reviewed", rev.get("reviewed"), {}), ("approved", rev.get("approved"), {})]
+    parts = [] if cur else [not_run("curate", run / "curate" / "manifest.json")]
+    if not rev:
+        parts.append('<p class="not-run">review didn\'t run (no human review recorded): '
+                     f'<code>{esc(run / "review" / "manifest.json")}</code> not found.</p>')
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(steps) + 1))
+    names = [s[0] for s in steps][::-1]
+    vals = [s[1] or 0 for s in steps][::-1]
+    ax.barh(names, vals, color="#4c72b0")
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v}", va="center")
+    ax.set_xlabel("rows")
+    ax.set_title("data funnel")
+    parts.append(img(fig, "data funnel"))
+    labels = sorted({lab for s in steps for lab in s[2]}, key=str)
+    rows = [[lab] + [s[2].get(lab, "") if s[2] else "" for s in steps] for lab in labels]
+    rows.append(["total"] + [s[1] for s in steps])
+    parts.append(table(["label"] + [s[0] for s in steps], rows))
+    drops = [[f.get("step"), f.get("in"), f.get("out"), f.get("dropped"), f.get("seconds")]
+             for f in (cur or {}).get("funnel") or []]
+    if drops:
+        parts.append(table(["curation step", "in", "out", "dropped", "seconds"], drops))
+    return "".join(parts)
+
+
+def sec_distribution(run: Path) -> str:
+    if not read_manifest(run / "generate"):
+        return not_run("generate", run / "generate" / "manifest.json")
+    before = _columns(run / "generate" / "rows", ["label", "strategy", "status"])
+    if before["status"]:
+        keep = [st == "ok" for st in before["status"]]
+        before = {k: [v for v, ok in zip(vs, keep) if ok] for k, vs in before.items() if vs}
+    after = _columns(run / "curate" / "curated", ["label", "strategy"]) if read_manifest(run / "curate") else None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col in zip(axes, ("label", "strategy")):
+        b = _counts(before.get(col) or [])
+        a = _counts(after[col]) if after else {}
+        keys = sorted(set(b) | set(a), key=str)
+        xs = range(len(keys))
+        ax.bar([x - 0.2 for x in xs], [b.get(k, 0) for k in keys], 0.4, label="generated (ok)")
+        if after:
+            ax.bar([x + 0.2 for x in xs], [a.get(k, 0) for k in keys], 0.4, label="curated")
+        ax.set_xticks(list(xs), [str(k) for k in keys], rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{col} before / after curation")
+        ax.legend()
+    out = img(fig, "label and strategy distribution")
+    if not after:
+        out = not_run("curate", run / "curate" / "manifest.json") + out
+    return out
+
+
+def sec_coverage(run: Path) -> str:
+    p = run / "blindspots" / "blindspots.json"
+    bs = _json(p)
+    if not bs or not (bs.get("coverage") or {}).get("points"):
+        return not_run("blind-spot analysis (coverage map)", p)
+    cov = bs["coverage"]
+    gaps = cov.get("gaps") or []
+    gap_ids = {g.get("cluster") for g in gaps}
+    pts = cov["points"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    syn = [q for q in pts if q.get("kind") == "synthetic"]
+    held = [q for q in pts if q.get("kind") == "heldout"]
+    ax.scatter([q["x"] for q in syn], [q["y"] for q in syn], s=8, c="#9ecae1", label="synthetic")
+    ax.scatter([q["x"] for q in held], [q["y"] for q in held], s=14, c="#d62728", marker="x", label="held-out")
+    gap_pts = [q for q in held if q.get("cluster") in gap_ids]
+    if gap_pts:
+        ax.scatter([q["x"] for q in gap_pts], [q["y"] for q in gap_pts], s=90, facecolors="none",
+                   edgecolors="black", label="gap cluster")
+        for cid in gap_ids:
+            cp = [q for q in gap_pts if q.get("cluster") == cid]
+            if cp:
+                ax.annotate(f"gap {cid}", (sum(q["x"] for q in cp) / len(cp), sum(q["y"] for q in cp) / len(cp)),
+                            fontsize=9, weight="bold")
+    ax.legend()
+    ax.set_title("coverage: held-out vs synthetic (2-D projection)")
+    rows = [[g.get("cluster"), g.get("size"), _num(g.get("distance"), "{:.3f}"),
+             ", ".join(f"{k}:{v}" for k, v in (g.get("labels") or {}).items()), ", ".join(g.get("keywords") or [])]
+            for g in gaps]
+    note = f"<p>{len(held)} held-out points (text not shown), {len(syn)} synthetic points, {len(gaps)} gap clusters.</p>"
+    return img(fig, "coverage map") + note + (table(["gap cluster", "size", "distance", "labels", "keywords"], rows)
+                                               if rows else "<p>No gap clusters found.</p>")
+
+
+def _series(log: list[dict], key: str) -> tuple[list, list]:
+    pts = [(e.get("step", i), e[key]) for i, e in enumerate(log) if isinstance(e.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def sec_training(run: Path) -> str:
+    tm = read_manifest(run / "train")
+    if not tm:
+        return not_run("train", run / "train" / "manifest.json")
+    log = tm.get("log_history") or []
+    dpo = (tm.get("dpo") or {}).get("log_history") if tm.get("dpo") else None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key, style in (("loss", "-o"), ("eval_loss", "--s")):
+        xs, ys = _series(log, key)
+        if xs:
+            axes[0].plot(xs, ys, style, ms=3, label=f"SFT {key}")
+    if dpo:
+        xs, ys = _series(dpo, "loss")
+        if xs:
+            axes[0].plot(xs, ys, "-^", ms=3, label="DPO loss")
+        mkey = next((k for e in dpo for k in e if "margin" in k), None)
+        xs, ys = _series(dpo, mkey) if mkey else ([], [])
+        if xs:
+            axes[1].plot(xs, ys, "-o", ms=3, color="#55a868", label=mkey)
+            axes[1].legend()
+    if not dpo or not axes[1].lines:
+        axes[1].text(0.5, 0.5, "DPO didn't run", ha="center", va="center", transform=axes[1].transAxes)
+    axes[0].set_title("training loss")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    axes[1].set_title("DPO reward margin")
+    axes[1].set_xlabel("step")
+    rows = [["train seconds", tm.get("seconds")], ["device", tm.get("device", "not recorded")],
+            ["SFT log entries", len(log)], ["DPO", "ran" if dpo else "didn't run"]]
+    return img(fig, "training curves") + table(None, rows)
+
+
+def sec_eval(run: Path) -> str:
+    p = run / "eval" / "metrics.json"
+    m = _json(p)
+    if not m or not m.get("models"):
+        return not_run("eval", p)
+    models = m["models"]
+    keys = [k for k in _MODEL_ORDER if k in models] + [k for k in models if k not in _MODEL_ORDER]
+    labels = m.get("labels") or sorted({lab for k in keys for lab in (models[k].get("per_label") or {})})
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    acc = [models[k].get("accuracy") or 0 for k in keys]
+    err = [[a - (models[k].get("accuracy_ci") or [a, a])[0] for k, a in zip(keys, acc)],
+           [(models[k].get("accuracy_ci") or [a, a])[1] - a for k, a in zip(keys, acc)]]
+    ax.bar(keys, acc, yerr=err, capsize=6, color=["#8c8c8c", "#dd8452", "#4c72b0", "#55a868", "#c44e52"][: len(keys)])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_title(f"locked held-out set, n = {m.get('n')}")
+    parts = [img(fig, "eval comparison")]
+    parts.append(table(["model", "accuracy", "95% CI", "macro F1"],
+                       [[k, _num(models[k].get("accuracy"), "{:.3f}"),
+                         "[" + ", ".join(_num(c, "{:.3f}") for c in models[k].get("accuracy_ci") or []) + "]",
+                         _num(models[k].get("macro_f1"), "{:.3f}")] for k in keys]))
+    rows = []
+    for lab in labels:
+        row = [lab]
+        for k in keys:
+            pl = (models[k].get("per_label") or {}).get(lab) or {}
+            row.append(f"{_num(pl.get('accuracy'), '{:.2f}')} (n={pl.get('n', '?')})" if pl else "")
+        rows.append(row)
+    parts.append("<h3>per label</h3>" + table(["label"] + keys, rows))
+    ck = next((k for k in ("student", "student_dpo", "student_sft", "teacher", "base") if models.get(k, {}).get("confusion")), None)
+    if ck:
+        cm = models[ck]["confusion"]
+        cols = list(labels) + ["(other)"] * (len(cm[0]) - len(labels)) if cm and len(cm[0]) > len(labels) else list(labels)
+        fig, ax = plt.subplots(figsize=(0.5 * len(cols) + 3, 0.5 * len(cm) + 2.5))
+        ax.imshow(cm, cmap="Blues")
+        for i, r in enumerate(cm):
+            for j, v in enumerate(r):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols][: len(cm[0])], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(cm)), [str(c) for c in labels][: len(cm)], fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"confusion matrix: {ck}")
+        parts.append("<h3>confusion matrix</h3>" + img(fig, f"confusion matrix {ck}"))
+    else:
+        parts.append("<p>No confusion matrix recorded.</p>")
+    return "".join(parts)
+
+
+def sec_generation(run: Path) -> str:
+    gen = read_manifest(run / "generate")
+    if not gen:
+        return not_run("generate", run / "generate" / "manifest.json")
+    tok = gen.get("tokens") or {}
+    g = _columns(run / "generate" / "rows", ["label", "status", "prompt_tokens", "completion_tokens"])
+    failed = sum(1 for s in g["status"] if s != "ok")
+    rows = [["teacher model", gen.get("teacher_model")], ["requests", gen.get("requests")],
+            ["rows", len(g["label"])], ["failed rows", failed],
+            ["prompt tokens", _num(tok.get("prompt"))], ["completion tokens", _num(tok.get("completion"))],
+            ["cost (USD, at the teacher's prices)", _num(gen.get("cost_usd"), "${:,.4f}")],
+            ["seconds", gen.get("seconds")]]
+    et = (((_json(run / "eval" / "metrics.json") or {}).get("models") or {}).get("teacher") or {}).get("tokens")
+    if et:
+        rows += [["eval teacher calls", et.get("calls")], ["eval teacher prompt tokens", _num(et.get("prompt"))],
+                 ["eval teacher completion tokens", _num(et.get("completion"))]]
+    per: dict = {}
+    for lab, pt, ct in zip(g["label"], g["prompt_tokens"] or [0] * len(g["label"]),
+                           g["completion_tokens"] or [0] * len(g["label"])):
+        a = per.setdefault(lab, [0, 0])
+        a[0] += pt or 0
+        a[1] += ct or 0
+    out = table(None, rows)
+    if per and any(sum(v) for v in per.values()):
+        plt = _plt()
+        keys = sorted(per, key=str)
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.bar(keys, [per[k][0] for k in keys], label="prompt")
+        ax.bar(keys, [per[k][1] for k in keys], bottom=[per[k][0] for k in keys], label="completion")
+        ax.set_title("generation tokens per label")
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.legend()
+        out += img(fig, "generation tokens per label")
+    return out
+
+
+def plot_cost_vs_volume(d: dict) -> bytes:
+    """PNG: hosted vs fine-tune lifetime cost over volume, break-even and planned volume marked."""
+    from heldout.economics import cost_lines
+
+    c = d["costs"]
+    be, vol = c.get("break_even_tasks"), c.get("lifetime_tasks")
+    top = max([x for x in (be and 2 * be, vol and 1.5 * vol) if x] or [1000.0])
+    xs = [top * i / 50 for i in range(51)]
+    hosted, ft = cost_lines(d, xs)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot(xs, hosted, label="stay hosted", color="#dd8452", lw=2)
+    ax.plot(xs, ft, label="fine-tune (upfront + serving)", color="#4c72b0", lw=2)
+    if be is not None:
+        ax.plot([be], [be * c["hosted_per_task_usd"]], "ko", ms=8)
+        ax.annotate(f"break-even {be:,.0f} tasks", (be, be * c["hosted_per_task_usd"]),
+                    textcoords="offset points", xytext=(8, -14))
+    if vol:
+        ax.axvline(vol, ls="--", color="gray", label=f"planned volume {vol:,.0f}")
+    ax.set_xlabel("lifetime tasks")
+    ax.set_ylabel("total cost (USD)")
+    ax.set_title("cost vs volume")
+    ax.legend()
+    return png_bytes(fig)
+
+
+def _evidence(e: Any) -> str:
+    s = str(e or "")
+    if s.startswith(("http://", "https://")) or (s and ":" not in s and not any(ch.isspace() for ch in s)):
+        return f'<a href="{esc(s)}">{esc(s)}</a>'  # a URL or a relative path; anything else stays text
+    return esc(s)
+
+
+def sec_economics(run: Path) -> str:
+    p = run / "decide" / "decision.json"
+    d = _json(p)
+    if not d:
+        return not_run("decide (fine-tune vs hosted economics)", p) + \
+            "<p>Run <code>distilforge decide RUN --config decide.yaml</code>, then re-render.</p>"
+    c, q = d.get("costs") or {}, d.get("quality") or {}
+    parts = [f'<p class="verdict">{esc(d.get("verdict_line"))}</p>',
+             "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in d.get("reasons") or []) + "</ul>"]
+    rows = [["hosted cost per task", _usd(c.get("hosted_per_task_usd"), 6)],
+            ["fine-tuned serving cost per task", _usd(c.get("finetune_per_task_usd"), 6)],
+            ["generation", _usd(c.get("generation_usd"))], ["training (GPU)", _usd(c.get("training_usd"))],
+            ["other upfront", _usd(c.get("other_upfront_usd"))],
+            ["serving, fixed over horizon", _usd(c.get("serving_fixed_usd"))],
+            ["lifetime tasks", _num(c.get("lifetime_tasks"))], ["hosted total", _usd(c.get("hosted_total_usd"))],
+            ["fine-tune total", _usd(c.get("finetune_total_usd"))], ["savings", _usd(c.get("savings_usd"))],
+            ["savings fraction", _num(c.get("savings_fraction"), "{:.1%}")],
+            ["break-even tasks", _num(c.get("break_even_tasks"))],
+            ["tasks needed for the margin", _num(c.get("volume_for_margin_tasks"))],
+            ["quality", f"{q.get('status')}: {q.get('student_model')} {_num(q.get('student_accuracy'), '{:.3f}')} "
+                        f"{q.get('student_ci')} vs teacher {_num(q.get('teacher_accuracy'), '{:.3f}')} (n={q.get('n')})"]]
+    parts.append(table(None, rows))
+    try:
+        data = base64.b64encode(plot_cost_vs_volume(d)).decode()
+        parts.append(f'<img class="chart" alt="cost vs volume" src="data:image/png;base64,{data}">')
+    except ValueError:
+        parts.append('<p class="not-run">No cost-vs-volume plot: some costs are unknown (see missing inputs).</p>')
+    parts.append("<h3>pre-check</h3><table><tr><th>question</th><th>answer</th><th>source</th><th>evidence</th></tr>"
+                 + "".join(f"<tr><td>{esc(pc.get('question'))}</td><td>{esc(pc.get('answer') or 'unanswered')}</td>"
+                           f"<td>{esc(pc.get('source'))}</td><td>{_evidence(pc.get('evidence'))}</td></tr>"
+                           for pc in d.get("precheck") or []) + "</table>")
+    inputs = d.get("inputs") or {}
+    src = inputs.get("sources") or {}
+    parts.append("<h3>inputs</h3>" + table(["input", "value", "source"],
+                                           [[k, v, src.get(k) or (src.get("quality", "") if k in _QUALITY else "")]
+                                            for k, v in inputs.items() if k != "sources"]))
+    return "".join(parts)
+
+
+_BUILDERS: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "summary": ("Summary", sec_summary), "funnel": ("Data funnel", sec_funnel),
+    "distribution": ("Label / strategy distribution", sec_distribution),
+    "coverage": ("Coverage map", sec_coverage), "training": ("Training curves", sec_training),
+    "eval": ("Evaluation on the locked held-out set", sec_eval),
+    "generation": ("Generation tokens and cost", sec_generation),
+    "economics": ("Decision: fine-tune vs stay hosted", sec_economics),
+}
+
+
+def render_html(run: str | Path) -> str:
+    run = Path(run)
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such run directory")
+    body = []
+    for sid in SECTIONS:
+        title, fn = _BUILDERS[sid]
+        try:
+            content = fn(run)
+        except Exception as e:  # one broken file must not take the whole report down
+            print(f"report: section {sid}: {type(e).__name__}: {e}", file=sys.stderr)
+            content = f'<p class="error">Could not render this section: {esc(type(e).__name__)}: {esc(e)}</p>'
+        body.append(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>')
+    name = (_json(run / "spec.json") or {}).get("name") or run.name
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>distilforge report: {esc(name)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>distilforge report: {esc(name)}</h1>"
+            + "".join(body) + "</body></html>\n")
+
+
+def render_report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN/report.html (or `out`) atomically; returns its path."""
+    run = Path(run)
+    target = Path(out) if out else run / "report.html"
+    atomic_write_text(target, render_html(run))
+    return target

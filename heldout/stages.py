@@ -1,0 +1,86 @@
+"""Held-out stages: lock (or verify an existing lock) and evaluate base / student / teacher."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from distilforge.manifest import Stage, atomic_write_json, read_manifest, sha256_json
+from distilforge.spec import TaskSpec
+from heldout import evaluate as ev
+from heldout.lock import HeldoutError, load_locked, lock, read_lock, verify
+
+console = Console(stderr=True)
+
+
+def lock_stage(spec: TaskSpec, run: Path, force: bool = False) -> dict:
+    """Lock once. An existing lock is verified, never silently replaced (that would bless an edit)."""
+    d = run / "heldout"
+    if (d / "lock.json").exists() and not force:
+        info = verify(spec.heldout, spec.label_names, d)
+        console.print(f"held-out: verified {info['n']} locked rows (sha256 {info['sha256'][:12]})")
+        return info
+    info = lock(spec.heldout, spec.label_names, d)
+    console.print(f"held-out: locked {info['n']} rows from {info['source']} (sha256 {info['sha256'][:12]})")
+    return info
+
+
+def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) -> dict:
+    """Score on the verified held-out set; writes eval/metrics.json and a manifest."""
+    from training.models import student_base_dir
+
+    d = run / "heldout"
+    info = verify(spec.heldout, spec.label_names, d)  # refuses on any change
+    train_m = read_manifest(run / "train")
+    if not train_m:
+        raise HeldoutError(f"{run / 'train'}: no trained student (run `distilforge train` first)")
+    cfg = {"eval": spec.eval.model_dump(), "teacher": spec.teacher.model if spec.eval.teacher else None,
+           "labels": spec.label_names, "system": spec.system_prompt(), "student": spec.student.base}
+    st = Stage(run / "eval", "eval", {"heldout": info["sha256"], "adapter": train_m["adapter_sha256"]}, cfg)
+    if st.is_current() and not force:
+        console.print("eval: inputs unchanged, skipped")
+        return read_manifest(run / "eval")
+    st.begin()
+    rows = load_locked(d)
+    idx = ev.sample_rows(len(rows), spec.eval.max_rows)
+    rows = rows.select(idx)
+    gold, texts = list(rows["label"]), list(rows["text"])
+    prompts = [spec.student_prompt(t) for t in texts]
+    labels = spec.label_names
+    base = student_base_dir(spec.student.base)
+    models: dict[str, dict] = {}
+    models["base"] = ev.summarize(ev.score_local(base, None, prompts, labels, "scoring base"), gold, labels)
+    adapter = str(run / "train" / "adapter")
+    models["student"] = ev.summarize(ev.score_local(base, adapter, prompts, labels, "scoring student"), gold, labels)
+    if spec.eval.teacher and endpoint is not None:
+        preds, tokens = ev.score_teacher(endpoint, spec.system_prompt(), texts, labels, spec.teacher.structured_output,
+                                         spec.teacher.timeout_s, spec.teacher.max_retries)
+        models["teacher"] = {**ev.summarize(preds, gold, labels), "tokens": tokens, "model": endpoint.model}
+    comparisons = {}
+    if "teacher" in models:
+        comparisons["student_vs_teacher"] = ev.paired_bootstrap(models["student"]["correct"], models["teacher"]["correct"])
+    comparisons["student_vs_base"] = ev.paired_bootstrap(models["student"]["correct"], models["base"]["correct"])
+    metrics = {"n": len(gold), "labels": labels, "heldout_sha256": info["sha256"],
+               "row_ids": list(rows["id"]),
+               "models": models, "comparisons": comparisons,
+               "per_label": {m: v["per_label"] for m, v in models.items()}}
+    for m in models.values():  # predictions stay in metrics.json; no held-out text anywhere
+        m.pop("predictions", None)
+    atomic_write_json(run / "eval" / "metrics.json", metrics)
+    out = st.finish(n=len(gold), accuracy={k: v["accuracy"] for k, v in models.items()},
+                    metrics_sha256=sha256_json(metrics))
+    print_table(metrics)
+    return out
+
+
+def print_table(metrics: dict) -> None:
+    t = Table(title=f"held-out accuracy (n={metrics['n']}, locked)")
+    for col in ("model", "accuracy", "95% CI", "macro-F1"):
+        t.add_column(col)
+    for name in ("base", "teacher", "student"):
+        m = metrics["models"].get(name)
+        if m:
+            lo, hi = m["accuracy_ci"]
+            t.add_row(name, f"{m['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{m['macro_f1']:.3f}")
+    Console().print(t)
