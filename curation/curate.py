@@ -6,8 +6,8 @@ The funnel, in this order, each step recorded with rows in/out, kept rows per la
 2. heuristics — too short/long, non-printable, repetitive, wrong language, refusal, meta
    commentary, prompt echo, label name leaking into the text (filters.py);
 3. judge score threshold (when the rows carry `judge_score`);
-4. held-out decontamination — n-gram and embedding (decontam.py). Before dedup, so a leaked row
-   is never chosen to represent a duplicate group;
+4. embed (drops nothing; its own step so encode time shows), then held-out decontamination —
+   n-gram and embedding (decontam.py). Before dedup, so a leaked row never represents a group;
 5. dedup — exact, MinHash, semantic, each keeping the best row of a group (dedup.py);
 6. balance — per-label maximum (best rows kept); labels under the minimum are reported.
 
@@ -144,7 +144,8 @@ def curate(
 
         f.step("judge_score", _per_row("low_judge_score", judged))
 
-    # Embeddings: once, for decontamination and semantic dedup, for the rows still in play.
+    # Embeddings: once, for decontamination and semantic dedup, for the rows still in play. A
+    # funnel step of its own (dropping nothing) so its time is visible next to the others.
     need_vectors = cfg.semantic_dedup or (heldout is not None and cfg.decontaminate and cfg.decontam_cosine is not None)
     vectors: dict[int, np.ndarray] = {}
     if need_vectors and f.rows:
@@ -152,11 +153,17 @@ def curate(
             from curation.embed import Embedder
 
             embedder = Embedder(cfg.embedding_model, batch_size=cfg.embed_batch_size, threads=cfg.embed_threads)
-        t0 = time.perf_counter()
-        mat = embedder.encode([r["text"] for r in f.rows])
-        vectors = {r["_k"]: v for r, v in zip(f.rows, mat)}
-        info["embedding"] = {"model": embedder.model_key, "rows": len(f.rows), **embedder.stats,
-                             "seconds": round(time.perf_counter() - t0, 3)}
+        _ = embedder.model  # load the model outside the funnel timings
+
+        def embed(rows: list[dict]) -> Verdicts:
+            before = dict(embedder.stats)
+            mat = embedder.encode([r["text"] for r in rows])
+            vectors.update((r["_k"], v) for r, v in zip(rows, mat))
+            info["embedding"] = {"model": embedder.model_key, "rows": len(rows),
+                                 **{k: round(v - before[k], 3) for k, v in embedder.stats.items()}}
+            return {}
+
+        f.step("embed", embed)
 
     def vecs(rows: list[dict]) -> np.ndarray:
         return np.stack([vectors[r["_k"]] for r in rows]).astype(np.float32)
@@ -182,23 +189,22 @@ def curate(
     size: dict[int, int] = {}
 
     def absorb(rows: list[dict], res: dedup.DedupResult, reason: str, what: str) -> Verdicts:
+        """Verdicts naming the kept row; `what` is formatted with the similarity score."""
         out: Verdicts = {}
         for i, (k, score) in res.dropped.items():
             keeper = rows[k]
             size[keeper["_k"]] = size.get(keeper["_k"], 1) + size.pop(rows[i]["_k"], 1)
-            other = "" if keeper["label"] == rows[i]["label"] else f", labelled {keeper['label']}"
-            out[i] = (reason, f"{what} of {keeper['id']} ({score:.2f}{other})")
+            other = "" if keeper["label"] == rows[i]["label"] else f"; kept row is labelled {keeper['label']}"
+            out[i] = (reason, f"{what.format(score)} of kept row {keeper['id']}{other}")
         return out
 
     same_label = None if cfg.dedup_across_labels else (lambda rows: [r["label"] for r in rows])
 
     if cfg.exact_dedup:
         def exact(rows: list[dict]) -> Verdicts:
-            res = dedup.exact_dedup([r["text"] for r in rows], _order(rows, cfg))
-            if same_label:  # exact copies across labels are kept apart only on request
-                labs = same_label(rows)
-                res = dedup.DedupResult({i: v for i, v in res.dropped.items() if labs[i] == labs[v[0]]})
-            return absorb(rows, res, "exact_duplicate", "same normalized text as")
+            res = dedup.exact_dedup([r["text"] for r in rows], _order(rows, cfg),
+                                    labels=same_label(rows) if same_label else None)
+            return absorb(rows, res, "exact_duplicate", "same normalized text")
 
         f.step("exact_dedup", exact)
     if cfg.minhash_dedup:
@@ -209,7 +215,7 @@ def curate(
                 labels=same_label(rows) if same_label else None,
             )
             info["minhash"] = res.info
-            return absorb(rows, res, "near_duplicate", "word-shingle Jaccard near-copy")
+            return absorb(rows, res, "near_duplicate", "near copy (word-shingle Jaccard {:.2f})")
 
         f.step("minhash_dedup", near)
     if cfg.semantic_dedup:
@@ -220,7 +226,7 @@ def curate(
                 exact_below=cfg.semantic_exact_below, nprobe=cfg.semantic_nprobe,
             )
             info["semantic"] = res.info
-            return absorb(rows, res, "semantic_duplicate", "cosine paraphrase")
+            return absorb(rows, res, "semantic_duplicate", "paraphrase (cosine {:.2f})")
 
         f.step("semantic_dedup", semantic)
 
@@ -272,8 +278,9 @@ def render_funnel(funnel: list[dict], under_filled: dict[str, int] | None = None
     for col, just in (("step", "left"), ("in", "right"), ("out", "right"), ("dropped", "right"),
                       ("kept %", "right"), ("fewest per label", "left"), ("seconds", "right")):
         table.add_column(col, justify=just)
+    task_labels = set(funnel[-1].get("per_label") or {}) if funnel else set()  # off-task labels are gone by then
     for s in funnel:
-        pl = s.get("per_label") or {}
+        pl = {k: v for k, v in (s.get("per_label") or {}).items() if k in task_labels}
         thin = min(pl.items(), key=lambda kv: (kv[1], kv[0])) if pl else None
         pct = f"{100 * s['out'] / s['in']:.1f}" if s["in"] else "-"
         table.add_row(

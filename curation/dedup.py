@@ -17,7 +17,12 @@ Jaccard of the shingle sets, so a reported near-duplicate is never an LSH false 
 
 Semantic: normalized embeddings in FAISS, inner product = cosine. Up to `semantic_exact_below`
 rows the search is exact; above it an IVF index (sqrt(n) lists, trained on a sample) keeps the
-cost near-linear, which the 20k -> 80k benchmark checks.
+cost near-linear, which the 20k -> 80k benchmark checks. Default threshold 0.92: on a 2,000-row
+sample of human-written Banking77 train messages, 28% of rows have a neighbour at cosine >= 0.90
+and 20% at >= 0.92 — pairs there are rewordings of one question ("Am I charged for receiving
+money?" / "Do I get charged if I am receiving money?" is 0.91). Where to cut is a judgment
+between phrasing diversity and repetition: 0.92 keeps more variety; lower it to dedup harder.
+Decontamination uses 0.90: there, a false drop is cheap and a miss is not.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import median
 from typing import Sequence
 
@@ -33,8 +39,11 @@ import numpy as np
 _PUNCT = re.compile(r"[^\w\s]|_")
 
 
+@lru_cache(maxsize=1 << 17)
 def normalize(text: str) -> str:
-    """NFKC, case-folded, punctuation to spaces, whitespace collapsed: the exact-dedup key."""
+    """NFKC, case-folded, punctuation to spaces, whitespace collapsed: the exact-dedup key.
+
+    Cached: every filter, dedup pass and the quality order tokenize the same texts again."""
     text = unicodedata.normalize("NFKC", str(text)).casefold()
     return " ".join(_PUNCT.sub(" ", text).split())
 
@@ -87,10 +96,11 @@ def quality_order(
     return sorted(range(len(texts)), key=key)
 
 
-def exact_dedup(texts: Sequence[str], order: Sequence[int]) -> DedupResult:
+def exact_dedup(texts: Sequence[str], order: Sequence[int], labels: Sequence[str] | None = None) -> DedupResult:
+    """Same normalized text (NFKC, case, punctuation, whitespace) as a kept row; per label if given."""
     res, first = DedupResult(), {}
     for i in order:
-        k = normalize(texts[i])
+        k = (labels[i] if labels is not None else "", normalize(texts[i]))
         if k in first:
             res._drop(i, first[k], 1.0)
         else:
@@ -142,8 +152,9 @@ def minhash_signatures(shingle_sets: Sequence[set[str]], num_perm: int = 128, se
             d1 = int(np.searchsorted(offsets_arr, offsets_arr[d0] + step, side="right")) - 1
             d1 = min(max(d1, d0 + 1), len(shingle_sets))
             lo, hi = offsets_arr[d0], offsets_arr[d1]
-            phv = mixed[lo:hi, None] * a[None, :] + b[None, :]
-            out[d0:d1] = np.minimum.reduceat(phv, offsets_arr[d0:d1] - lo, axis=0)
+            # (num_perm, shingles) layout: reduceat along contiguous rows is ~3x faster
+            phv = a[:, None] * mixed[None, lo:hi] + b[:, None]
+            out[d0:d1] = np.minimum.reduceat(phv, offsets_arr[d0:d1] - lo, axis=1).T
             d0 = d1
     return out
 
@@ -196,27 +207,42 @@ def minhash_dedup(
     res = DedupResult()
     sets = [shingles(t, ngram) for t in texts]
     bands, rows = lsh_params(threshold, num_perm)
-    keys = band_keys(minhash_signatures(sets, num_perm), bands, rows).tolist()
-    res.info = {"bands": bands, "rows_per_band": rows, "candidates_checked": 0}
+    keys = band_keys(minhash_signatures(sets, num_perm), bands, rows)
+    # A row that shares no band bucket with any other row can neither be dropped nor cause a
+    # drop: only rows with at least one collision enter the (Python) greedy loop.
+    collides = np.zeros(len(texts), dtype=bool)
+    for bi in range(bands):
+        _, inv, counts = np.unique(keys[:, bi], return_inverse=True, return_counts=True)
+        collides |= counts[inv] > 1
+    res.info = {"bands": bands, "rows_per_band": rows, "rows_in_collisions": int(collides.sum())}
+    key_rows = keys.tolist()
     buckets: list[dict[int, list[int]]] = [{} for _ in range(bands)]
     checked = 0
     for i in order:
-        seen: set[int] = set()
+        if not collides[i]:
+            continue
+        ki = key_rows[i]
+        cands: set[int] = set()
+        for d, k in zip(buckets, ki):
+            kept_here = d.get(k)
+            if kept_here:
+                cands.update(kept_here)
         best, best_j = -1, 0.0
-        for bi, k in enumerate(keys[i]):
-            for j in buckets[bi].get(k, ()):
-                if j in seen or (labels is not None and labels[j] != labels[i]):
+        if cands:
+            si = sets[i]
+            for j in cands:
+                if labels is not None and labels[j] != labels[i]:
                     continue
-                seen.add(j)
-                s = jaccard(sets[i], sets[j])
-                if s >= threshold and s > best_j:
+                checked += 1
+                sj = sets[j]
+                s = len(si & sj) / len(si | sj)
+                if s >= threshold and (s > best_j or (s == best_j and j < best)):
                     best, best_j = j, s
-        checked += len(seen)
         if best >= 0:
             res._drop(i, best, best_j)
         else:
-            for bi, k in enumerate(keys[i]):
-                buckets[bi].setdefault(k, []).append(i)
+            for d, k in zip(buckets, ki):
+                d.setdefault(k, []).append(i)
     res.info["candidates_checked"] = checked
     return res
 
@@ -231,7 +257,7 @@ def neighbour_index(vectors: np.ndarray, *, exact_below: int = 10000, nprobe: in
     if n < exact_below:
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = max(16, int(math.sqrt(n)))
+        nlist = max(1, min(int(math.sqrt(n)), n // 40))  # FAISS wants >= 39 training points per list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)]

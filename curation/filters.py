@@ -164,7 +164,7 @@ def _rx(*patterns: str) -> re.Pattern:
 
 _CANT = r"(?:can'?t|cannot|can not|am unable to|'m unable to|won'?t be able to|am not able to)"
 REFUSAL = _rx(
-    r"\bas an? (?:ai|a\.i\.|artificial intelligence|(?:ai |large )?language model|llm|ai assistant|assistant)\b",
+    r"\bas an? (?:ai|a\.i\.|artificial intelligence|(?:ai |large )?language model|llm|ai assistant)\b",
     r"\bi(?:'m| am) (?:just |only )?(?:an? )?(?:ai|language model|large language model|virtual assistant|chatbot)\b",
     rf"\b(?:i'?m|i am) (?:sorry|afraid),? (?:but )?i {_CANT} (?:help|assist|provide|comply|fulfil+|generate|create|write)",
     rf"\bi {_CANT} (?:help|assist) (?:you )?with (?:that|this)(?: request)?\s*[.!]?\s*$",
@@ -172,7 +172,7 @@ REFUSAL = _rx(
 )
 META = _rx(
     r"^\s*(?:sure|certainly|of course|okay|ok|absolutely|great)\b[!,.:]*\s+(?:here|i'?ll|i will|this)\b",
-    r"^\s*here(?:'s| is| are)\b",
+    r"^\s*here(?:'s| is| are) (?:(?:a|an|the|one|some|my|your)\s+)?(?:\w+\s+){0,2}(?:message|example|query|request|sample|version|text|variation)s?\b",
     r"\b(?:example|sample|generated|synthetic) (?:message|query|input|text|request)s?\b",
     r"\b(?:customer|user) (?:message|query|input|request)\s*:",
     r"^\s*(?:message|text|input|query|output|answer|response)\s*:",

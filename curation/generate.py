@@ -7,12 +7,15 @@ step commits each shard to its own JSONL file (temp file + rename) as soon as al
 back. A rerun after any interruption plans the same shards, skips the committed ones and asks
 the teacher only for the rest: no row lost, none generated twice.
 """
-from __future__ import annotations
+
 
 import hashlib
 import json
+import logging
+import logging.handlers
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -144,7 +147,7 @@ class CommitShards(Step):
     def outputs(self):
         return ["committed"]
 
-    def process(self, inputs: StepInput):  # type: ignore[override]
+    def process(self, inputs: StepInput):  # type: ignore[override]  (real annotation: distilabel inspects it)
         spec_ = TaskSpec.model_validate_json(self.spec_json)
         now = time.time()
         per = (now - (self._last or now)) / max(len(inputs), 1)
@@ -199,6 +202,50 @@ def _build_pipeline(spec: TaskSpec, endpoint, requests: list[dict], out_dir: Pat
     return pipe
 
 
+def _watch(spec: TaskSpec, out_dir: Path, reqs: list[dict], stop: threading.Event) -> None:
+    """Progress bar fed by committed shard files: rows, rows/s, tokens/s, cost so far, ETA."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    size = {}
+    for r in reqs:
+        size[r["shard_id"]] = r["shard_n"]
+    seen = committed_shards(out_dir) & set(size)
+    start_rows = sum(size[s] for s in seen)
+    toks, t0 = [0, 0], time.time()
+    cols = (TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*cols, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("generate", total=len(reqs), completed=start_rows, info="")
+        while True:
+            done = stop.is_set()
+            for sid in sorted((committed_shards(out_dir) & set(size)) - seen):
+                seen.add(sid)
+                for line in shard_path(out_dir, sid).read_text().splitlines():
+                    row = json.loads(line)
+                    toks[0] += row["prompt_tokens"]
+                    toks[1] += row["completion_tokens"]
+                    bar.advance(task, 1)
+            dt = max(time.time() - t0, 1e-6)
+            new_rows = sum(size[s] for s in seen) - start_rows
+            cost = (toks[0] * spec.teacher.price_in_per_m + toks[1] * spec.teacher.price_out_per_m) / 1e6
+            bar.update(task, info=f"{new_rows / dt:.2f} rows/s  {toks[1] / dt:.1f} tok/s  ${cost:.4f}")
+            if done:
+                return
+            stop.wait(1.0)
+
+
+def _detach_pipeline_logging() -> None:
+    """distilabel leaves queue handlers on the root logger after a run; later log calls would fail."""
+    for name in [None, *logging.root.manager.loggerDict]:
+        lg = logging.getLogger(name)
+        for h in list(getattr(lg, "handlers", [])):
+            if isinstance(h, logging.handlers.QueueHandler):
+                lg.removeHandler(h)
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def generate(spec: TaskSpec, endpoint, out_dir: str | Path) -> dict:
     """Run the teacher for every uncommitted shard; return counts (the rows live in shard files)."""
     out_dir = Path(out_dir)
@@ -209,7 +256,15 @@ def generate(spec: TaskSpec, endpoint, out_dir: str | Path) -> dict:
     t0 = time.time()
     if todo:
         pipe = _build_pipeline(spec, endpoint, todo, out_dir)
-        pipe.run(use_cache=False)
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(spec, out_dir, reqs, stop), daemon=True)
+        watcher.start()
+        try:
+            pipe.run(use_cache=False)
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+            _detach_pipeline_logging()
     now_done = committed_shards(out_dir)
     shards = sorted({r["shard_id"] for r in reqs})
     return {"planned_requests": len(reqs), "shards": len(shards), "skipped_shards": len(done & set(shards)),

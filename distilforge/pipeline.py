@@ -65,5 +65,5 @@ def _report(run: Path, task: Path) -> None:
     cfg = Path(task).parent / "decide.yaml"
     d = decide_run(run, cfg if cfg.exists() else None)
     path = render_report(run)
-    Console().print(f"[bold]VERDICT:[/] {d.get('verdict_line') or d.get('verdict')}")
+    Console().print(d.get("verdict_line") or f"VERDICT: {d.get('verdict')}", highlight=False)
     console.print(f"report: {path}")

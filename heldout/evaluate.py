@@ -51,8 +51,12 @@ def summarize(preds: list[str], gold: list[str], labels: list[str]) -> dict:
 
 
 def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]], labels: list[str],
-                desc: str = "scoring") -> list[str]:
-    """Label-likelihood prediction for each prompt with a local HF model (+ optional LoRA adapter)."""
+                desc: str = "scoring", return_scores: bool = False):
+    """Label-likelihood prediction for each prompt with a local HF model (+ optional LoRA adapter).
+
+    `return_scores`: also return the [rows, labels] matrix of summed label log-probabilities
+    (used to break accuracy ties when choosing between two adapters).
+    """
     import torch
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM
@@ -60,19 +64,20 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
     from training.models import load_tokenizer
 
     tok = load_tokenizer(adapter or model_path)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # fp32 everywhere: scores comparable across devices
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
+    model.to(dev).eval()
     end = tok.eos_token or ""
     label_ids = [tok(lab + end, add_special_tokens=False).input_ids for lab in labels]
     width = max(len(x) for x in label_ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    cand = torch.tensor([x + [pad] * (width - len(x)) for x in label_ids])
-    lens = torch.tensor([len(x) for x in label_ids])
-    mask = torch.arange(width)[None, :] < lens[:, None]
+    cand = torch.tensor([x + [pad] * (width - len(x)) for x in label_ids], device=dev)
+    lens = torch.tensor([len(x) for x in label_ids], device=dev)
+    mask = torch.arange(width, device=dev)[None, :] < lens[:, None]
     rows = [tok(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False), add_special_tokens=False).input_ids
             for m in prompts]
     # The system prompt (instruction + label list) is the same for every row: run it once.
@@ -81,25 +86,38 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
         k = next((i for i, (a, b) in enumerate(zip(common, r)) if a != b), min(len(common), len(r)))
         common = common[:k]
     common = common[: max(len(common) - 1, 0)]  # every row keeps at least one token of its own
-    preds = []
+    preds, scores = [], []
     with torch.inference_mode(), Progress(transient=True) as bar:
         task = bar.add_task(desc, total=len(prompts))
-        prefix = model(input_ids=torch.tensor([common]), use_cache=True).past_key_values if common else None
+        prefix = model(input_ids=torch.tensor([common], device=dev), use_cache=True).past_key_values if common else None
         for ids in rows:
             past = copy.deepcopy(prefix) if prefix is not None else None
-            own = torch.tensor([ids[len(common):]])
-            pos = torch.arange(len(common), len(ids))[None, :]
+            own = torch.tensor([ids[len(common):]], device=dev)
+            pos = torch.arange(len(common), len(ids), device=dev)[None, :]
             out = model(input_ids=own, past_key_values=past, position_ids=pos, use_cache=True)
             past = out.past_key_values
             past.batch_repeat_interleave(len(labels))
             first = torch.log_softmax(out.logits[0, -1].float(), -1)[cand[:, 0]]
-            pos = torch.arange(len(ids), len(ids) + width)[None, :].expand(len(labels), -1)
+            pos = torch.arange(len(ids), len(ids) + width, device=dev)[None, :].expand(len(labels), -1)
             nxt = model(input_ids=cand, past_key_values=past, position_ids=pos, use_cache=True).logits
             lp = torch.log_softmax(nxt[:, :-1].float(), -1).gather(-1, cand[:, 1:, None])[..., 0]
             score = first + (lp * mask[:, 1:]).sum(-1)
             preds.append(labels[int(score.argmax())])
+            scores.append(score.float().cpu().numpy())
             bar.advance(task)
+    if return_scores:
+        return preds, np.stack(scores) if scores else np.zeros((0, len(labels)))
     return preds
+
+
+def gold_logprob(scores: np.ndarray, gold: list[str], labels: list[str]) -> float:
+    """Mean log-probability of the gold label, normalized over the label set."""
+    if len(scores) == 0:
+        return float("nan")
+    z = scores - scores.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    idx = [labels.index(g) for g in gold]
+    return float(np.mean(logp[np.arange(len(gold)), idx]))
 
 
 def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[str], structured: str,

@@ -26,8 +26,21 @@ def lock_stage(spec: TaskSpec, run: Path, force: bool = False) -> dict:
     return info
 
 
+def _student_adapters(run: Path, tm: dict) -> dict[str, Path]:
+    """{'student_sft': ..., 'student_dpo': ...} when DPO ran, else {'student': kept adapter}."""
+    d = run / "train"
+    if tm.get("dpo"):
+        return {"student_sft": d / tm["sft"]["adapter"], "student_dpo": d / tm["dpo"]["adapter"]}
+    return {"student": d / tm.get("adapter", "adapter")}
+
+
 def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) -> dict:
-    """Score on the verified held-out set; writes eval/metrics.json and a manifest."""
+    """Score on the verified held-out set; writes eval/metrics.json, a manifest, and the model card.
+
+    With DPO, SFT and SFT+DPO are both scored; `student` is the adapter the train stage kept
+    (chosen on its validation rows, never here), with a `kept` field saying which and why.
+    """
+    from training.card import write_card
     from training.models import student_base_dir
 
     d = run / "heldout"
@@ -35,9 +48,15 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
     train_m = read_manifest(run / "train")
     if not train_m:
         raise HeldoutError(f"{run / 'train'}: no trained student (run `distilforge train` first)")
+    base_name = train_m.get("base_model") or spec.student.base
+    base = train_m.get("base_dir") if Path(train_m.get("base_dir") or "/nonexistent").exists() else None
+    base = base or student_base_dir(base_name)  # the base the adapter was trained on, not today's spec
+    adapters = _student_adapters(run, train_m)
     cfg = {"eval": spec.eval.model_dump(), "teacher": spec.teacher.model if spec.eval.teacher else None,
-           "labels": spec.label_names, "system": spec.system_prompt(), "student": spec.student.base}
-    st = Stage(run / "eval", "eval", {"heldout": info["sha256"], "adapter": train_m["adapter_sha256"]}, cfg)
+           "labels": spec.label_names, "system": spec.system_prompt(), "student": base_name}
+    inputs = {"heldout": info["sha256"], "adapter": train_m["adapter_sha256"],
+              **({"dpo_adapter": train_m["dpo"]["adapter_sha256"]} if train_m.get("dpo") else {})}
+    st = Stage(run / "eval", "eval", inputs, cfg)
     if st.is_current() and not force:
         console.print("eval: inputs unchanged, skipped")
         return read_manifest(run / "eval")
@@ -48,11 +67,14 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
     gold, texts = list(rows["label"]), list(rows["text"])
     prompts = [spec.student_prompt(t) for t in texts]
     labels = spec.label_names
-    base = student_base_dir(spec.student.base)
     models: dict[str, dict] = {}
     models["base"] = ev.summarize(ev.score_local(base, None, prompts, labels, "scoring base"), gold, labels)
-    adapter = str(run / "train" / "adapter")
-    models["student"] = ev.summarize(ev.score_local(base, adapter, prompts, labels, "scoring student"), gold, labels)
+    for name, path in adapters.items():
+        models[name] = ev.summarize(ev.score_local(base, str(path), prompts, labels, f"scoring {name}"), gold, labels)
+    kept = train_m.get("kept") or {"which": "sft", "why": "SFT only (trained before DPO support)", "selected_on": None}
+    if "student" not in models:
+        models["student"] = {**models[f"student_{kept['which']}"]}
+    models["student"]["kept"] = kept
     if spec.eval.teacher and endpoint is not None:
         preds, tokens = ev.score_teacher(endpoint, spec.system_prompt(), texts, labels, spec.teacher.structured_output,
                                          spec.teacher.timeout_s, spec.teacher.max_retries)
@@ -61,15 +83,18 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
     if "teacher" in models:
         comparisons["student_vs_teacher"] = ev.paired_bootstrap(models["student"]["correct"], models["teacher"]["correct"])
     comparisons["student_vs_base"] = ev.paired_bootstrap(models["student"]["correct"], models["base"]["correct"])
+    if "student_dpo" in models:
+        comparisons["dpo_vs_sft"] = ev.paired_bootstrap(models["student_dpo"]["correct"], models["student_sft"]["correct"])
     metrics = {"n": len(gold), "labels": labels, "heldout_sha256": info["sha256"],
-               "row_ids": list(rows["id"]),
+               "adapter_sha256": train_m["adapter_sha256"], "row_ids": list(rows["id"]),
                "models": models, "comparisons": comparisons,
                "per_label": {m: v["per_label"] for m, v in models.items()}}
-    for m in models.values():  # predictions stay in metrics.json; no held-out text anywhere
+    for m in models.values():  # predictions stay out of metrics.json; no held-out text anywhere
         m.pop("predictions", None)
     atomic_write_json(run / "eval" / "metrics.json", metrics)
-    out = st.finish(n=len(gold), accuracy={k: v["accuracy"] for k, v in models.items()},
+    out = st.finish(n=len(gold), accuracy={k: v["accuracy"] for k, v in models.items()}, kept=kept,
                     metrics_sha256=sha256_json(metrics))
+    write_card(run, metrics)
     print_table(metrics)
     return out
 
@@ -78,9 +103,10 @@ def print_table(metrics: dict) -> None:
     t = Table(title=f"held-out accuracy (n={metrics['n']}, locked)")
     for col in ("model", "accuracy", "95% CI", "macro-F1"):
         t.add_column(col)
-    for name in ("base", "teacher", "student"):
+    for name in ("base", "teacher", "student_sft", "student_dpo", "student"):
         m = metrics["models"].get(name)
         if m:
             lo, hi = m["accuracy_ci"]
-            t.add_row(name, f"{m['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{m['macro_f1']:.3f}")
+            shown = f"student (kept: {m['kept']['which']})" if name == "student" and m.get("kept") else name
+            t.add_row(shown, f"{m['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{m['macro_f1']:.3f}")
     Console().print(t)

@@ -172,7 +172,7 @@ def test_a_group_keeps_its_best_judged_row_not_the_first(planted):
     assert BEST[1] in kept and DISTINCT[14][1] not in kept
     i = res.rejected["text"].index(DISTINCT[14][1])
     assert res.rejected[i]["reason"] == "near_duplicate"
-    assert kept[BEST[1]] in res.rejected[i]["detail"]
+    assert res.rejected[i]["detail"] == f"near copy (word-shingle Jaccard 0.71) of kept row {kept[BEST[1]]}"
     sizes = dict(zip(res.kept["text"], res.kept["dedup_cluster_size"]))
     assert sizes[BEST[1]] == 2
     assert sizes[DISTINCT[0][1]] == 3  # itself + an exact copy + a near copy
@@ -263,9 +263,18 @@ def test_exact_copies_under_two_labels_are_kept_when_dedup_is_per_label(embedder
     t = DISTINCT[9][1]
     raw = datasets.Dataset.from_list([make_row("lost_card", t, 0), make_row("card_delivery", t, 1)])
     across = curate(raw, spec_for(semantic_dedup=False), embedder=embedder)
-    assert across.rejected["reason"] == ["exact_duplicate"] and "labelled" in across.rejected["detail"][0]
+    assert across.rejected["reason"] == ["exact_duplicate"]
+    assert across.rejected["detail"][0] == f"same normalized text of kept row {raw['id'][0]}; kept row is labelled lost_card"
     per_label = curate(raw, spec_for(dedup_across_labels=False), embedder=embedder)
     assert len(per_label.kept) == 2
+
+
+def test_empty_input_gives_empty_outputs_with_the_schema(embedder):
+    raw = datasets.Dataset.from_list(planted_rows()).select([])
+    res = curate(raw, spec_for(), heldout_ds(), embedder=embedder)
+    assert len(res.kept) == len(res.rejected) == 0
+    assert "reason" in res.rejected.column_names and "dedup_cluster_size" in res.kept.column_names
+    assert res.under_filled == {lab: 0 for lab in LABELS}
 
 
 def test_minhash_signatures_equal_datasketch():
@@ -302,6 +311,9 @@ def test_filters_leave_ordinary_customer_phrasing_alone():
         "My card arrival date was two weeks ago.",
         "Balance?? It shows zero",
         "Top up via SEPA didn't work 😕👍🏽",
+        "Here is my problem: the app logs me out every time I open it.",
+        "Here's the thing, my card keeps getting declined at the supermarket.",
+        "As an assistant manager I need a second card for company expenses.",
     ]
     spec = spec_for()
     checks = filters.heuristic_checks(spec)

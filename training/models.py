@@ -4,7 +4,8 @@
 transformers (`gguf_file=`) and saved once; the quantization config must be removed first or
 transformers refuses to save or train it. `tiny-random`: a 2-layer random Llama with the same
 tokenizer, for tests and smoke runs (it learns the label format in seconds, nothing more).
-Anything else is a local HF folder, or a hub id used only when online.
+A `.gguf` file is de-quantized the same way (once, cached); anything else is a local HF folder,
+or a hub id used only when online.
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ class ModelError(RuntimeError):
     pass
 
 
-def _smollm2_dir() -> Path:
-    out = cache_dir() / "models" / "smollm2-135m-hf"
+def _gguf_to_hf(gguf: Path, out: Path) -> Path:
+    """De-quantize a GGUF file into a plain HF folder once (temp folder + rename)."""
     if (out / "config.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = gguf_path("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None:
@@ -38,6 +38,22 @@ def _smollm2_dir() -> Path:
     tok.save_pretrained(str(tmp))
     os.replace(tmp, out)
     return out
+
+
+def _smollm2_dir() -> Path:
+    out = cache_dir() / "models" / "smollm2-135m-hf"
+    if (out / "config.json").exists():
+        return out
+    return _gguf_to_hf(gguf_path("smollm2-135m"), out)
+
+
+def _gguf_file_dir(p: Path) -> Path:
+    """A user's .gguf file, converted once; keyed by path, size and mtime (hashing 1 GB each run is slow)."""
+    import hashlib
+
+    st = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return _gguf_to_hf(p, cache_dir() / "models" / f"{p.stem}-{key}-hf")
 
 
 def _tiny_dir() -> Path:
@@ -69,12 +85,14 @@ def student_base_dir(base: str) -> str:
     if base == "tiny-random":
         return str(_tiny_dir())
     p = Path(base).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return str(_gguf_file_dir(p))
     if p.exists():
         if not (p / "config.json").exists():
             raise ModelError(f"student.base: {p} is not a HF model folder (no config.json)")
         return str(p)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in base:
-        raise ModelError(f"student.base: '{base}' is not embedded ({', '.join(EMBEDDED)}), not a local folder, "
+        raise ModelError(f"student.base: '{base}' is not embedded ({', '.join(EMBEDDED)}), not a local folder or .gguf file, "
                          "and hub ids need HF_HUB_OFFLINE unset")
     return base
 
@@ -86,3 +104,24 @@ def load_tokenizer(path: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def merge_adapter(base_dir: str, adapter: str | Path, dest: str | Path) -> Path:
+    """Fold a LoRA adapter into its base (`merge_and_unload`) and save a plain HF folder atomically.
+
+    fp32 on purpose: merging into bf16 weights rounds the LoRA delta away on small models.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dest = Path(dest)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp))
+    load_tokenizer(str(adapter)).save_pretrained(str(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest

@@ -4,16 +4,19 @@ Why these settings: conversational prompt/completion rows give completion-only l
 `messages` format also trains on the prompt and learned far worse in a probe: 15/64 vs 54/64);
 LoRA needs lr ~1e-4..2e-4 (TRL's 2e-5 default barely moves an adapter); on CPU bf16 must be off
 explicitly (TRL turns it on and then fails); KV cache off during training is the Trainer's
-business, evaluation turns it back on.
+business, evaluation turns it back on. Packing uses TRL's best-fit-decreasing strategy, which is
+padding-free: transformers turns the packed `position_ids` into a block-diagonal mask, so rows
+packed together never attend to one another.
 """
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+
+from training import common
 
 
 @dataclass
@@ -23,24 +26,34 @@ class LoraSFTConfig:
     base_model: str
     epochs: float = 3
     learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 256
+    packing: bool = False
+    padding_free: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str = "all-linear"
     seed: int = 0
+    device: str = "auto"
     gradient_checkpointing: bool = False
+    save_steps: int = 50
+    save_total_limit: int = 2
     logging_steps: int = 1
-    extra: dict = field(default_factory=dict)
+    tensorboard: bool = True
+
+    @classmethod
+    def from_training(cls, t, base_dir: str) -> "LoraSFTConfig":
+        """From the spec's `training` block (a `distilforge.spec.Training`)."""
+        names = cls.__dataclass_fields__.keys() - {"base_model"}
+        return cls(base_model=base_dir, **{k: getattr(t, k) for k in names})
 
     @classmethod
     def from_spec(cls, spec, base_dir: str) -> "LoraSFTConfig":
-        t = spec.training
-        return cls(base_model=base_dir, epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
-                   grad_accum=t.grad_accum, max_length=t.max_length, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
-                   lora_dropout=t.lora_dropout, lora_target_modules=t.lora_target_modules, seed=t.seed)
+        return cls.from_training(spec.training, base_dir)
 
 
 def sft_rows(ds: datasets.Dataset) -> datasets.Dataset:
@@ -51,58 +64,54 @@ def sft_rows(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.select_columns(["prompt", "completion"])
 
 
-def train_sft(cfg: LoraSFTConfig, train: datasets.Dataset, out_dir: str | Path) -> dict:
-    """Train a LoRA adapter; save it to `out_dir/adapter`; return log history and timings."""
-    import torch
+def lora_config(cfg):
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def train_sft(cfg: LoraSFTConfig, train: datasets.Dataset, out_dir: str | Path, *, resume: bool = False,
+              fingerprint: str = "", callbacks: list | None = None, tb_dir: Path | None = None) -> dict:
+    """Train a LoRA adapter into `out_dir/adapter`; return log history, tokens and timings.
+
+    `resume`: continue from the last checkpoint in `out_dir/checkpoints` written under the same
+    `fingerprint` (optimizer, scheduler, RNG and data order are restored, so the final adapter
+    equals an uninterrupted run's).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
     from training.models import load_tokenizer
 
     out_dir = Path(out_dir)
-    cuda = torch.cuda.is_available()
+    start = common.prepare_checkpoints(out_dir, fingerprint or "unversioned", resume)
+    dev = common.resolve_device(cfg.device)
+    set_seed(cfg.seed)  # LoRA init happens before the Trainer seeds anything
     tok = load_tokenizer(cfg.base_model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=torch.bfloat16 if cuda else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dev["dtype"])
+    packing_kw = {"packing": True, "packing_strategy": "bfd"} if cfg.packing else {}
     args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        max_length=cfg.max_length,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        seed=cfg.seed,
-        bf16=cuda,
-        fp16=False,
-        use_cpu=not cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **common.trainer_args(cfg, out_dir, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                              batch_size=cfg.batch_size),
+        # padding-free without packing cannot truncate (TRL refuses max_length there)
+        max_length=None if cfg.padding_free and not cfg.packing else cfg.max_length,
+        padding_free=cfg.padding_free,
         completion_only_loss=True,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        **cfg.extra,
+        **packing_kw,
     )
-    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_rows(train), processing_class=tok,
-                         peft_config=peft_cfg)
+    with common.tensorboard_dir(tb_dir if cfg.tensorboard else None):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=sft_rows(train), processing_class=tok,
+                             peft_config=lora_config(cfg), callbacks=callbacks)
     t0 = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=start)
     seconds = time.time() - t0
-    adapter = out_dir / "adapter"
-    tmp = out_dir / f".adapter.tmp{os.getpid()}"
-    trainer.model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    if adapter.exists():
-        import shutil
-
-        shutil.rmtree(adapter)
-    os.replace(tmp, adapter)
-    tokens = int(result.metrics.get("train_tokens", 0) or 0) if hasattr(result, "metrics") else 0
-    return {"adapter": str(adapter), "seconds": round(seconds, 2), "train_loss": result.training_loss,
+    common.save_adapter(trainer.model, tok, out_dir / "adapter")
+    per_epoch = common.dataset_tokens(trainer.train_dataset)
+    tokens = int(per_epoch * cfg.epochs)
+    return {"adapter": str(out_dir / "adapter"), "seconds": round(seconds, 2), "train_loss": result.training_loss,
             "steps": result.global_step, "log_history": trainer.state.log_history, "config": asdict(cfg),
-            "train_rows": len(train), "num_tokens": tokens}
+            "train_rows": len(train), "tokens": tokens, "resumed_from": Path(start).name if start else None,
+            "tokens_per_second": round(tokens / seconds, 1) if seconds and not start else None,
+            "device": dev["device"], "torch_threads": torch.get_num_threads()}

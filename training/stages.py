@@ -1,14 +1,33 @@
-"""The train stage: LoRA SFT on the curated (or approved) rows, after the contamination gate."""
+"""The train stage: contamination gate, LoRA SFT, optional DPO, keep the better, merge, model card.
+
+Layout of RUN/train:
+    sft/{checkpoints,adapter,done.json}   dpo/{checkpoints,adapter,done.json}   tb/{sft,dpo}
+    adapter/    the kept adapter (what eval calls `student`)
+    merged/     optional, the kept adapter folded into the base
+    README.md   model card (rewritten with held-out metrics by eval)
+
+DPO must not silently make the student worse, so when it runs a validation split is carved from
+the training rows (stratified, deterministic) before SFT; both adapters are scored on it by label
+likelihood and DPO is kept only if it is better. The choice is made here, on training-side rows,
+not on the locked held-out set, so the held-out score of the kept student is not selected on.
+With no validation rows (tiny runs) SFT is kept: nothing may be chosen by looking at the held-out set.
+"""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import datasets
 from rich.console import Console
 
-from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest, sha256_file
+from distilforge.manifest import Stage, dataset_hash, load_dataset_dir, output_hash, read_manifest, sha256_json
 from distilforge.spec import TaskSpec
+from training import common
 
 console = Console(stderr=True)
+
+# Fields that change how a run is logged or checkpointed, never what it learns.
+NOT_SEMANTIC = {"save_steps", "save_total_limit", "logging_steps", "tensorboard"}
 
 
 class ContaminationError(RuntimeError):
@@ -22,61 +41,170 @@ def training_source(run: Path) -> tuple[str, Path, str]:
     return "curate", run / "curate" / "curated", output_hash(run / "curate", "curated")
 
 
-def contamination_gate(spec: TaskSpec, run: Path, ds) -> None:
-    """Refuse to train on any row that overlaps the locked held-out set."""
+def teacher_prefs(run: Path) -> tuple[Path, str] | None:
+    """A teacher-made preference set (`generate/prefs`), when the generate stage wrote one."""
+    m = read_manifest(run / "generate")
+    if m and "prefs" in m.get("outputs", {}):
+        return run / "generate" / "prefs", m["outputs"]["prefs"]["sha256"]
+    return None
+
+
+def contamination_gate(spec: TaskSpec, run: Path, texts: list[str], ids: list[str], what: str = "training") -> None:
+    """Refuse to train on any row that overlaps the locked held-out set (n-gram or embedding match)."""
+    from curation.decontam import find_contamination
     from heldout.lock import load_locked
 
-    held = load_locked(run / "heldout")
-    try:
-        from curation.decontam import find_contamination
-    except ImportError:
-        find_contamination = None
-    if find_contamination is not None:
-        hits = find_contamination(list(ds["text"]), list(ds["id"]), held, spec.curation)
-    else:
-        from curation.curate import normalize
-
-        ids = {normalize(t): i for t, i in zip(held["text"], held["id"])}
-        hits = [{"row_id": r, "heldout_id": ids[normalize(t)], "kind": "exact"}
-                for t, r in zip(ds["text"], ds["id"]) if normalize(t) in ids]
+    hits = find_contamination(list(texts), list(ids), load_locked(run / "heldout"), spec.curation)
     if hits:
-        listed = ", ".join(f"{h['row_id']}~{h['heldout_id']}" for h in hits[:10])
-        raise ContaminationError(f"refusing to train: {len(hits)} training row(s) overlap the locked held-out set "
+        rows = sorted({h["row_id"] for h in hits})
+        listed = ", ".join(f"{h['row_id']}~{h['heldout_id']} ({h['kind']})" for h in hits[:10])
+        raise ContaminationError(f"refusing to train: {len(rows)} {what} row(s) overlap the locked held-out set "
                                  f"({listed}{' …' if len(hits) > 10 else ''})")
 
 
-def _dir_hash(d: Path) -> str:
-    from distilforge.manifest import sha256_json
+def validation_split(ds: datasets.Dataset, fraction: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, validation): per label, `fraction` of its rows (labels with < 3 rows give none).
 
-    return sha256_json({p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file()})
+    Order within a label is by a hash of (seed, id), so the split is stable across reruns and
+    does not depend on row order.
+    """
+    if fraction <= 0:
+        return ds, ds.select([])
+    by_label: dict[str, list[int]] = {}
+    for i, lab in enumerate(ds["label"]):
+        by_label.setdefault(lab, []).append(i)
+    ids = ds["id"]
+    val: list[int] = []
+    for idx in by_label.values():
+        if len(idx) < 3:
+            continue
+        idx = sorted(idx, key=lambda i: hashlib.sha256(f"{seed}|{ids[i]}".encode()).hexdigest())
+        val += idx[: max(1, round(fraction * len(idx)))]
+    keep = sorted(set(range(len(ds))) - set(val))
+    return ds.select(keep), ds.select(sorted(val))
 
 
-def train_stage(spec: TaskSpec, run: Path, force: bool = False) -> dict:
+def choose_adapter(spec: TaskSpec, base: str, sft: Path, dpo: Path, val: datasets.Dataset) -> dict:
+    """Keep DPO only if it beats SFT on the validation rows (accuracy, then gold-label log-prob)."""
+    from heldout import evaluate as ev
+
+    if len(val) == 0:
+        return {"which": "sft", "selected_on": None,
+                "why": "no validation rows (fewer than 3 training rows per label) to compare on: SFT kept; "
+                       "the held-out comparison in eval shows what DPO did"}
+    labels, gold, prompts = spec.label_names, list(val["label"]), list(val["prompt"])
+    res = {}
+    for name, path in (("sft", sft), ("dpo", dpo)):
+        preds, scores = ev.score_local(base, str(path), prompts, labels, f"validating {name}", return_scores=True)
+        res[name] = {"accuracy": round(sum(p == g for p, g in zip(preds, gold)) / len(gold), 4),
+                     "gold_logprob": round(ev.gold_logprob(scores, gold, labels), 4)}
+    s, d = res["sft"], res["dpo"]
+    better = (d["accuracy"], d["gold_logprob"]) > (s["accuracy"], s["gold_logprob"])
+    which = "dpo" if better else "sft"
+    why = (f"validation accuracy SFT {s['accuracy']:.3f} vs SFT+DPO {d['accuracy']:.3f} "
+           f"(gold log-prob {s['gold_logprob']:.3f} vs {d['gold_logprob']:.3f}, n={len(val)}): "
+           + ("DPO is better, kept" if better else "DPO is not better, SFT kept"))
+    return {"which": which, "why": why, "selected_on": f"validation split of the training rows (n={len(val)})",
+            "validation": res}
+
+
+def _preferences(spec: TaskSpec, run: Path, train: datasets.Dataset) -> tuple[datasets.Dataset, str]:
+    found = teacher_prefs(run)
+    if found:
+        pairs = load_dataset_dir(found[0])
+        users = [next((m["content"] for m in reversed(p) if m.get("role") == "user"), "") for p in pairs["prompt"]]
+        ids = list(pairs["id"]) if "id" in pairs.column_names else [f"prefs-{i}" for i in range(len(pairs))]
+        contamination_gate(spec, run, users, ids, "preference")
+        return pairs, "generate/prefs"
+    from curation.preferences import classification_pairs
+
+    return classification_pairs(train, spec), "curated rows, confusable labels"
+
+
+def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = False,
+                callbacks: list | None = None) -> dict:
+    """Train (or skip when inputs are unchanged). `resume`: continue finished sub-stages and checkpoints."""
     from heldout.lock import read_lock
-    from training.models import student_base_dir
+    from training.dpo import LoraDPOConfig, train_dpo
+    from training.models import merge_adapter, student_base_dir
     from training.sft import LoraSFTConfig, train_sft
 
+    t = spec.training
     src, path, h = training_source(run)
     lock = read_lock(run / "heldout")
-    base = student_base_dir(spec.student.base)
-    cfg = LoraSFTConfig.from_spec(spec, base)
-    st = Stage(run / "train", "train", {src: h, "heldout": lock["sha256"]},
-               {**cfg.__dict__, "base_model": spec.student.base})
+    base_name = t.base_model or spec.student.base
+    base = student_base_dir(base_name)
+    prefs = teacher_prefs(run) if t.dpo.enabled else None
+    inputs = {src: h, "heldout": lock["sha256"], **({"prefs": prefs[1]} if prefs else {})}
+    semantic = {k: v for k, v in t.model_dump(mode="json").items() if k not in NOT_SEMANTIC}
+    st = Stage(run / "train", "train", inputs, {**semantic, "base_model": base_name})
     if st.is_current() and not force:
         console.print("train: inputs unchanged, skipped")
         return read_manifest(st.dir)
     ds = load_dataset_dir(path)
     if len(ds) == 0:
         raise ContaminationError(f"{path}: no rows to train on")
-    contamination_gate(spec, run, ds)
+    contamination_gate(spec, run, ds["text"], ds["id"])
     st.begin()
-    res = train_sft(cfg, ds, st.dir)
-    import torch
+    train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if t.dpo.enabled else (ds, ds.select([]))
 
-    m = st.finish(data_source=src, rows=len(ds), base_model=spec.student.base, base_dir=base,
-                  adapter="adapter", adapter_sha256=_dir_hash(st.dir / "adapter"),
-                  device="cuda" if torch.cuda.is_available() else "cpu",
-                  train_seconds=res["seconds"], train_loss=res["train_loss"], steps=res["steps"],
-                  log_history=res["log_history"], heldout_lock_sha256=lock["sha256"])
-    console.print(f"train: {res['steps']} steps on {len(ds)} rows in {res['seconds']:.0f}s, loss {res['train_loss']:.3f}")
+    sft_cfg = LoraSFTConfig.from_training(t, base)
+    sft_dir = st.dir / "sft"
+    sft_fp = sha256_json({"data": dataset_hash(train), "cfg": {**sft_cfg.__dict__, "base_model": base_name}})
+    if resume and common.stage_done(sft_dir, sft_fp):
+        sft = _done(sft_dir)
+        console.print("train: SFT already finished for these inputs, reused")
+    else:
+        sft = train_sft(sft_cfg, train, sft_dir, resume=resume, fingerprint=sft_fp, callbacks=callbacks,
+                        tb_dir=st.dir / "tb" / "sft")
+        common.mark_done(sft_dir, sft_fp, sft)
+    sft_hash = common.dir_hash(sft_dir / "adapter")
+    kept = {"which": "sft", "why": "DPO disabled (training.dpo.enabled: false)", "selected_on": None}
+    dpo_info = None
+    if t.dpo.enabled:
+        pairs, pairs_src = _preferences(spec, run, train)
+        dpo_cfg = LoraDPOConfig.from_training(t, base, str(sft_dir / "adapter"))
+        dpo_dir = st.dir / "dpo"
+        dpo_fp = sha256_json({"sft": sft_hash, "pairs": dataset_hash(pairs),
+                              "cfg": {**dpo_cfg.__dict__, "base_model": base_name, "sft_adapter": None}})
+        if resume and common.stage_done(dpo_dir, dpo_fp):
+            dpo = _done(dpo_dir)
+        else:
+            dpo = train_dpo(dpo_cfg, pairs, dpo_dir, resume=resume, fingerprint=dpo_fp, callbacks=callbacks,
+                            tb_dir=st.dir / "tb" / "dpo")
+            common.mark_done(dpo_dir, dpo_fp, dpo)
+        kept = choose_adapter(spec, base, sft_dir / "adapter", dpo_dir / "adapter", val)
+        dpo_info = {"adapter": "dpo/adapter", "adapter_sha256": common.dir_hash(dpo_dir / "adapter"),
+                    "log_history": dpo["log_history"], "seconds": dpo["seconds"], "train_loss": dpo["train_loss"],
+                    "steps": dpo["steps"], "pairs": len(pairs), "pairs_source": pairs_src,
+                    "beta": t.dpo.beta, "loss_type": t.dpo.loss_type, "reference": "frozen copy of the SFT adapter",
+                    "resumed_from": dpo.get("resumed_from")}
+    chosen = st.dir / ("dpo" if kept["which"] == "dpo" else "sft") / "adapter"
+    common.copy_dir(chosen, st.dir / "adapter")
+    if t.merge:
+        merge_adapter(base, st.dir / "adapter", st.dir / "merged")
+    seconds = sft["seconds"] + (dpo_info["seconds"] if dpo_info else 0)
+    m = st.finish(data_source=src, data_sha256=h, rows=len(ds), train_rows=len(train), val_ids=list(val["id"]),
+                  base_model=base_name, base_dir=base,
+                  adapter="adapter", adapter_sha256=common.dir_hash(st.dir / "adapter"),
+                  merged="merged" if t.merge else None, device=sft["device"],
+                  train_seconds=round(seconds, 2), train_loss=sft["train_loss"], steps=sft["steps"],
+                  log_history=sft["log_history"], heldout_lock_sha256=lock["sha256"],
+                  sft={"adapter": "sft/adapter", "adapter_sha256": sft_hash, "seconds": sft["seconds"],
+                       "tokens": sft.get("tokens"), "tokens_per_second": sft.get("tokens_per_second"),
+                       "resumed_from": sft.get("resumed_from")},
+                  dpo=dpo_info, kept=kept, training=t.model_dump(mode="json"), peak_rss_mb=common.peak_rss_mb())
+    from training.card import write_card
+
+    write_card(run)
+    msg = f"train: SFT {sft['steps']} steps on {len(train)} rows in {sft['seconds']:.0f}s, loss {sft['train_loss']:.3f}"
+    if dpo_info:
+        msg += f"; DPO {dpo_info['steps']} steps on {dpo_info['pairs']} pairs; kept {kept['which']}"
+    console.print(msg)
     return m
+
+
+def _done(d: Path) -> dict:
+    import json
+
+    return json.loads((d / "done.json").read_text())

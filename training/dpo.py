@@ -1,0 +1,98 @@
+"""DPO on top of the SFT adapter with TRL's DPOTrainer; only the trained adapter is saved.
+
+The policy starts as the SFT adapter (loaded trainable). TRL then adds a frozen copy of it named
+`ref` and computes the reference log-probs by switching to that copy: the reference is the SFT
+policy itself, as in the DPO paper, with no second model in memory. (Passing a fresh
+`peft_config` instead would make the reference "adapter disabled", i.e. the pre-SFT base, against
+which the SFT adapter already has a huge margin, so the loss starts near zero and DPO barely
+trains.) The `ref` copy is excluded when saving (`selected_adapters=["default"]`).
+
+DPO's default lr (1e-6) is too low for LoRA and 1e-4 hurt greedy accuracy in a probe
+(54/64 -> 41/64); 2e-5 with beta 0.1 for one epoch is the conservative default, and the caller
+keeps SFT unless DPO scores better on validation rows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+
+from training import common
+
+
+@dataclass
+class LoraDPOConfig:
+    """Everything that changes what `train_dpo` produces (hashed into the stage fingerprint)."""
+
+    base_model: str
+    sft_adapter: str
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    epochs: float = 1
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    seed: int = 0
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    tensorboard: bool = True
+
+    @classmethod
+    def from_training(cls, t, base_dir: str, sft_adapter: str) -> "LoraDPOConfig":
+        d = t.dpo
+        return cls(base_model=base_dir, sft_adapter=sft_adapter, beta=d.beta, loss_type=d.loss_type, epochs=d.epochs,
+                   learning_rate=d.learning_rate, lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio,
+                   batch_size=d.batch_size or t.batch_size, grad_accum=t.grad_accum, max_length=t.max_length,
+                   seed=t.seed, device=t.device, gradient_checkpointing=t.gradient_checkpointing,
+                   save_steps=t.save_steps, save_total_limit=t.save_total_limit, logging_steps=t.logging_steps,
+                   tensorboard=t.tensorboard)
+
+
+def dpo_rows(ds: datasets.Dataset) -> datasets.Dataset:
+    missing = {"prompt", "chosen", "rejected"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"preference data lacks column(s) {', '.join(sorted(missing))}")
+    return ds.select_columns(["prompt", "chosen", "rejected"])
+
+
+def train_dpo(cfg: LoraDPOConfig, pairs: datasets.Dataset, out_dir: str | Path, *, resume: bool = False,
+              fingerprint: str = "", callbacks: list | None = None, tb_dir: Path | None = None) -> dict:
+    """Train the SFT adapter further with DPO into `out_dir/adapter`; return log history and timings."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    from training.models import load_tokenizer
+
+    out_dir = Path(out_dir)
+    start = common.prepare_checkpoints(out_dir, fingerprint or "unversioned", resume)
+    dev = common.resolve_device(cfg.device)
+    set_seed(cfg.seed)
+    tok = load_tokenizer(cfg.sft_adapter)
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dev["dtype"])
+    model = PeftModel.from_pretrained(base, cfg.sft_adapter, is_trainable=True)
+    args = DPOConfig(
+        **common.trainer_args(cfg, out_dir, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                              batch_size=cfg.batch_size),
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        max_length=cfg.max_length,
+    )
+    with common.tensorboard_dir(tb_dir if cfg.tensorboard else None):
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dpo_rows(pairs), processing_class=tok,
+                             callbacks=callbacks)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=start)
+    seconds = time.time() - t0
+    common.save_adapter(trainer.model, tok, out_dir / "adapter")
+    return {"adapter": str(out_dir / "adapter"), "seconds": round(seconds, 2), "train_loss": result.training_loss,
+            "steps": result.global_step, "log_history": trainer.state.log_history, "config": asdict(cfg),
+            "pairs": len(pairs), "resumed_from": Path(start).name if start else None, "device": dev["device"]}
