@@ -43,7 +43,13 @@ def build_dataset(url: str, api_key: str, n: int, dim: int, seed: int):
         metadata=[rg.TermsMetadataProperty(name="src"), rg.FloatMetadataProperty(name="score")],
         vectors=[rg.VectorField(name="emb", dimensions=dim)],
     )
-    name = f"bench-{n}-{dim}-{int(time.time())}"
+    name = f"bench-{n}-{dim}-{seed}"
+    existing = client.datasets(name=name)
+    if existing is not None and len(list(existing.records(limit=n))) == n:  # --data-dir rerun
+        print(f"reusing dataset {name}", flush=True)
+        return existing
+    if existing is not None:
+        existing.delete()
     dataset = rg.Dataset(name=name, settings=settings, client=client).create()
     rng = np.random.default_rng(seed)
     vocab = [f"w{i}" for i in range(3000)]
@@ -116,19 +122,23 @@ def main() -> int:
     parser.add_argument("--url", help="benchmark this server instead of a fresh embedded one")
     parser.add_argument("--api-key", default=os.environ.get("ARGILLA_API_KEY"))
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--data-dir", type=Path, help="keep the embedded server's data here (reruns reuse it)")
     args = parser.parse_args()
     tmp = None
     if args.url:
         url, api_key = args.url.rstrip("/"), args.api_key
     else:
-        tmp = tempfile.TemporaryDirectory(prefix="argilla-bench-")
-        info = control.start(Path(tmp.name) / "data", port=int(os.environ.get("BENCH_PORT", "6931")))
-        url, api_key = info["url"], control.read_credentials(Path(tmp.name) / "data")["api_key"]
+        if args.data_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="argilla-bench-")
+        data_dir = args.data_dir or Path(tmp.name) / "data"
+        info = control.start(data_dir, port=int(os.environ.get("BENCH_PORT", "6931")))
+        url, api_key = info["url"], control.read_credentials(data_dir)["api_key"]
     try:
         results = run(url, api_key, args.records, args.dim, args.queries, args.seed)
     finally:
+        if not args.url:
+            control.stop(data_dir)
         if tmp is not None:
-            control.stop(Path(tmp.name) / "data")
             tmp.cleanup()
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))

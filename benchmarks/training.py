@@ -79,7 +79,7 @@ def run_plain(ds, out: Path, gc: bool) -> dict:
     trainer.train()
     secs = time.time() - t0
     trainer.model.save_pretrained(str(out / "adapter"))
-    return {"seconds": secs, "tokens": dataset_tokens(trainer.train_dataset) * HP["epochs"]}
+    return {"seconds": secs, "tokens": int(dataset_tokens(trainer.train_dataset) * HP["epochs"])}
 
 
 def run_distilforge(ds, out: Path, packing: bool) -> dict:
@@ -127,9 +127,8 @@ def main() -> None:
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if p.returncode or not line:
             sys.exit(f"{mode} failed:\n{p.stderr[-3000:]}")
-        results[mode] = json.loads(line[7:])
-        r = results[mode]
-        print(f"{mode:20s} {r['tokens']:6d} tok in {r['seconds']:6.1f}s = {r['tokens_per_s']:6.1f} tok/s, "
+        results[mode] = r = json.loads(line[7:])
+        print(f"{mode:20s} {int(r['tokens']):6d} tok in {r['seconds']:6.1f}s = {r['tokens_per_s']:6.1f} tok/s, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     if "plain" in results:
         ref = results["plain"]["tokens_per_s"]

@@ -49,17 +49,41 @@ def stop_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded mode
     typer.echo("stopped" if stop(model) else "not running")
 
 
-def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt):
+def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+                 dry_run: bool = typer.Option(False, "--dry-run", help="Forecast requests, tokens and cost; generate nothing."),
+                 calibrate: int = typer.Option(3, "--calibrate", min=0,
+                                               help="Dry run: real calibration requests (0: estimate from prompt length)."),
+                 max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0,
+                                                          help="Stop (at a shard boundary) once this many USD are spent in RUN."),
+                 max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1,
+                                                          help="Stop once this many tokens are spent in RUN."),
+                 targets: Optional[Path] = typer.Option(None, "--targets",
+                                                        help="YAML list of {label, keywords, attributes, count}: extra "
+                                                             "'targeted' requests (accumulate in RUN/generate/targets.json).")):
     """Ask the teacher for task rows (resumable: committed shards are never redone)."""
-    from curation.stages import generate_stage
+    from curation.plan import TargetsError, load_targets
+    from curation.stages import forecast_stage, generate_stage
     from curation.teacher import TeacherError, teacher_endpoint
 
     try:
         s = prepare(run, spec, profile)
+        if targets is not None:
+            from curation.generate import add_targets
+
+            add_targets(run / "generate", load_targets(targets, s))
         with teacher_endpoint(s.teacher, run / "generate") as ep:
-            generate_stage(s, run, ep)
-    except (SpecError, TeacherError, FileNotFoundError) as e:
+            if dry_run:
+                forecast_stage(s, run, ep, calibrate)
+            else:
+                generate_stage(s, run, ep, max_cost=max_cost, max_tokens=max_tokens)
+    except (SpecError, TeacherError, TargetsError, FileNotFoundError) as e:
         fail(str(e))
+    except Exception as e:  # noqa: BLE001 - transport errors during calibration: one line, no traceback
+        import openai
+
+        if isinstance(e, openai.OpenAIError):
+            fail(f"teacher request failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        raise
 
 
 def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt):

@@ -11,40 +11,110 @@ from distilforge.spec import TaskSpec
 console = Console(stderr=True)
 
 
-def generation_config(spec: TaskSpec) -> dict:
-    """What changes the generated rows (training/eval settings do not)."""
+NOT_SEMANTIC = {"concurrency", "max_cost_usd", "max_total_tokens"}  # how fast / how far, not what
+
+
+def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
+    """What changes the generated rows (training/eval settings, caps and concurrency do not)."""
+    from curation.generate import saved_targets
+
     t = spec.teacher
+    gen = {k: v for k, v in spec.generation.model_dump(mode="json").items() if k not in NOT_SEMANTIC}
     return {"name": spec.name, "type": spec.type, "labels": [lab.model_dump() for lab in spec.labels],
-            "instruction": spec.instruction, "generation": spec.generation.model_dump(),
+            "instruction": spec.instruction, "multi_label": spec.multi_label, "output_schema": spec.output_schema,
+            "style_guide": spec.style_guide, "examples": [e.model_dump(mode="json") for e in spec.examples],
+            "generation": gen, "targets": saved_targets(run / "generate") if run else [],
             "teacher": {"model": t.model, "endpoint": t.endpoint, "base_url": t.base_url,
-                        "temperature": t.temperature, "max_tokens": t.max_tokens}}
+                        "temperature": t.temperature, "max_tokens": t.max_tokens,
+                        "structured_output": t.structured_output}}
 
 
-def generate_stage(spec: TaskSpec, run: Path, endpoint) -> dict:
+def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> dict:
+    """`generate --dry-run`: requests, tokens and cost still to spend; writes generate/forecast.json."""
+    from rich.table import Table
+
+    from curation import budget
+    from curation.generate import committed_shards, plan_all
+    from distilforge.manifest import atomic_write_json
+
+    out = run / "generate"
+    base, evolve = plan_all(spec, out)
+    fc = budget.forecast(spec, endpoint, base, evolve, committed_shards(out), calibrate)
+    fc["spent_so_far"] = budget.spent(out)
+    atomic_write_json(out / "forecast.json", fc)
+    tab = Table(title=f"generate forecast ({fc['method']})")
+    for c in ("phase", "requests", "prompt tokens", "completion tokens", "cost USD"):
+        tab.add_column(c, justify="right" if c != "phase" else "left")
+    for name, ph in [*fc["phases"].items(), ("total", fc["total"])]:
+        tab.add_row(name, str(ph["requests"]), str(ph["prompt_tokens"]), str(ph["completion_tokens"]),
+                    f"{ph['cost_usd']:.4f}")
+    Console().print(tab)
+    return fc
+
+
+def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None = None,
+                   max_tokens: int | None = None) -> dict:
+    from curation import budget
     from curation.generate import collect, generate
 
-    st = Stage(run / "generate", "generate", {}, generation_config(spec))
+    st = Stage(run / "generate", "generate", {}, generation_config(spec, run))
     m = read_manifest(st.dir)
     if st.is_current() and m and m.get("pending_shards") == 0:
         console.print("generate: inputs unchanged and all shards committed, skipped")
         return m
     st.begin()
-    stats = generate(spec, endpoint, st.dir)
+    stats = generate(spec, endpoint, st.dir, max_cost=max_cost, max_tokens=max_tokens)
     ds = collect(spec, st.dir)
+    extra: dict = {}
+    if spec.generation.preferences.enabled:
+        from curation.judge import collect_prefs
+
+        prefs, agree = collect_prefs(spec, endpoint, ds, st.dir)
+        if agree:  # classification: share of candidate answers agreeing with the row's label
+            ds = ds.add_column("judge_score", [agree.get(i) for i in ds["id"]])
+        if len(prefs):
+            st.save("prefs", prefs)
+        extra["prefs"] = {"pairs": len(prefs), "judged": sum(k == "judged" for k in prefs["kind"]),
+                          "hard_negatives": sum(k == "hard_negative" for k in prefs["kind"])}
     st.save("rows", ds)
-    ok = [r for r in ds if r["status"] == "ok"]
+    ok = [s == "ok" for s in ds["status"]]
     p_tok, c_tok = sum(ds["prompt_tokens"]), sum(ds["completion_tokens"])
-    cost = (p_tok * spec.teacher.price_in_per_m + c_tok * spec.teacher.price_out_per_m) / 1e6
-    m = st.finish(teacher=endpoint.public(), teacher_model=endpoint.model, requests=len(ds), ok=len(ok),
-                  failed=len(ds) - len(ok), tokens={"prompt": p_tok, "completion": c_tok},
-                  cost_usd=round(cost, 6), **stats)
-    if stats["pending_shards"]:
+    price = budget.prices(spec)
+    spent = budget.spent(st.dir)
+    fc_path = st.dir / "forecast.json"
+    if fc_path.exists():
+        import json
+
+        fc = json.loads(fc_path.read_text())
+        extra["forecast"] = {"tokens": fc["total"]["tokens"], "cost_usd": fc["total"]["cost_usd"],
+                             "method": fc["method"]}
+    m = st.finish(teacher=endpoint.public(), teacher_model=endpoint.model, requests=len(ds), ok=sum(ok),
+                  failed=len(ds) - sum(ok), tokens={"prompt": p_tok, "completion": c_tok},
+                  cost_usd=round(budget.cost(p_tok, c_tok, price), 6), price_per_m={"input": price[0], "output": price[1]},
+                  spent=spent, caps={"max_cost_usd": max_cost if max_cost is not None else spec.generation.max_cost_usd,
+                                     "max_tokens": max_tokens if max_tokens is not None else spec.generation.max_total_tokens},
+                  failures=_reasons(ds), **extra, **stats)
+    if stats["stopped_by"]:
+        console.print(f"[yellow]generate: stopped by {stats['stopped_by']} (spent {spent['tokens']} tokens, "
+                      f"${spent['cost_usd']:.4f}); {stats['pending_shards']} shard(s) pending: rerun with a higher cap "
+                      "to continue[/]")
+    elif stats["pending_shards"]:
         console.print(f"[yellow]generate: {stats['pending_shards']} shard(s) still pending (teacher errors); "
                       "rerun to finish them[/]")
     else:
-        console.print(f"generate: {len(ds)} rows ({len(ok)} ok) in {stats['seconds']:.0f}s, "
-                      f"{p_tok} prompt + {c_tok} completion tokens")
+        console.print(f"generate: {len(ds)} rows ({sum(ok)} ok) in {stats['seconds']:.0f}s, "
+                      f"{p_tok} prompt + {c_tok} completion tokens, ${m['cost_usd']:.4f}")
     return m
+
+
+def _reasons(ds) -> dict[str, int]:
+    """Failed rows by reason kind (the text before the first colon)."""
+    out: dict[str, int] = {}
+    for s, e in zip(ds["status"], ds["error"]):
+        if s != "ok":
+            k = (e or "unknown").split(":")[0].split(" (")[0]
+            out[k] = out.get(k, 0) + 1
+    return out
 
 
 def curate_stage(spec: TaskSpec, run: Path) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,8 @@ import typer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time unless a user opts in
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# distilabel's pydantic models trip this on import; it says nothing about the user's run.
+warnings.filterwarnings("ignore", message="The 'default' attribute with value None")
 
 from curation.cli import curate_cmd, generate_cmd, teacher_app  # noqa: E402
 from distilforge.runctx import fail  # noqa: E402
@@ -35,6 +38,15 @@ try:  # the review sub-app talks to Argilla; it is optional at import time
     app.add_typer(review_app, name="review")
 except ImportError:  # pragma: no cover
     pass
+
+
+@app.command("blindspots")
+def blindspots(run: Path = typer.Argument(..., help="Run directory."),
+               clusters: Optional[int] = typer.Option(None, "--clusters", help="Held-out clusters (default ~2 per label).")):
+    """Teacher blind spots: held-out regions the training rows don't cover → targets.yaml."""
+    from labeling.blindspots import blindspots_cmd
+
+    blindspots_cmd(run, clusters)
 
 
 @app.command("run")

@@ -44,6 +44,9 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> 
             timed("curate", curate_stage, spec, run)
             timed("train", train_stage, spec, run)
             timed("eval", eval_stage, spec, run, ep if spec.eval.teacher else None)
+        from labeling.blindspots import blindspots_stage
+
+        timed("blindspots", blindspots_stage, spec, run)
         if report:
             timed("report", _report, run, task)
     except (SpecError, HeldoutError, TeacherError, ModelError, ContaminationError, FileNotFoundError) as e:

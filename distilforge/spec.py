@@ -48,7 +48,11 @@ class Label(_Strict):
 
 
 class Teacher(_Strict):
-    """Where the teacher lives. `embedded` = a llama.cpp server distilforge starts and stops."""
+    """Where the teacher lives. `embedded` = a llama.cpp server distilforge starts and stops.
+
+    The API key is never in the spec: `api_key_env` names the environment variable that holds it,
+    so the spec, the run dir and every log can be shared.
+    """
 
     endpoint: Literal["embedded", "openai"] = "embedded"
     model: str = "qwen2.5-coder-1.5b"
@@ -57,12 +61,14 @@ class Teacher(_Strict):
     temperature: float = Field(0.9, ge=0, le=2)
     max_tokens: int = Field(80, gt=0)
     timeout_s: float = Field(120, gt=0)
+    # Transport retries (429 / 5xx / timeouts / dropped connections) done by the openai client:
+    # exponential backoff 0.5 s·2^n (max 8 s) minus up to 25 % jitter, Retry-After honoured (<= 2 min).
     max_retries: int = Field(4, ge=0)
     # "llama.cpp" takes {"type":"json_object","schema":...}; OpenAI takes json_schema.
     structured_output: Literal["auto", "llama_cpp", "openai", "none"] = "auto"
-    # Prices per 1M tokens, for cost accounting (0 for the embedded teacher).
-    price_in_per_m: float = Field(0.0, ge=0)
-    price_out_per_m: float = Field(0.0, ge=0)
+    # Prices per 1M tokens. None: look the model up in curation/pricing.py (unknown model: 0, warned).
+    price_in_per_m: float | None = Field(None, ge=0)
+    price_out_per_m: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> "Teacher":
@@ -80,16 +86,67 @@ DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
 }
 
 
+STRATEGIES = ("attributes", "fewshot", "evolve")
+
+
+class Preferences(_Strict):
+    """Teacher-made preference pairs (`RUN/generate/prefs`), off by default: each row costs
+    `candidates` answer requests plus one judge request per candidate.
+
+    `judge: auto` picks `yesno` for the embedded teacher (small models cannot use a 1-5 scale:
+    the 1.5B rates off-topic text 4-5 and everything 3 with a rubric) and `rubric` otherwise.
+    """
+
+    enabled: bool = False
+    candidates: int = Field(3, ge=2)  # separate requests: llama-cpp-python ignores n > 1
+    temperature: float = Field(1.0, ge=0, le=2)
+    judge: Literal["auto", "yesno", "rubric"] = "auto"
+    judge_max_tokens: int = Field(96, gt=0)  # rubric rationale; yes/no answers use 4
+    min_margin: float = Field(0.5, gt=0)  # score scale 0..2 (0 = invalid answer)
+    max_rows: int | None = Field(None, gt=0)  # rows (in plan order) that get judged candidates
+    hard_negatives: bool = True  # classification: confusable label; extraction: one field wrong
+
+
 class Generation(_Strict):
     """How many rows to ask the teacher for, and how to make them differ from one another."""
 
-    per_label: int = Field(20, gt=0)
+    per_label: int = Field(20, gt=0)  # classification
+    num_rows: int = Field(20, gt=0)  # extraction / instruction
     shard_size: int = Field(10, gt=0)
     seed: int = 0
-    concurrency: int = Field(1, gt=0)
+    concurrency: int = Field(1, gt=0)  # requests in flight (the embedded server serves one at a time)
     input_description: str = "a user writing to a support assistant"
-    prompt_template: str = "classification_v1"
+    prompt_template: str = "auto"  # auto: <type>_v1 in curation/prompts
     attributes: dict[str, list[str]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_ATTRIBUTES))
+    # Share of rows per diversity strategy; `evolve` rewrites earlier rows (Evol-Instruct style),
+    # `fewshot` shows seed `examples` from the spec, `attributes` samples tone/length/persona...
+    strategies: dict[str, float] = Field(default_factory=lambda: {"attributes": 1.0})
+    evolutions: list[str] = Field(default_factory=lambda: [
+        "harder: more indirect, the need is implied rather than stated",
+        "more specific: add concrete details such as amounts, dates, places or names",
+        "noisier: informal, with typos, filler words and an unrelated remark"])
+    invalid_retries: int = Field(1, ge=0)  # re-asks for unparsable / schema-invalid answers
+    max_cost_usd: float | None = Field(None, ge=0)  # cumulative cap for this run dir (CLI --max-cost)
+    max_total_tokens: int | None = Field(None, gt=0)  # cumulative cap (CLI --max-tokens)
+    preferences: Preferences = Preferences()
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(v) - set(STRATEGIES))
+        if bad:
+            raise ValueError(f"unknown strategy {', '.join(bad)} (one of: {', '.join(STRATEGIES)})")
+        if any(w < 0 for w in v.values()) or not any(w > 0 for k, w in v.items() if k != "evolve"):
+            raise ValueError("weights must be >= 0 and at least one of attributes/fewshot must be > 0")
+        return v
+
+
+class Example(_Strict):
+    """A seed example for few-shot prompts: an input, and its label (classification) or answer."""
+
+    input: str = Field(min_length=1)
+    label: str | None = None
+    output: Any = None  # extraction: the JSON answer; instruction: the response text
 
 
 class Curation(_Strict):
@@ -226,9 +283,13 @@ class Eval(_Strict):
 
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    type: Literal["classification"] = "classification"
+    type: Literal["classification", "extraction", "instruction"] = "classification"
     instruction: str = Field(min_length=1)
-    labels: list[Label] = Field(min_length=2)
+    labels: list[Label] = Field(default_factory=list)  # classification: at least 2
+    multi_label: bool = False  # classification: a row may carry several labels ("a, b")
+    output_schema: dict[str, Any] | None = None  # extraction: JSON Schema of the answer object
+    style_guide: str | None = None  # instruction: how responses should read
+    examples: list[Example] = Field(default_factory=list)  # seeds for the `fewshot` strategy
     teacher: Teacher = Teacher()
     generation: Generation = Generation()
     curation: Curation = Curation()
@@ -247,6 +308,45 @@ class TaskSpec(_Strict):
             raise ValueError(f"duplicate label names: {', '.join(dup)}")
         return v
 
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, v: dict | None) -> dict | None:
+        if v is None:
+            return v
+        import jsonschema
+
+        try:
+            jsonschema.validators.validator_for(v).check_schema(v)
+        except jsonschema.SchemaError as e:
+            raise ValueError(f"not a valid JSON Schema: {e.message}") from None
+        if v.get("type") != "object" or not isinstance(v.get("properties"), dict) or not v["properties"]:
+            raise ValueError("must describe an object: type: object with properties")
+        return v
+
+    @model_validator(mode="after")
+    def _type_needs(self) -> "TaskSpec":
+        if self.type == "classification" and len(self.labels) < 2:
+            raise ValueError("labels: a classification task needs at least 2 labels")
+        if self.type == "extraction" and self.output_schema is None:
+            raise ValueError("output_schema: an extraction task needs a JSON Schema for its answers")
+        if self.multi_label and self.type != "classification":
+            raise ValueError("multi_label: only for classification tasks")
+        known = set(self.label_names)
+        for i, ex in enumerate(self.examples):
+            if self.type == "classification" and ex.label not in known:
+                raise ValueError(f"examples.{i}.label: '{ex.label}' is not one of the task's labels")
+            if self.type == "extraction":
+                import jsonschema
+
+                err = next(iter(jsonschema.validators.validator_for(self.output_schema)(self.output_schema)
+                                .iter_errors(ex.output)), None)
+                if err is not None:
+                    raise ValueError(f"examples.{i}.output: does not match output_schema: {err.message}")
+        fewshot = self.generation.strategies.get("fewshot", 0) > 0
+        if fewshot and not self.examples:
+            raise ValueError("generation.strategies.fewshot: needs seed `examples` in the spec")
+        return self
+
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
@@ -256,6 +356,14 @@ class TaskSpec(_Strict):
         return [{"role": "system", "content": self.system_prompt()}, {"role": "user", "content": text}]
 
     def system_prompt(self) -> str:
+        """The student's system prompt for this task type (what it is trained and scored with)."""
+        if self.type == "extraction":
+            keys = ", ".join(self.output_schema["properties"])
+            return f"{self.instruction}\nAnswer with only a JSON object with the keys: {keys}."
+        if self.type == "instruction":
+            return self.instruction
+        if self.multi_label:
+            return f"{self.instruction}\nAnswer with one or more of: {', '.join(self.label_names)} (comma-separated)."
         return f"{self.instruction}\nAnswer with exactly one of: {', '.join(self.label_names)}."
 
 

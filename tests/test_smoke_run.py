@@ -23,6 +23,9 @@ def test_every_stage_wrote_its_dataset_and_manifest(smoke_run):
     assert (smoke_run / "heldout" / "lock.json").exists()
     assert (smoke_run / "train" / "adapter" / "adapter_config.json").exists()
     assert (smoke_run / "eval" / "metrics.json").exists() and (smoke_run / "report.html").exists()
+    bs = json.loads((smoke_run / "blindspots" / "blindspots.json").read_text())
+    assert bs["coverage"]["heldout_rows"] == 20 and bs["coverage"]["gaps"]
+    assert (smoke_run / "blindspots" / "targets.yaml").exists()
 
 
 def test_generated_rows_are_trl_prompt_completion(smoke_run):
@@ -45,7 +48,7 @@ def test_curated_plus_rejected_accounts_for_every_row(smoke_run):
     raw = datasets.load_from_disk(str(smoke_run / "generate" / "rows"))
     kept = datasets.load_from_disk(str(smoke_run / "curate" / "curated"))
     rej = datasets.load_from_disk(str(smoke_run / "curate" / "rejected"))
-    assert sorted(kept["id"] + rej["id"]) == sorted(raw["id"])
+    assert sorted(list(kept["id"]) + list(rej["id"])) == sorted(raw["id"])
     assert all(r for r in rej["reason"])
     funnel = read_manifest(smoke_run / "curate")["funnel"]
     assert funnel[0]["in"] == len(raw) and funnel[-1]["out"] == len(kept)
@@ -69,7 +72,7 @@ def test_rerun_skips_unchanged_stages(smoke_run, fast_teacher):
     t0 = time.time()
     r = cli("run", TASK, "--profile", "smoke", "--out", smoke_run)
     assert r.returncode == 0, r.stderr[-2000:]
-    for stage in ("generate", "curate", "train", "eval"):
+    for stage in ("generate", "curate", "train", "eval"):  # blindspots/report are cheap and always rerun
         assert f"{stage}: inputs unchanged" in r.stderr, r.stderr[-2000:]
     assert "held-out: verified 20 locked rows" in r.stderr
     assert time.time() - t0 < 120

@@ -88,6 +88,9 @@ def choose_adapter(spec: TaskSpec, base: str, sft: Path, dpo: Path, val: dataset
     """Keep DPO only if it beats SFT on the validation rows (accuracy, then gold-label log-prob)."""
     from heldout import evaluate as ev
 
+    if spec.type != "classification":
+        return {"which": "sft", "selected_on": None,
+                "why": f"no validation scorer for '{spec.type}' tasks yet: SFT kept; eval's comparison shows DPO"}
     if len(val) == 0:
         return {"which": "sft", "selected_on": None,
                 "why": "no validation rows (fewer than 3 training rows per label) to compare on: SFT kept; "
@@ -116,6 +119,9 @@ def _preferences(spec: TaskSpec, run: Path, train: datasets.Dataset) -> tuple[da
         ids = list(pairs["id"]) if "id" in pairs.column_names else [f"prefs-{i}" for i in range(len(pairs))]
         contamination_gate(spec, run, users, ids, "preference")
         return pairs, "generate/prefs"
+    if spec.type != "classification":
+        raise ValueError(f"training.dpo: a '{spec.type}' task needs teacher preference pairs (generate/prefs); "
+                         "only classification pairs are built from curated rows")
     from curation.preferences import classification_pairs
 
     return classification_pairs(train, spec), "curated rows, confusable labels"
@@ -146,7 +152,8 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
         raise ContaminationError(f"{path}: no rows to train on")
     contamination_gate(spec, run, ds["text"], ds["id"])
     st.begin()
-    train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if t.dpo.enabled else (ds, ds.select([]))
+    split = t.dpo.enabled and spec.type == "classification" and "label" in ds.column_names
+    train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if split else (ds, ds.select([]))
 
     sft_cfg = LoraSFTConfig.from_training(t, base)
     sft_dir = st.dir / "sft"

@@ -71,7 +71,8 @@ class Store:
         self._local = threading.local()
         self._pid = os.getpid()
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()  # held while (re)building an FTS table
         self._vectors: Dict[str, "VectorMatrix"] = {}
 
     # -- connections -------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class Store:
         wanted = [name for name, _ in self.dataset_fields(conn, dataset_hex)]
         if self.indexed_fields(conn, dataset_hex) == wanted:
             return wanted
-        with self._lock:  # one builder per process; BEGIN IMMEDIATE serializes across processes
+        with self._index_lock:  # one builder per process; BEGIN IMMEDIATE serializes across processes
             table = self.fts_table(dataset_hex)
             cols = ", ".join(f"f{i}" for i in range(len(wanted))) or "f0"
             with conn:

@@ -1,0 +1,190 @@
+"""Per task type: what the teacher must answer, how its answer is parsed and validated, and the
+TRL-ready row fields (`prompt`/`completion`) built from it.
+
+One module so the generation step, the dry-run forecast and the benchmark render the very same
+prompts, and so a garbage answer (not JSON, empty, truncated, schema-invalid, unknown label)
+always becomes an error string here, never an exception in a pipeline step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Template
+
+PROMPTS = Path(__file__).parent / "prompts"
+DEFAULT_TEMPLATE = {"classification": "classification_v2", "extraction": "extraction_v1",
+                    "instruction": "instruction_v1"}
+# Every generation request carries all of these (empty when a strategy does not use one), so one
+# TextGeneration step with one template serves every strategy.
+COLUMNS = ["strategy", "instruction", "input_description", "description", "tone", "length", "channel", "typos",
+           "persona", "examples_text", "keywords", "schema_text", "style_guide", "parent_text", "evolution"]
+
+
+def template_name(spec) -> str:
+    t = spec.generation.prompt_template
+    return DEFAULT_TEMPLATE[spec.type] if t == "auto" else t
+
+
+@lru_cache(maxsize=32)
+def template_text(name: str) -> str:
+    p = PROMPTS / f"{name}.jinja2"
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such prompt template (generation.prompt_template)")
+    return p.read_text()
+
+
+@lru_cache(maxsize=32)
+def system_text(name: str) -> str:
+    p = PROMPTS / f"{name}.system.txt"
+    return p.read_text().strip() if p.exists() else ""
+
+
+def template_hash(name: str) -> str:
+    return hashlib.sha256((template_text(name) + "\0" + system_text(name)).encode()).hexdigest()[:12]
+
+
+def render(name: str, columns: dict) -> str:
+    """What distilabel's TextGeneration sends as the user message for `columns` (same Jinja2 call)."""
+    return Template(template_text(name)).render(**{k: columns.get(k, "") for k in COLUMNS})
+
+
+def messages(name: str, columns: dict) -> list[dict]:
+    sys = system_text(name)
+    return ([{"role": "system", "content": sys}] if sys else []) + [{"role": "user", "content": render(name, columns)}]
+
+
+def response_schema(spec) -> dict:
+    """JSON Schema of the teacher's generation answer for this task type."""
+    s = {"type": "string"}
+    if spec.type == "extraction":
+        props, req = {"input": s, "output": spec.output_schema}, ["input", "output"]
+    elif spec.type == "instruction":
+        props, req = {"prompt": s, "response": s}, ["prompt", "response"]
+    else:
+        props, req = {"message": s}, ["message"]
+    return {"type": "object", "properties": props, "required": req}
+
+
+def structured_mode(teacher, endpoint_kind: str) -> str:
+    mode = teacher.structured_output
+    if mode == "auto":
+        mode = "llama_cpp" if endpoint_kind == "embedded" else "openai"
+    return mode
+
+
+def extra_body(mode: str, schema: dict | None, name: str = "answer") -> dict:
+    """`response_format` per backend: llama-cpp-python only takes json_object + schema (json_schema
+    → HTTP 500); OpenAI-compatible servers take json_schema. Answers are validated after either way."""
+    if schema is None or mode == "none":
+        return {}
+    if mode == "llama_cpp":
+        return {"extra_body": {"response_format": {"type": "json_object", "schema": schema}}}
+    return {"extra_body": {"response_format": {"type": "json_schema",
+                                               "json_schema": {"name": name, "schema": schema}}}}
+
+
+def schema_text(spec) -> str:
+    """The answer fields, one per line, as the teacher reads them."""
+    lines = []
+    for k, v in spec.output_schema["properties"].items():
+        t = v.get("type", "any")
+        t = " or ".join(t) if isinstance(t, list) else t
+        extra = f", one of {v['enum']}" if "enum" in v else ""
+        desc = f": {v['description']}" if v.get("description") else ""
+        lines.append(f"- {k} ({t}{extra}){desc}")
+    return "\n".join(lines)
+
+
+def _validator(schema: dict):
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def schema_error(schema: dict, obj: Any) -> str:
+    """'' when `obj` is valid, else the validator's message with the failing path."""
+    err = next(iter(sorted(_validator(schema).iter_errors(obj), key=lambda e: list(e.path))), None)
+    if err is None:
+        return ""
+    where = "/".join(map(str, err.path)) or "(root)"
+    return f"schema: {where}: {err.message}"
+
+
+def _loads(raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[Any, str]:
+    if raw is None:
+        return None, "no output from teacher"
+    if not raw.strip():
+        return None, "empty output"
+    try:
+        return json.loads(raw), ""
+    except json.JSONDecodeError:
+        if finish_reason == "length":
+            return None, f"truncated at max_tokens ({completion_tokens} tokens): {raw[-60:]!r}"
+        return None, f"not JSON: {raw[:80]!r}"
+
+
+def _text(obj: dict, key: str) -> str | None:
+    v = obj.get(key)
+    return " ".join(v.split()) if isinstance(v, str) and v.strip() else None
+
+
+def parse(spec, raw: str | None, finish_reason: str | None = None, completion_tokens: int = 0) -> tuple[dict | None, str]:
+    """Teacher generation → ({text, answer}, "") or (None, reason). Never raises."""
+    obj, err = _loads(raw, finish_reason, completion_tokens)
+    if err:
+        return None, err
+    if not isinstance(obj, dict):
+        return None, f"JSON is a {type(obj).__name__}, not an object"
+    if spec.type == "classification":
+        text = _text(obj, "message")
+        return ({"text": text, "answer": ""}, "") if text else (None, "JSON without a non-empty 'message'")
+    if spec.type == "instruction":
+        prompt, resp = _text(obj, "prompt"), obj.get("response")
+        if not prompt:
+            return None, "JSON without a non-empty 'prompt'"
+        if not isinstance(resp, str) or not resp.strip():
+            return None, "JSON without a non-empty 'response'"
+        return {"text": prompt, "answer": resp.strip()}, ""
+    text, out = _text(obj, "input"), obj.get("output")
+    if not text:
+        return None, "JSON without a non-empty 'input'"
+    if not isinstance(out, dict):
+        return None, "JSON without an 'output' object"
+    bad = schema_error(spec.output_schema, out)
+    if bad:
+        return None, bad
+    return {"text": text, "answer": canonical_json(spec, out)}, ""
+
+
+def canonical_json(spec, obj: dict) -> str:
+    """Answer JSON with keys in schema order (what the student learns to write)."""
+    order = list(spec.output_schema["properties"])
+    ordered = {k: obj[k] for k in order if k in obj} | {k: v for k, v in obj.items() if k not in order}
+    return json.dumps(ordered, ensure_ascii=False)
+
+
+def completion_text(spec, label: str, answer: str) -> str:
+    return label if spec.type == "classification" else answer
+
+
+def normalize_label(spec, raw: str | None) -> tuple[str | None, str]:
+    """A classification answer → (label(s), "") or (None, reason). Tolerates quotes/case/period."""
+    if raw is None or not raw.strip():
+        return None, "empty output"
+    s = raw.strip()
+    try:  # a JSON answer {"label": ...} is accepted too
+        obj = json.loads(s)
+        if isinstance(obj, dict):
+            s = str(obj.get("label", obj.get("intent", "")))
+    except json.JSONDecodeError:
+        pass
+    names = {n.lower(): n for n in spec.label_names}
+    parts = [p.strip().strip("\"'`.").lower() for p in s.split(",")] if spec.multi_label else [s.strip("\"'`. ").lower()]
+    got = [names.get(p) for p in parts if p]
+    if not got or None in got:
+        return None, f"wrong label: {s[:60]!r} is not in the label set"
+    return ", ".join(sorted(set(got))), ""

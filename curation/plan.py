@@ -1,0 +1,193 @@
+"""Every request a generation run will make, planned up front and deterministic in (spec, seed).
+
+Ids are content-derived: a request id hashes the exact messages sent, the teacher settings that
+shape the answer, the seed and its index, so a rerun plans the same ids and an edited template,
+model or temperature plans new ones (old shards are then simply not collected). Requests are
+grouped into shards by id; a shard is the unit of commit, resume and budget accounting.
+
+Strategies (the `strategy` column): `attributes` (sampled tone/length/channel/typos/persona),
+`fewshot` (seed examples from the spec shown to the teacher, self-instruct style), `targeted`
+(extra requests from a targets file: label + keywords + attributes) and `evolve` (an earlier row
+rewritten harder / more specific / noisier, Evol-Instruct style). `evolve` depends on its parent's
+text, so its requests form a second phase that runs after the parents' shards are committed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curation import formats
+
+ATTR_KEYS = ("tone", "length", "channel", "typos", "persona")
+
+
+class TargetsError(ValueError):
+    pass
+
+
+def h(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def teacher_key(spec) -> dict:
+    """Teacher settings that change an answer: part of every request id."""
+    t = spec.teacher
+    return {"model": t.model, "temperature": t.temperature, "max_tokens": t.max_tokens,
+            "schema": formats.response_schema(spec), "retries": spec.generation.invalid_retries}
+
+
+def quotas(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split n by weights, largest remainder, deterministic (ties by name)."""
+    w = {k: v for k, v in sorted(weights.items()) if v > 0}
+    total = sum(w.values())
+    if n <= 0 or total <= 0:
+        return {}
+    raw = {k: n * v / total for k, v in w.items()}
+    out = {k: int(x) for k, x in raw.items()}
+    for k in sorted(raw, key=lambda k: (-(raw[k] - out[k]), k))[: n - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def load_targets(path: str | Path, spec) -> list[dict]:
+    """A targets YAML (list, or {targets: [...]}) → normalized targets; one clear error when bad."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TargetsError(f"{p}: cannot read targets ({e})") from None
+    items = raw.get("targets") if isinstance(raw, dict) else raw
+    if not isinstance(items, list) or not items:
+        raise TargetsError(f"{p}: expected a non-empty list of targets")
+    out = []
+    for i, t in enumerate(items):
+        if not isinstance(t, dict):
+            raise TargetsError(f"{p}: targets[{i}]: expected a mapping")
+        label = t.get("label") or ""
+        if spec.type == "classification" and label not in spec.label_names:
+            raise TargetsError(f"{p}: targets[{i}].label: '{label}' is not one of the task's labels")
+        kw = t.get("keywords") or []
+        kw = [kw] if isinstance(kw, str) else [str(k) for k in kw]
+        attrs = t.get("attributes") or {}
+        bad = sorted(set(attrs) - set(ATTR_KEYS))
+        if bad:
+            raise TargetsError(f"{p}: targets[{i}].attributes: unknown {', '.join(bad)} (one of {', '.join(ATTR_KEYS)})")
+        count = t.get("count", 5)
+        if not isinstance(count, int) or count < 1:
+            raise TargetsError(f"{p}: targets[{i}].count: must be a positive integer")
+        out.append({"label": label, "keywords": kw, "attributes": {k: str(v) for k, v in attrs.items()},
+                    "count": count})
+    return out
+
+
+def _examples_text(spec, rng: random.Random, label: str) -> str:
+    pool = [e for e in spec.examples if spec.type != "classification" or e.label == label] or list(spec.examples)
+    picked = rng.sample(pool, min(3, len(pool)))
+    lines = []
+    for e in picked:
+        if spec.type == "extraction" and e.output is not None:
+            lines.append(f"- {e.input}\n  answer: {json.dumps(e.output, ensure_ascii=False)}")
+        else:
+            lines.append(f"- {e.input}")
+    return "\n".join(lines)
+
+
+def _base_cols(spec) -> dict:
+    g = spec.generation
+    return {"instruction": spec.instruction, "input_description": g.input_description,
+            "schema_text": formats.schema_text(spec) if spec.type == "extraction" else "",
+            "style_guide": spec.style_guide or "", "examples_text": "", "keywords": "", "parent_text": "",
+            "evolution": "", "description": ""}
+
+
+def _request(spec, tname: str, key: dict, cols: dict, label: str, strategy: str, idx: Any,
+             attrs: dict, extra: dict | None = None) -> dict:
+    cols = {**cols, **{k: attrs.get(k, "") for k in ATTR_KEYS}, "strategy": strategy}
+    msgs = formats.messages(tname, cols)
+    rid = "g-" + h(msgs, key, spec.generation.seed, label, strategy, idx)[:16]
+    return {"request_id": rid, "label": label, "attributes": json.dumps(attrs, sort_keys=True),
+            "parent_id": "", **cols, **(extra or {})}
+
+
+def _label_jobs(spec) -> list[tuple[str, str, int]]:
+    """(label, description, count) groups: one per label for classification, one for the others."""
+    g = spec.generation
+    if spec.type != "classification":
+        return [("", "", g.num_rows)]
+    return [(lab.name, lab.description, g.per_label) for lab in spec.labels]
+
+
+def plan_base(spec, targets: list[dict] | None = None) -> list[dict]:
+    """Phase 1: attributes / fewshot / targeted requests (no dependency on earlier output)."""
+    g = spec.generation
+    tname = formats.template_name(spec)
+    key, base = teacher_key(spec), _base_cols(spec)
+    desc = {lab.name: lab.description for lab in spec.labels}
+    reqs = []
+    for label, description, n in _label_jobs(spec):
+        rng = random.Random(h(g.seed, spec.name, label))
+        q_evolve = quotas(n, g.strategies).get("evolve", 0)
+        q = quotas(n - q_evolve, {k: v for k, v in g.strategies.items() if k != "evolve"})
+        i = 0
+        for strategy in ("attributes", "fewshot"):
+            for _ in range(q.get(strategy, 0)):
+                attrs = {k: rng.choice(v) for k, v in sorted(g.attributes.items()) if v}
+                lab, d = label, description
+                if spec.multi_label and rng.random() < 0.5:
+                    other = rng.choice([x for x in spec.label_names if x != label])
+                    lab = ", ".join(sorted([label, other]))
+                    d = f"{description}; and also: {desc[other]}"
+                cols = {**base, "description": d}
+                if strategy == "fewshot":
+                    cols["examples_text"] = _examples_text(spec, rng, label)
+                reqs.append(_request(spec, tname, key, cols, lab, strategy, i, attrs))
+                i += 1
+    for ti, t in enumerate(targets or []):
+        rng = random.Random(h(g.seed, spec.name, "target", t))
+        for j in range(t["count"]):
+            attrs = {**{k: rng.choice(v) for k, v in sorted(g.attributes.items()) if v}, **t["attributes"]}
+            cols = {**base, "description": desc.get(t["label"], ""), "keywords": ", ".join(t["keywords"])}
+            reqs.append(_request(spec, tname, key, cols, t["label"], "targeted", [h(t)[:12], j], attrs))
+    return shard(reqs, g.shard_size, "s-")
+
+
+def plan_evolve(spec, base: list[dict]) -> list[dict]:
+    """Phase 2: evolve requests, each naming a phase-1 parent (its text is filled in at run time)."""
+    g = spec.generation
+    if g.strategies.get("evolve", 0) <= 0:
+        return []
+    tname = formats.template_name(spec)
+    key = teacher_key(spec)
+    by_label: dict[str, list[dict]] = {}
+    for r in sorted(base, key=lambda r: r["request_id"]):
+        if r["strategy"] != "targeted":
+            by_label.setdefault(r["label"].split(", ")[0], []).append(r)
+    reqs = []
+    for label, _desc, n in _label_jobs(spec):
+        parents = by_label.get(label, [])
+        k = quotas(n, g.strategies).get("evolve", 0)
+        rng = random.Random(h(g.seed, spec.name, label, "evolve"))
+        for i in range(k if parents else 0):
+            p = parents[i % len(parents)]
+            evo = rng.choice(g.evolutions)
+            rid = "g-" + h("evolve", p["request_id"], evo, i, key, formats.template_hash(tname))[:16]
+            attrs = json.loads(p["attributes"])
+            reqs.append({**p, "request_id": rid, "strategy": "evolve", "evolution": evo, "parent_id": p["request_id"],
+                         "parent_text": "", "attributes": json.dumps({**attrs, "evolution": evo}, sort_keys=True)})
+    return shard(reqs, g.shard_size, "e-")
+
+
+def shard(reqs: list[dict], size: int, prefix: str) -> list[dict]:
+    """Interleave by id hash (an early stop still leaves a balanced set), then cut into shards."""
+    reqs = sorted(reqs, key=lambda r: h(r["request_id"]))
+    for i in range(0, len(reqs), size):
+        group = reqs[i:i + size]
+        sid = prefix + h([r["request_id"] for r in group])[:12]
+        for r in group:
+            r["shard_id"], r["shard_n"] = sid, len(group)
+    return reqs
