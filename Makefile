@@ -18,7 +18,8 @@ smoke: setup
 	.venv/bin/distilforge run examples/banking77/task.yaml --profile smoke --out runs/smoke
 
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	@bash .ci/install_browser.sh
+	DISTILFORGE_NO_SKIP=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: setup

@@ -93,7 +93,7 @@ def schema_text(spec) -> str:
     for k, v in spec.output_schema["properties"].items():
         t = v.get("type", "any")
         t = " or ".join(t) if isinstance(t, list) else t
-        extra = f", one of {v['enum']}" if "enum" in v else ""
+        extra = f", one of {', '.join(json.dumps(e) for e in v['enum'])}" if "enum" in v else ""
         desc = f": {v['description']}" if v.get("description") else ""
         lines.append(f"- {k} ({t}{extra}){desc}")
     return "\n".join(lines)
@@ -134,6 +134,13 @@ def _text(obj: dict, key: str) -> str | None:
 
 def parse(spec, raw: str | None, finish_reason: str | None = None, completion_tokens: int = 0) -> tuple[dict | None, str]:
     """Teacher generation → ({text, answer}, "") or (None, reason). Never raises."""
+    fields, err = _parse(spec, raw, finish_reason, completion_tokens)
+    if fields and fields["text"].lower() in {" ".join(e.input.split()).lower() for e in spec.examples}:
+        return None, "copied a seed example verbatim"  # small teachers echo few-shot examples
+    return fields, err
+
+
+def _parse(spec, raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[dict | None, str]:
     obj, err = _loads(raw, finish_reason, completion_tokens)
     if err:
         return None, err

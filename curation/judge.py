@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 from jinja2 import Template
 
+from distilabel.steps import StepInput
 from distilabel.steps.tasks import Task, TextGeneration
 
 from curation import budget, formats, plan
@@ -73,6 +74,14 @@ class Judge(Task):
 
     def format_output(self, output, input=None):  # type: ignore[override]
         return {"judgement": output}
+
+    def process(self, inputs: StepInput):  # type: ignore[override]
+        """Keep the answer step's statistics: a Task replaces `distilabel_metadata` with its own."""
+        prev = [dict(r.get("distilabel_metadata") or {}) for r in inputs]
+        outs = next(super().process(inputs))
+        for o, p in zip(outs, prev):
+            o["distilabel_metadata"] = {**p, **(o.get("distilabel_metadata") or {})}
+        yield outs
 
 
 def parse_judgement(kind: str, raw: str | None) -> tuple[float | None, str]:
@@ -157,7 +166,11 @@ def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps:
     done = committed_shards(out_dir)
     todo = [r for r in reqs if r["shard_id"] not in done]
     mode = formats.structured_mode(t, endpoint.kind)
-    ans_extra = formats.extra_body(mode, spec.output_schema) if spec.type == "extraction" else {}
+    ans_schema = spec.output_schema if spec.type == "extraction" else None
+    if spec.type == "classification" and not spec.multi_label:  # constrained to the label set when possible
+        ans_schema = {"type": "object", "properties": {"label": {"type": "string", "enum": spec.label_names}},
+                      "required": ["label"]}
+    ans_extra = formats.extra_body(mode, ans_schema)
     j_extra = formats.extra_body(mode, YESNO_SCHEMA if kind == "yesno" else RUBRIC_SCHEMA, "verdict")
     j_tokens = 16 if kind == "yesno" else pr.judge_max_tokens
 

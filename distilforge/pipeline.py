@@ -24,6 +24,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> 
     from heldout.lock import HeldoutError
     from heldout.stages import eval_stage, lock_stage
     from training.models import ModelError
+    from training.common import ResumeError
     from training.stages import ContaminationError, train_stage
 
     timings: dict[str, float] = {}
@@ -49,7 +50,8 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> 
         timed("blindspots", blindspots_stage, spec, run)
         if report:
             timed("report", _report, run, task)
-    except (SpecError, HeldoutError, TeacherError, ModelError, ContaminationError, FileNotFoundError) as e:
+    except (SpecError, HeldoutError, TeacherError, ModelError, ContaminationError, ResumeError, ValueError,
+            FileNotFoundError) as e:
         fail(str(e))
     atomic_write_json(run / "timings.json", timings)
     t = Table(title="stage wall time (s)")

@@ -1,0 +1,175 @@
+"""Generation end to end against the real embedded teacher (tiny counts): all three task types,
+kill -9 + resume equality, dry-run forecast accuracy, budget stop + continue."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import jsonschema
+import pytest
+
+from conftest import REPO, cli
+
+EXAMPLES = REPO / "examples"
+
+TINY = """\
+name: tiny-cls
+type: classification
+instruction: Classify the customer's message into its intent.
+labels:
+  - {name: card_arrival, description: the customer's new card has not arrived yet}
+  - {name: exchange_rate, description: the customer asks what exchange rate is used}
+teacher: {model: qwen2.5-coder-0.5b, max_tokens: 40, temperature: 0.9}
+generation: {per_label: 2, shard_size: 1, seed: 7, invalid_retries: 0,
+             input_description: a bank customer writing to the support chat}
+heldout: {source: ../shared/data/banking77/test.csv, label_column: category}
+"""
+
+
+def tiny_spec(tmp: Path, text: str = TINY) -> Path:
+    p = tmp / "tiny.yaml"
+    p.write_text(text)
+    return p
+
+
+def rows_of(run: Path) -> datasets.Dataset:
+    return datasets.load_from_disk(str(run / "generate" / "rows"))
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "generate" / "manifest.json").read_text())
+
+
+def shard_bytes(run: Path) -> dict[str, str]:
+    d = run / "generate" / "shards"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.glob("*.jsonl"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, fast_teacher) -> Path:
+    tmp = tmp_path_factory.mktemp("gen")
+    run = tmp / "run"
+    r = cli("generate", run, "--spec", tiny_spec(tmp))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run
+
+
+def test_classification_rows_are_trl_ready_and_accounted(uninterrupted):
+    ds, m = rows_of(uninterrupted), manifest(uninterrupted)
+    assert len(ds) == 4 and len(set(ds["id"])) == 4 and m["pending_shards"] == 0
+    assert {"id", "label", "text", "prompt", "completion", "strategy", "attributes", "teacher_model", "prompt_tokens",
+            "completion_tokens", "latency_s", "status", "error", "endpoint", "cost_usd"} <= set(ds.column_names)
+    for r in ds:
+        assert r["prompt"][0]["role"] == "system" and r["prompt"][1] == {"role": "user", "content": r["text"]}
+        assert r["completion"] == [{"role": "assistant", "content": r["label"]}]
+        assert r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 and r["latency_s"] > 0
+        assert r["endpoint"].startswith("http://127.0.0.1:") and r["teacher_model"] == "qwen2.5-coder-0.5b"
+        assert r["strategy"] == "attributes" and (r["status"] == "ok") == (r["error"] == "")
+    assert m["ok"] + m["failed"] == 4 and m["cost_usd"] == 0.0
+    assert m["tokens"] == {"prompt": sum(ds["prompt_tokens"]), "completion": sum(ds["completion_tokens"])}
+    assert m["spent"]["tokens"] >= sum(m["tokens"].values())
+    r = cli("generate", uninterrupted)  # nothing changed: skipped, no request
+    assert r.returncode == 0 and "skipped" in r.stderr
+
+
+def test_kill9_mid_run_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    spec = tiny_spec(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "distilforge.cli", "generate", str(run), "--spec", str(spec)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shards = run / "generate" / "shards"
+    deadline = time.time() + 400
+    while time.time() < deadline and not (shards.exists() and any(shards.glob("*.jsonl"))):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: distilabel runs steps in child processes
+    proc.wait()
+    before = shard_bytes(run)
+    assert 1 <= len(before) < 4, f"kill landed outside the run ({len(before)} shards committed)"
+    r = cli("generate", run, "--spec", spec)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ds, ref = rows_of(run), rows_of(uninterrupted)
+    assert sorted(ds["id"]) == sorted(ref["id"]) and len(ds) == len(ref) == 4
+    after = shard_bytes(run)
+    assert {k: after[k] for k in before} == before  # committed shards were not redone
+    ledger = [json.loads(x) for x in (run / "generate" / "ledger.jsonl").read_text().splitlines() if x.strip()]
+    committed = [e["shard"] for e in ledger if e["committed"]]
+    assert sorted(committed) == sorted(set(committed)) and len(committed) == 4  # each shard paid for once
+
+
+def test_extraction_end_to_end_with_preferences(tmp_path, fast_teacher):
+    run = tmp_path / "run"
+    r = cli("generate", run, "--spec", EXAMPLES / "extraction" / "task.yaml", "--profile", "smoke")
+    assert r.returncode == 0, r.stderr[-3000:]
+    from distilforge.spec import load_spec
+
+    spec = load_spec(EXAMPLES / "extraction" / "task.yaml", "smoke")
+    ds, m = rows_of(run), manifest(run)
+    assert len(ds) == 2 and sorted(set(ds["strategy"])) == ["attributes", "fewshot"]
+    for row in ds:
+        if row["status"] == "ok":
+            jsonschema.validate(json.loads(row["completion"][0]["content"]), spec.output_schema)
+            assert row["label"] == "" and row["text"] and row["prompt"][1]["content"] == row["text"]
+        else:
+            assert row["error"]  # the validator's message is kept
+    cands = [json.loads(x) for p in (run / "generate" / "shards").glob("p-*.jsonl") for x in p.read_text().splitlines()]
+    ok = [row for row in ds if row["status"] == "ok"]
+    assert len(cands) == (2 if ok else 0)  # candidates for max_rows=1 row, 2 each
+    for c in cands:
+        assert c["valid"] == (c["error"] == "") and (c["score"] == 0) == (not c["valid"])
+        assert c["prompt_tokens"] > 0 and c["completion_tokens"] > 0
+    if ok:
+        prefs = datasets.load_from_disk(str(run / "generate" / "prefs"))
+        assert m["prefs"]["pairs"] == len(prefs) >= 1
+        for p in prefs:
+            assert p["chosen"] != p["rejected"] and p["prompt"][0]["role"] == "system"
+            if p["kind"] == "hard_negative":
+                good, bad = json.loads(p["chosen"][0]["content"]), json.loads(p["rejected"][0]["content"])
+                jsonschema.validate(bad, spec.output_schema)
+                assert sum(good[k] != bad[k] for k in good) == 1
+
+
+def test_instruction_end_to_end_with_evolution(tmp_path, fast_teacher):
+    run = tmp_path / "run"
+    r = cli("generate", run, "--spec", EXAMPLES / "instruction" / "task.yaml", "--profile", "smoke")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ds = rows_of(run)
+    by = {row["strategy"]: row for row in ds}
+    assert set(by) == {"attributes", "evolve"}
+    assert by["evolve"]["parent_id"] == by["attributes"]["id"]
+    assert "evolution" in json.loads(by["evolve"]["attributes"])
+    for row in ds:
+        if row["status"] == "ok":
+            assert row["text"] and row["completion"][0]["content"].strip()
+            assert row["prompt"][0]["content"].startswith("You are the support assistant")
+
+
+def test_dry_run_forecast_then_budget_stop_and_continue(tmp_path, fast_teacher):
+    run, spec = tmp_path / "run", tiny_spec(tmp_path)
+    r = cli("generate", run, "--spec", spec, "--dry-run", "--calibrate", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    fc = json.loads((run / "generate" / "forecast.json").read_text())
+    assert fc["total"]["requests"] == 4 and fc["calibration"]["requests"] == 2
+    assert not (run / "generate" / "manifest.json").exists() and not (run / "generate" / "shards").exists()
+    # a cap worth ~1.5 requests: stops cleanly at a shard boundary
+    cap = int(fc["total"]["tokens"] / 4 * 1.5)
+    r = cli("generate", run, "--max-tokens", cap)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = manifest(run)
+    assert m["stopped_by"] == "max_tokens" and m["pending_shards"] > 0 and "rerun with a higher cap" in r.stderr
+    assert 1 <= m["committed_shards"] < 4 and m["spent"]["tokens"] <= cap * 1.6
+    before = shard_bytes(run)
+    r = cli("generate", run, "--max-tokens", 100000)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = manifest(run)
+    assert m["pending_shards"] == 0 and m["stopped_by"] is None and len(rows_of(run)) == 4
+    assert {k: v for k, v in shard_bytes(run).items() if k in before} == before
+    err = abs(fc["total"]["tokens"] - m["spent"]["tokens"]) / m["spent"]["tokens"]
+    print(f"forecast {fc['total']['tokens']} tokens vs actual {m['spent']['tokens']}: {err:.0%} off")
+    assert err <= 0.30

@@ -1,0 +1,157 @@
+"""Generation without a teacher: planning, ids, strategy mix, targets, parsing of garbage, spec errors,
+hard negatives. Fast; the teacher-backed tests live in test_generate.py / test_generate_faults.py."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from curation import formats, plan
+from curation.generate import plan_all, template_columns
+from distilforge.spec import SpecError, load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def _raw(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_plan_is_deterministic_and_ids_follow_content(tmp_path):
+    spec = load_spec(EXAMPLES / "banking77" / "task.yaml", "smoke")
+    a, b = plan.plan_base(spec), plan.plan_base(spec)
+    assert [r["request_id"] for r in a] == [r["request_id"] for r in b]
+    assert len({r["request_id"] for r in a}) == len(a) == 2 * len(spec.labels)
+    assert all(r["shard_n"] == sum(x["shard_id"] == r["shard_id"] for x in a) for r in a)
+    # anything that changes the teacher's answer changes the ids (old shards are then not reused)
+    for change in ({"teacher": {"temperature": 0.3}}, {"teacher": {"model": "qwen2.5-coder-1.5b"}},
+                   {"generation": {"seed": 1}}, {"generation": {"input_description": "a pensioner"}}):
+        raw = _raw(EXAMPLES / "banking77" / "task.yaml")
+        raw["profiles"]["x"] = {**raw["profiles"]["smoke"]}
+        for k, v in change.items():
+            raw["profiles"]["x"][k] = {**raw["profiles"]["x"].get(k, {}), **v}
+        other = parse_spec(raw, profile="x")
+        assert not {r["request_id"] for r in plan.plan_base(other)} & {r["request_id"] for r in a}, change
+    # ids follow the messages sent, not template names: v1 and v2 say the same for `attributes`
+    raw = _raw(EXAMPLES / "banking77" / "task.yaml")
+    raw["profiles"]["smoke"]["generation"]["prompt_template"] = "classification_v1"
+    assert [r["request_id"] for r in plan.plan_base(parse_spec(raw, profile="smoke"))] == [r["request_id"] for r in a]
+    # concurrency is not part of an id
+    raw = _raw(EXAMPLES / "banking77" / "task.yaml")
+    raw["profiles"]["smoke"]["generation"]["concurrency"] = 4
+    assert [r["request_id"] for r in plan.plan_base(parse_spec(raw, profile="smoke"))] == [r["request_id"] for r in a]
+
+
+def test_strategy_mix_targets_and_evolve_parents(tmp_path):
+    spec = load_spec(EXAMPLES / "extraction" / "task.yaml")  # 40 rows: attributes .5, fewshot .3, evolve .2
+    base, evolve = plan_all(spec, tmp_path)
+    kinds = [r["strategy"] for r in base + evolve]
+    assert (kinds.count("attributes"), kinds.count("fewshot"), kinds.count("evolve")) == (20, 12, 8)
+    ids = {r["request_id"] for r in base}
+    assert all(r["parent_id"] in ids and r["shard_id"].startswith("e-") for r in evolve)
+    assert all(r["examples_text"] for r in base if r["strategy"] == "fewshot")
+    # targets: label + keywords + attributes → extra 'targeted' requests, accumulated in the run dir
+    cls = load_spec(EXAMPLES / "banking77" / "task.yaml", "smoke")
+    t = tmp_path / "targets.yaml"
+    t.write_text("- {label: pin_blocked, keywords: [ATM, three wrong tries], attributes: {tone: angry}, count: 3}\n")
+    from curation.generate import add_targets
+
+    add_targets(tmp_path, plan.load_targets(t, cls))
+    add_targets(tmp_path, plan.load_targets(t, cls))  # same target twice: not duplicated
+    base, _ = plan_all(cls, tmp_path)
+    tg = [r for r in base if r["strategy"] == "targeted"]
+    assert len(tg) == 3 and all(r["label"] == "pin_blocked" and r["tone"] == "angry" for r in tg)
+    assert "three wrong tries" in formats.render("classification_v2", tg[0])
+    t.write_text("- {label: nope, count: 2}\n")
+    with pytest.raises(plan.TargetsError, match="targets\\[0\\].label: 'nope'"):
+        plan.load_targets(t, cls)
+
+
+def test_render_matches_distilabel_textgeneration():
+    """The dry-run forecast and the benchmark render prompts themselves: they must be what distilabel sends."""
+    from distilabel.models.llms import OpenAILLM
+    from distilabel.steps.tasks import TextGeneration
+
+    for task in ("banking77", "extraction", "instruction"):
+        spec = load_spec(EXAMPLES / task / "task.yaml")
+        name = formats.template_name(spec)
+        tmpl = formats.template_text(name)
+        step = TextGeneration(llm=OpenAILLM(model="m", base_url="http://127.0.0.1:9/v1", api_key="x"), template=tmpl,
+                              columns=template_columns(tmpl), system_prompt=formats.system_text(name))
+        step.load()
+        for r in plan.plan_base(spec)[:3]:
+            assert step.format_input(r) == formats.messages(name, r)
+
+
+def test_garbage_answers_become_reasons_never_exceptions():
+    cls = load_spec(EXAMPLES / "banking77" / "task.yaml")
+    ext = load_spec(EXAMPLES / "extraction" / "task.yaml")
+    ins = load_spec(EXAMPLES / "instruction" / "task.yaml")
+    cases = [
+        (cls, "Sure! here it is", None, "not JSON"),
+        (cls, "", None, "empty output"),
+        (cls, None, None, "no output"),
+        (cls, '{"message": "my card never ca', "length", "truncated at max_tokens"),
+        (cls, "[1, 2]", None, "not an object"),
+        (cls, '{"text": "x"}', None, "without a non-empty 'message'"),
+        (ext, '{"input": "paid 5 EUR", "output": {"amount": "five"}}', None, "schema: "),
+        (ext, '{"input": "paid 5 EUR", "output": {"amount": 5, "currency": "EUR", "card_last4": "12", '
+              '"merchant": null, "transaction_type": "card_payment"}}', None, "schema: card_last4"),
+        (ins, '{"prompt": "help", "response": ""}', None, "'response'"),
+    ]
+    for spec, raw, fin, why in cases:
+        fields, err = formats.parse(spec, raw, fin, 7)
+        assert fields is None and why in err, (raw, err)
+    ok, err = formats.parse(ext, '{"input": " paid  5 EUR at Lidl ", "output": {"transaction_type": "card_payment", '
+                                 '"amount": 5, "currency": "EUR", "card_last4": null, "merchant": "Lidl"}}')
+    assert err == "" and ok["text"] == "paid 5 EUR at Lidl"
+    assert list(json.loads(ok["answer"])) == list(ext.output_schema["properties"])  # schema key order
+    assert formats.normalize_label(cls, " Card_Arrival. ") == ("card_arrival", "")
+    assert "wrong label" in formats.normalize_label(cls, "lost_wallet")[1]
+
+
+def test_extraction_hard_negative_changes_one_field_and_stays_valid():
+    from curation.judge import wrong_field
+
+    ext = load_spec(EXAMPLES / "extraction" / "task.yaml")
+    for i, line in enumerate((EXAMPLES / "extraction" / "heldout.jsonl").read_text().splitlines()):
+        ans = json.loads(line)["answer"]
+        bad = wrong_field(ext, ans, random.Random(i))
+        if all(v is None for k, v in ans.items() if k != "transaction_type") and bad is None:
+            continue
+        assert bad is not None and formats.schema_error(ext.output_schema, bad) == ""
+        assert sum(bad[k] != ans[k] for k in ans) == 1, (ans, bad)
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda r: r.pop("output_schema"), "extraction task needs a JSON Schema"),
+    (lambda r: r.__setitem__("output_schema", {"type": "object", "properties": {"a": {"type": "nope"}}}),
+     "output_schema': not a valid JSON Schema"),
+    (lambda r: r["examples"][0]["output"].__setitem__("currency", "BTC"), "examples.0.output: does not match"),
+    (lambda r: r["generation"].__setitem__("strategies", {"attributes": 1, "magic": 1}), "unknown strategy magic"),
+    (lambda r: (r.pop("examples"), r["generation"].__setitem__("strategies", {"fewshot": 1})),
+     "fewshot: needs seed `examples`"),
+])
+def test_spec_errors_are_one_line(change, msg):
+    raw = _raw(EXAMPLES / "extraction" / "task.yaml")
+    change(raw)
+    with pytest.raises(SpecError) as e:
+        parse_spec(raw, source="t.yaml")
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_price_table_and_override():
+    from curation.budget import cost, prices
+
+    raw = _raw(EXAMPLES / "banking77" / "task.yaml")
+    raw["teacher"] = {"endpoint": "openai", "base_url": "http://x/v1", "model": "gpt-4o-mini-2024-07-18"}
+    assert prices(parse_spec(raw)) == (0.15, 0.60)  # dated model names fall back to their family
+    raw["teacher"]["price_out_per_m"] = 1.0
+    assert prices(parse_spec(raw)) == (0.15, 1.0)
+    assert cost(1_000_000, 500_000, (0.15, 1.0)) == pytest.approx(0.65)
+    assert prices(load_spec(EXAMPLES / "banking77" / "task.yaml")) == (0.0, 0.0)
