@@ -183,6 +183,24 @@ META = _rx(
 )
 
 
+# Written as the bank's agent (or the task description) instead of as the customer: seen in real
+# teacher output ("Hello! How can I assist you today?", "Dear [Customer Name], ...").
+WRONG_VOICE = _rx(
+    r"\bhow (?:can|may|could) i (?:help|assist) you\b",
+    r"\bi'?m here to (?:help|assist)\b|\bi am here to (?:help|assist)\b",
+    r"\b(?:is there )?anything else i can (?:help|assist|do for you)\b",
+    r"\bthank(?:s| you) for (?:contacting|reaching out|your (?:message|patience|inquiry))\b",
+    r"\bdear (?:valued )?customer\b",
+    r"\[(?:customer|client|user|your|recipient|bank|agent)[^\]]{0,30}\]",
+    r"\bthe (?:customer|user|client)(?:'s)?\b(?! service| support| care| number| id\b| account number)",
+)
+
+
+def wrong_voice_problem(text: str) -> str | None:
+    m = WRONG_VOICE.search(text.replace("’", "'"))
+    return f"written as the agent or the task, not the customer: matched {m.group(0)!r}" if m else None
+
+
 def refusal_problem(text: str) -> str | None:
     m = REFUSAL.search(text.replace("’", "'"))
     return f"matched {m.group(0)!r}" if m else None
@@ -199,12 +217,16 @@ _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 PROMPTS_DIR = Path(__file__).with_name("prompts")
 
 
-def echo_sources(spec, extra: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """(name, text) pieces the teacher saw and must not repeat: the task instruction, the label
-    descriptions, and the static text of the generation prompt templates (variables cut out, so
-    no n-gram spans a placeholder)."""
+def echo_sources(spec, extra: Iterable[str] = (), descriptions: bool = False) -> list[tuple[str, str]]:
+    """(name, text) pieces the teacher saw and must not repeat: the task instruction and the static
+    text of the generation prompt templates (variables cut out, so no n-gram spans a placeholder).
+
+    Label descriptions only on request: they describe what customers say, so a genuine message
+    shares long runs with them ("charged a fee for withdrawing cash at an ATM"); the description
+    copies that matter are in the third person and caught as `wrong_voice`."""
     out = [("instruction", spec.instruction)]
-    out += [(f"description of {lab.name}", lab.description) for lab in spec.labels]
+    if descriptions:
+        out += [(f"description of {lab.name}", lab.description) for lab in spec.labels]
     if PROMPTS_DIR.is_dir():
         for p in sorted(PROMPTS_DIR.iterdir()):
             if p.suffix in (".jinja2", ".txt"):
@@ -282,8 +304,10 @@ def heuristic_checks(spec) -> list[Check]:
     if cfg.drop_meta_commentary:
         checks.append(("meta_commentary", lambda r: meta_problem(r["text"])))
     if cfg.prompt_echo_ngram:
-        echo = EchoIndex(echo_sources(spec), cfg.prompt_echo_ngram)
+        echo = EchoIndex(echo_sources(spec, descriptions=cfg.prompt_echo_descriptions), cfg.prompt_echo_ngram)
         checks.append(("prompt_echo", lambda r: echo.problem(r["text"])))
+    if cfg.drop_wrong_voice:
+        checks.append(("wrong_voice", lambda r: wrong_voice_problem(r["text"])))
     if spec.type == "classification" and cfg.label_leak:
         pats = label_leak_patterns(spec.label_names, cfg.label_leak_spaced)
         checks.append(("label_leak", lambda r: label_leak_problem(r["text"], pats)))

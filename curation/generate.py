@@ -86,7 +86,21 @@ def stats_of(r: dict, step: str) -> dict:
     return ((r.get("distilabel_metadata") or {}).get(f"statistics_{step}") or {})
 
 
-class ValidatedGeneration(TextGeneration):
+class SentinelAware:
+    """Passes `sentinel` rows through without a request. A budget stop ends the generator with one
+    sentinel row: distilabel 1.5.3 hangs when a generator's last batch is empty."""
+
+    def process(self, inputs: StepInput):  # type: ignore[override]
+        real = [r for r in inputs if not r.get("sentinel")]
+        out = next(super().process(real)) if real else []  # type: ignore[misc]
+        yield out + [{**r, **{k: None for k in self.outputs}} for r in inputs if r.get("sentinel")]  # type: ignore[attr-defined]
+
+
+class AnswerGeneration(SentinelAware, TextGeneration):
+    """TextGeneration that lets the budget sentinel through."""
+
+
+class ValidatedGeneration(SentinelAware, TextGeneration):
     """TextGeneration that re-asks for answers that do not parse or validate (schema, empty,
     truncated), up to `generation.invalid_retries` times; tokens of every attempt are kept."""
 
@@ -128,7 +142,7 @@ class PlannedRequests(GeneratorStep):
 
     @property
     def outputs(self):
-        return list(self.data[0].keys()) if self.data else ["request_id"]
+        return [*self.data[0].keys(), "sentinel"] if self.data else ["request_id", "sentinel"]
 
     def _over(self, rows: list[dict], yielded: dict[str, int]) -> str | None:
         out = Path(self.out_dir)
@@ -157,12 +171,10 @@ class PlannedRequests(GeneratorStep):
                 why = self._over(rows, yielded)
                 if why:
                     (Path(self.out_dir) / f".stopped-{self.phase}").write_text(why)
-                    yield [], True
+                    yield [{**rows[0], "sentinel": True, "shard_id": "-stop-"}], True
                     return
             yielded[sid] = len(rows)
-            yield rows, i == len(items) - 1
-        if not items:
-            yield [], True
+            yield [{**r, "sentinel": False} for r in rows], i == len(items) - 1
 
 
 class CommitShards(Step):
@@ -193,6 +205,8 @@ class CommitShards(Step):
         price = (self.price_in, self.price_out)
         for r in inputs:
             r["committed"] = False
+            if r.get("sentinel"):
+                continue
             buf = self._buffers.setdefault(r["shard_id"], [])
             buf.append(r)
             if len(buf) < r["shard_n"]:

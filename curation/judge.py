@@ -22,9 +22,10 @@ import datasets
 from jinja2 import Template
 
 from distilabel.steps import StepInput
-from distilabel.steps.tasks import Task, TextGeneration
+from distilabel.steps.tasks import Task
 
 from curation import budget, formats, plan
+from curation.generate import AnswerGeneration, SentinelAware
 
 PAIR_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
@@ -50,7 +51,7 @@ def judge_kind(spec, endpoint) -> str:
     return ("yesno" if endpoint.kind == "embedded" else "rubric") if j == "auto" else j
 
 
-class Judge(Task):
+class Judge(SentinelAware, Task):
     """Asks the teacher whether a candidate answer is right (yes/no) or rates it 1-5 with a rationale.
 
     A Task of our own because no distilabel judge fits: UltraFeedback/QualityScorer use 1-10 or
@@ -175,7 +176,7 @@ def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps:
     j_tokens = 16 if kind == "yesno" else pr.judge_max_tokens
 
     def middle(c: int):
-        return [TextGeneration(name="answer", llm=llm(endpoint, t, pr.temperature, t.max_tokens, ans_extra),
+        return [AnswerGeneration(name="answer", llm=llm(endpoint, t, pr.temperature, t.max_tokens, ans_extra),
                                template="{{ text }}", columns=["text"], system_prompt=spec.system_prompt(),
                                output_mappings={"generation": "candidate"}, input_batch_size=c,
                                add_raw_output=False, add_raw_input=False),

@@ -133,14 +133,10 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     res = curate(raw, spec, heldout=load_locked(run / "heldout"))
     st.save("curated", res.kept)
     st.save("rejected", res.rejected)
-    reasons: dict[str, int] = {}
-    for r in res.rejected["reason"]:
-        reasons[r] = reasons.get(r, 0) + 1
-    m = st.finish(funnel=res.funnel, rejected_by_reason=reasons, kept=len(res.kept), dropped=len(res.rejected))
-    try:
-        from curation.curate import render_funnel
+    reasons = res.reasons() if hasattr(res, "reasons") else {}
+    m = st.finish(funnel=res.funnel, rejected_by_reason=reasons, kept=len(res.kept), dropped=len(res.rejected),
+                  under_filled=res.under_filled, info=res.info)
+    from curation.curate import render_funnel
 
-        render_funnel(res.funnel)
-    except ImportError:
-        console.print(f"curate: kept {len(res.kept)} / {len(raw)}; dropped {reasons}")
+    Console().print(render_funnel(res.funnel, res.under_filled))
     return m

@@ -163,7 +163,9 @@ class Curation(_Strict):
     language: Literal["en", "es", "fr", "de", "it", "pt", "nl"] | None = "en"
     drop_refusals: bool = True
     drop_meta_commentary: bool = True
-    prompt_echo_ngram: int | None = Field(8, ge=3)  # shared words with instruction/descriptions/templates
+    prompt_echo_ngram: int | None = Field(8, ge=3)  # words shared with the instruction / prompt templates
+    prompt_echo_descriptions: bool = False  # also check label descriptions (customers reuse their words)
+    drop_wrong_voice: bool = True  # written as the bank's agent or the task ("How can I help you?")
     label_leak: bool = True
     label_leak_spaced: bool = False  # also flag "card arrival" for label card_arrival
     # LLM-judge score from generation (column `judge_score`); None = no threshold

@@ -88,8 +88,11 @@ PLANTED = [
     # meta commentary / format residue
     ("top_up_problem", "Sure! Here is a message: my top up did not go through yesterday evening.", "meta_commentary"),
     ("currency_exchange", '{"message": "What fee do you take for changing euros to zloty?"}', "meta_commentary"),
-    # echo of a label description from the prompt
-    ("top_up_problem", "Hello there, the customer reports that adding money to their account failed today.", "prompt_echo"),
+    # echo of the task instruction; text written as the agent or as the task description
+    ("card_delivery", "Classify the customer's banking message by its intent, my card never came.", "prompt_echo"),
+    ("top_up_problem", "Hello there, the customer reports that adding money to their account failed today.", "wrong_voice"),
+    ("top_up_problem", "Hello! How can I assist you today with your top up?", "wrong_voice"),
+    ("lost_card", "Dear [Customer Name], I lost my card at the cinema on Saturday.", "wrong_voice"),
     ("card_delivery", "My card\x07 arrived damaged and the chip is cracked, can you send another?", "non_printable"),
     ("card_delivery", "Card?", "too_short"),
     ("lost_card", " ".join(f"word{i}" for i in range(130)), "too_long"),
@@ -302,6 +305,10 @@ def test_embedder_caches_by_content_hash(tmp_path):
     assert (tmp_path / "all-MiniLM-L6-v2" / "vectors.sqlite").exists()
 
 
+# shares 9 words with the top_up_problem description, as real customers' messages do
+DESCRIPTION_WORDS = "Adding money to their account failed or is missing for my son, can you look?"
+
+
 def test_filters_leave_ordinary_customer_phrasing_alone():
     ok = [
         "I cannot log in to my account since this morning.",
@@ -314,11 +321,16 @@ def test_filters_leave_ordinary_customer_phrasing_alone():
         "Here is my problem: the app logs me out every time I open it.",
         "Here's the thing, my card keeps getting declined at the supermarket.",
         "As an assistant manager I need a second card for company expenses.",
+        "The customer service line hung up on me twice today.",
+        DESCRIPTION_WORDS,
+
     ]
     spec = spec_for()
     checks = filters.heuristic_checks(spec)
     for text in ok:
         assert [r for r, c in checks if c({"text": text})] == [], text
+    strict = filters.heuristic_checks(spec_for(prompt_echo_descriptions=True))
+    assert [r for r, c in strict if c({"text": DESCRIPTION_WORDS})] == ["prompt_echo"]
     assert filters.detect_language("Bonjour, je n'ai pas reçu ma carte, pourquoi ?")[0] == "fr"
     assert filters.detect_language("Ich habe meine Karte verloren, bitte sperren Sie sie")[0] == "de"
     assert filters.detect_language("Card not arrived")[0] == "unknown"
