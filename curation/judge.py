@@ -25,7 +25,7 @@ from distilabel.steps import StepInput
 from distilabel.steps.tasks import Task
 
 from curation import budget, formats, plan
-from curation.generate import AnswerGeneration, SentinelAware
+from curation.gensteps import AnswerGeneration, SentinelAware
 
 PAIR_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
@@ -159,7 +159,8 @@ def plan_candidates(spec, rows: datasets.Dataset, kind: str) -> list[dict]:
 
 
 def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps: dict) -> tuple[dict, str | None]:
-    from curation.generate import committed_shards, llm, run_pipeline
+    from curation.generate import run_pipeline
+    from curation.gensteps import committed_shards, llm
 
     pr, t = spec.generation.preferences, spec.teacher
     kind = judge_kind(spec, endpoint)
@@ -189,7 +190,7 @@ def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps:
 
 
 def _candidates(out_dir: Path, reqs: list[dict]) -> dict[str, list[dict]]:
-    from curation.generate import committed_shards, read_shard
+    from curation.gensteps import committed_shards, read_shard
 
     by_src: dict[str, list[dict]] = {}
     for sid in sorted({r["shard_id"] for r in reqs} & committed_shards(out_dir)):

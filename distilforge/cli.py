@@ -12,6 +12,7 @@ import typer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time unless a user opts in
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")  # our progress bar reports generation
 # distilabel's pydantic models trip this on import; it says nothing about the user's run.
 warnings.filterwarnings("ignore", message="The 'default' attribute with value None")
 

@@ -144,8 +144,29 @@ def dumps(result: dict) -> str:
     return json.dumps(result, indent=2)
 
 
+def row_clusters(hc: HeldoutClusters, gaps: list[dict], ids: list[str], vecs: np.ndarray) -> dict:
+    """Nearest held-out cluster (and its gap flag) per synthetic row: ids and numbers only.
+
+    Pushed to Argilla as metadata (`cluster`, `coverage_gap`) so curators can review gap regions,
+    and used to group reviewer rejections by cluster."""
+    gap_ids = {g["cluster"] for g in gaps if g["gap"]}
+    assign = (vecs @ hc.centroids.T).argmax(axis=1) if len(vecs) else np.array([], int)
+    return {"gap_clusters": sorted(int(c) for c in gap_ids),
+            "rows": {rid: {"cluster": int(c), "gap": int(c) in gap_ids} for rid, c in zip(ids, assign)}}
+
+
+def review_section(run: Path, clusters: dict[str, int] | None = None) -> dict | None:
+    """Rejection hot spots and judge vs human from pulled reviews (None before `review pull`)."""
+    from distilforge.manifest import load_dataset_dir
+    from labeling.review_analysis import analyse as analyse_reviews
+
+    p = run / "review" / "reviews"
+    return analyse_reviews(list(load_dataset_dir(p)), clusters) if p.exists() else None
+
+
 def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
-    """Coverage of the held-out set by the training rows (approved export, else curated)."""
+    """Coverage of the held-out set by the training rows (approved export, else curated); plus,
+    once reviews were pulled, where reviewers reject and how far the teacher-judge agrees."""
     from curation.embed import Embedder
     from distilforge.manifest import Stage, load_dataset_dir, read_manifest
     from heldout.coverage import cluster_heldout
@@ -154,7 +175,11 @@ def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
 
     info = verify(spec.heldout, spec.label_names, run / "heldout")
     src, path, h = training_source(run)
-    st = Stage(run / "blindspots", "blindspots", {src: h, "heldout": info["sha256"]},
+    inputs = {src: h, "heldout": info["sha256"]}
+    reviews_out = ((read_manifest(run / "review") or {}).get("outputs") or {}).get("reviews")
+    if reviews_out:
+        inputs["reviews"] = reviews_out["sha256"]
+    st = Stage(run / "blindspots", "blindspots", inputs,
                {"k": k, "eval": (read_manifest(run / "eval") or {}).get("fingerprint")})
     st.begin()
     rows = load_dataset_dir(path)
@@ -164,6 +189,15 @@ def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
     metrics_p = run / "eval" / "metrics.json"
     result = analyse(hc, syn, json.loads(metrics_p.read_text()) if metrics_p.exists() else None)
     result["source"] = {"synthetic": src, "synthetic_sha256": h, "heldout_sha256": info["sha256"]}
+    curated = load_dataset_dir(run / "curate" / "curated")  # every pushed row, approved or not
+    cvec = np.asarray(emb.encode(list(curated["text"])), dtype=np.float32)
+    where = row_clusters(hc, result["coverage"]["gaps"], list(curated["id"]), cvec)
+    from distilforge.manifest import atomic_write_json
+
+    atomic_write_json(st.dir / "row_clusters.json", where)
+    review = review_section(run, {rid: v["cluster"] for rid, v in where["rows"].items()})
+    if review is not None:
+        result["review"] = review
     write_outputs(st.dir, result)
     gaps = [g for g in result["coverage"]["gaps"] if g["gap"]]
     return st.finish(gaps=len(gaps), clusters=len(result["coverage"]["gaps"]), targets=len(result["targets"]))
@@ -182,4 +216,24 @@ def blindspots_cmd(run: Path, k: int | None = None) -> None:
         fail(str(e))
     result = json.loads((run / "blindspots" / "blindspots.json").read_text())
     print(summary_line(result))
+    if result.get("review"):
+        from labeling.review_analysis import summary_line as review_line
+
+        print(review_line(result["review"]))
     print(f"targets: {run / 'blindspots' / 'targets.yaml'}")
+    if (run / "review" / "push.json").exists():
+        update_argilla_metadata(spec, run)
+
+
+def update_argilla_metadata(spec, run: Path) -> None:
+    """Re-push the run so its Argilla records carry the new gap flags and cluster ids (an in-place
+    upsert: responses are untouched). Best effort: an unreachable server only warns."""
+    from labeling.push import ReviewError, push_run, read_push_state
+
+    try:
+        report = push_run(run, spec, api_url=read_push_state(run).get("api_url"), progress=False)
+    except ReviewError as e:
+        print(f"warning: Argilla metadata not updated ({e})")
+        return
+    print("argilla: gap flags and cluster ids updated on " +
+          ", ".join(f"{r['records']} {fmt} records" for fmt, r in report.items()))

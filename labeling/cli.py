@@ -1,4 +1,5 @@
-"""`distilforge review ...`: run the embedded Argilla server (serve/status/stop).
+"""`distilforge review ...`: the embedded Argilla server (serve/status/stop) and the review round trip
+(push → curators answer in Argilla → pull → export).
 
 `review_app` is mounted by distilforge's main CLI; later commands (push/pull/export) attach to
 the same app. The server itself runs from `.venv-argilla` (see labeling/server/control.py).
@@ -82,3 +83,92 @@ def stop(data_dir: Optional[Path] = DataDirOption) -> None:
         typer.echo("stopped")
     else:
         typer.echo("not running")
+
+
+# ---------------------------------------------------------------- push / pull / export
+
+RunArg = typer.Argument(..., help="Run directory (with curate/ done).")
+UrlOption = typer.Option(None, "--api-url", envvar="ARGILLA_API_URL",
+                         help="A hosted Argilla [default: the embedded server].")
+KeyOption = typer.Option(None, "--api-key", envvar="ARGILLA_API_KEY", show_default=False,
+                         help="API key for --api-url (prefer the env var: options show in `ps`).")
+WorkspaceOption = typer.Option(None, "--workspace", help="Argilla workspace [default: the first one].")
+PrefixOption = typer.Option(None, "--dataset", help="Dataset name prefix [default: <task>-<run dir>].")
+
+
+def _spec(run: Path):
+    from distilforge.runctx import prepare
+    from distilforge.spec import SpecError
+
+    if not run.is_dir():
+        _fail(f"{run}: no such run directory")
+    try:
+        return prepare(run)
+    except SpecError as exc:
+        _fail(str(exc))
+
+
+@review_app.command()
+def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
+         data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
+         dataset: Optional[str] = PrefixOption,
+         batch_size: int = typer.Option(50, "--batch-size", help="Records per upsert request.")) -> None:
+    """Push curated rows (and preference pairs) to Argilla for review; safe to rerun."""
+    from labeling.push import ReviewError, push_run
+
+    spec = _spec(run)
+    try:
+        report = push_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
+                          prefix=dataset, batch_size=batch_size)
+    except (ReviewError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    for fmt, r in report.items():
+        typer.echo(f"{fmt}: {r['records']} records -> '{r['dataset']}' ({r['created']} new, {r['updated']} updated, "
+                   f"{r['in_dataset']} in the dataset"
+                   + (f", {r['kept_stale_with_responses']} stale with responses kept" if r["kept_stale_with_responses"]
+                      else "") + ")")
+
+
+@review_app.command()
+def pull(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
+         data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
+         dataset: Optional[str] = PrefixOption) -> None:
+    """Pull every response (all users, all statuses) into RUN/review/reviews."""
+    from labeling.pull import pull_run
+    from labeling.push import ReviewError
+
+    spec = _spec(run)
+    try:
+        counts = pull_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
+                          prefix=dataset)
+    except ReviewError as exc:
+        _fail(str(exc))
+        return
+    for fmt, c in counts.items():
+        statuses = ", ".join(f"{v} {k}" for k, v in sorted(c["by_status"].items())) or "none yet"
+        typer.echo(f"{fmt}: {c['responses']} responses from {c['users']} user(s) on {c['records']} records "
+                   f"({statuses}); {c['reviewed_records']} records reviewed")
+    typer.echo(f"reviews: {run / 'review' / 'reviews'}")
+
+
+@review_app.command("export")
+def export_cmd(run: Path = RunArg,
+               policy: str = typer.Option("one", help="one | majority | unanimous (accepts needed to approve)."),
+               min_reviewers: int = typer.Option(1, "--min-reviewers",
+                                                 help="Rows with fewer submitted decisions stay undecided.")) -> None:
+    """Approved rows (corrections applied) for training, rejected rows with reasons."""
+    from labeling.export import export_run
+    from labeling.push import ReviewError
+
+    spec = _spec(run)
+    try:
+        m = export_run(run, spec, policy=policy, min_reviewers=min_reviewers)
+    except (ReviewError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    ag = m["agreement"]
+    kappa = f", reviewer {ag['method']} kappa {ag['kappa']}" if ag.get("kappa") is not None else ""
+    typer.echo(f"export ({policy}): {m.get('approved', 0)} approved ({m.get('corrected', 0)} corrected), "
+               f"{m.get('rejected', 0)} rejected, {m.get('undecided', 0)} undecided{kappa}")
+    typer.echo(f"approved: {run / 'review' / 'export' / 'approved'} (train uses it from now on)")

@@ -31,11 +31,18 @@ def resolve_connection(api_url: Optional[str] = None, api_key: Optional[str] = N
     if env_url or env_key:
         if not (env_url and env_key):
             raise ArgillaConnectionError(f"set both {ENV_URL} and {ENV_KEY} (only one is set)")
+        if api_url and api_url.rstrip("/") != env_url.rstrip("/") and not api_key:
+            raise ArgillaConnectionError(f"no API key for {api_url} (pass --api-key; {ENV_KEY} belongs to {env_url})")
         return (api_url or env_url).rstrip("/"), api_key or env_key
     try:
         creds = control.read_credentials(data_dir)
     except control.ReviewServerError as exc:
         raise ArgillaConnectionError(f"{exc}, or set {ENV_URL} and {ENV_KEY} for a hosted Argilla") from None
+    if api_url and not api_key and api_url.rstrip("/") != str(creds.get("api_url") or "").rstrip("/"):
+        state = control.read_state(data_dir) or {}
+        if api_url.rstrip("/") != str(state.get("url") or "").rstrip("/"):
+            # never send the embedded owner's key to some other server
+            raise ArgillaConnectionError(f"no API key for {api_url} (pass --api-key or set {ENV_KEY})")
     url = api_url or creds.get("api_url")
     if not url:
         state = control.read_state(data_dir)

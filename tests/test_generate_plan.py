@@ -155,3 +155,14 @@ def test_price_table_and_override():
     assert prices(parse_spec(raw)) == (0.15, 1.0)
     assert cost(1_000_000, 500_000, (0.15, 1.0)) == pytest.approx(0.65)
     assert prices(load_spec(EXAMPLES / "banking77" / "task.yaml")) == (0.0, 0.0)
+
+
+def test_cli_bad_targets_file_is_one_line_and_starts_nothing(tmp_path):
+    from conftest import cli
+
+    bad = tmp_path / "targets.yaml"
+    bad.write_text("- {label: no_such_intent, keywords: [x]}\n")
+    r = cli("generate", tmp_path / "run", "--spec", EXAMPLES / "banking77" / "task.yaml", "--profile", "smoke",
+            "--targets", bad)
+    assert r.returncode == 2 and "targets[0].label: 'no_such_intent'" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run" / "generate" / "shards").exists()

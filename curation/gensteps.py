@@ -1,0 +1,244 @@
+"""The distilabel steps generation runs: a timed OpenAI client, the budget-aware request source,
+the generation task that re-asks for invalid answers, and the step that commits shards.
+
+Shard files are the unit of exactly-once: a shard is written (temp file + fsync + rename) only when
+every one of its rows came back from the teacher; a `None` from distilabel (the openai client gave up
+after its retries) leaves it uncommitted so the next run asks again. Every finished shard, committed
+or not, is appended to the spend ledger (curation/budget.py) that the caps are checked against.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import PrivateAttr
+
+from distilabel.models.llms import OpenAILLM
+from distilabel.steps import GeneratorStep, Step, StepInput
+from distilabel.steps.tasks import TextGeneration
+
+from curation import budget, formats
+from distilforge.spec import TaskSpec
+
+SHARDS = "shards"
+
+
+class TimedOpenAILLM(OpenAILLM):
+    """OpenAILLM that also records per-request latency and finish_reason (truncation) in statistics."""
+
+    async def _generate_chat_completion(self, *args, **kwargs):  # type: ignore[override]
+        t0 = time.perf_counter()
+        out = await super()._generate_chat_completion(*args, **kwargs)
+        n = len(out.get("generations") or [None])
+        out.setdefault("statistics", {})["latency_s"] = [round(time.perf_counter() - t0, 3)] * n
+        return out
+
+    def _generations_from_openai_completion(self, completion):  # type: ignore[override]
+        out = super()._generations_from_openai_completion(completion)
+        out.setdefault("statistics", {})["finish_reason"] = [c.finish_reason for c in completion.choices]
+        return out
+
+
+def llm(endpoint, teacher, temperature: float, max_tokens: int, extra: dict) -> TimedOpenAILLM:
+    """The client every step uses: bounded transport retries (backoff + jitter + Retry-After, done by
+    the openai client) and the per-request timeout from the spec. The key never leaves this object."""
+    return TimedOpenAILLM(model=endpoint.model, base_url=endpoint.base_url, api_key=endpoint.api_key,
+                          max_retries=teacher.max_retries, timeout=int(teacher.timeout_s),
+                          generation_kwargs={"temperature": temperature, "max_new_tokens": max_tokens, **extra})
+
+
+def stats_of(r: dict, step: str) -> dict:
+    return ((r.get("distilabel_metadata") or {}).get(f"statistics_{step}") or {})
+
+
+class SentinelAware:
+    """Passes `sentinel` rows through without a request. A budget stop ends the generator with one
+    sentinel row: distilabel 1.5.3 hangs when a generator's last batch is empty."""
+
+    def process(self, inputs: StepInput):  # type: ignore[override]
+        real = [r for r in inputs if not r.get("sentinel")]
+        out = next(super().process(real)) if real else []  # type: ignore[misc]
+        yield out + [{**r, **{k: None for k in self.outputs}} for r in inputs if r.get("sentinel")]  # type: ignore[attr-defined]
+
+
+class AnswerGeneration(SentinelAware, TextGeneration):
+    """TextGeneration that lets the budget sentinel through."""
+
+
+class ValidatedGeneration(SentinelAware, TextGeneration):
+    """TextGeneration that re-asks for answers that do not parse or validate (schema, empty,
+    truncated), up to `generation.invalid_retries` times; tokens of every attempt are kept."""
+
+    spec_json: str
+
+    def process(self, inputs: StepInput):  # type: ignore[override]
+        spec = TaskSpec.model_validate_json(self.spec_json)
+        outs = next(super().process(inputs))
+        for o in outs:
+            o["attempts"] = 1
+        for _ in range(spec.generation.invalid_retries):
+            bad = [i for i, o in enumerate(outs) if o.get("generation") is not None and formats.parse(
+                spec, o["generation"], stats_of(o, self.name).get("finish_reason"),
+                int(stats_of(o, self.name).get("output_tokens") or 0))[0] is None]
+            if not bad:
+                break
+            again = next(super().process([inputs[i] for i in bad]))
+            for i, o in zip(bad, again):
+                old, new = stats_of(outs[i], self.name), stats_of(o, self.name)
+                for k in ("input_tokens", "output_tokens", "latency_s"):
+                    new[k] = (new.get(k) or 0) + (old.get(k) or 0)
+                o.setdefault("distilabel_metadata", {})[f"statistics_{self.name}"] = new
+                o["attempts"] = outs[i]["attempts"] + 1
+                outs[i] = o
+        yield outs
+
+
+class PlannedRequests(GeneratorStep):
+    """Yields the planned requests one shard per batch; before each shard it checks the spend
+    ledger so a budget cap stops the run at a shard boundary (never mid-shard)."""
+
+    data: list[dict]
+    out_dir: str
+    phase: str
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    est_tokens: float = 0.0  # per request, until the ledger has real numbers
+    est_cost: float = 0.0
+
+    @property
+    def outputs(self):
+        return [*self.data[0].keys(), "sentinel"] if self.data else ["request_id", "sentinel"]
+
+    def _over(self, rows: list[dict], yielded: dict[str, int]) -> str | None:
+        out = Path(self.out_dir)
+        while True:
+            led = budget.read_ledger(out)
+            mine = [e for e in led if e.get("phase") == self.phase and e.get("requests")]
+            n = sum(e["requests"] for e in mine)
+            per_tok = (sum(e["prompt_tokens"] + e["completion_tokens"] for e in mine) / n) if n else self.est_tokens
+            per_cost = (sum(e["cost_usd"] for e in mine) / n) if n else self.est_cost
+            done = {e["shard"] for e in led}
+            inflight = sum(k for s, k in yielded.items() if s not in done)
+            need = (inflight + len(rows))
+            why = budget.cap_reached(out, self.max_cost, self.max_tokens, need * per_cost, need * per_tok)
+            if why is None or inflight == 0:
+                return why
+            time.sleep(0.2)  # close to the cap: let in-flight shards land, then decide on real numbers
+
+    def process(self, offset: int = 0):  # type: ignore[override]
+        shards: dict[str, list[dict]] = {}
+        for r in self.data:
+            shards.setdefault(r["shard_id"], []).append(r)
+        items = list(shards.items())
+        yielded: dict[str, int] = {}
+        for i, (sid, rows) in enumerate(items):
+            if self.max_cost is not None or self.max_tokens is not None:
+                why = self._over(rows, yielded)
+                if why:
+                    (Path(self.out_dir) / f".stopped-{self.phase}").write_text(why)
+                    yield [{**rows[0], "sentinel": True, "shard_id": "-stop-"}], True
+                    return
+            yielded[sid] = len(rows)
+            yield [{**r, "sentinel": False} for r in rows], i == len(items) - 1
+
+
+class CommitShards(Step):
+    """Buffers rows per shard; once all of a shard's rows are back, commits it atomically (unless a
+    transport failure left a `None` in it) and appends the shard's spend to the ledger either way."""
+
+    out_dir: str
+    spec_json: str
+    phase: str
+    model_name: str
+    base_url: str
+    price_in: float = 0.0
+    price_out: float = 0.0
+    steps: list[str] = ["generate"]
+    prefilled: dict[str, list[dict]] = {}
+    _buffers: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def inputs(self):
+        return ["request_id", "shard_id", "shard_n"]
+
+    @property
+    def outputs(self):
+        return ["committed"]
+
+    def process(self, inputs: StepInput):  # type: ignore[override]
+        spec = TaskSpec.model_validate_json(self.spec_json)
+        price = (self.price_in, self.price_out)
+        for r in inputs:
+            r["committed"] = False
+            if r.get("sentinel"):
+                continue
+            buf = self._buffers.setdefault(r["shard_id"], [])
+            buf.append(r)
+            if len(buf) < r["shard_n"]:
+                continue
+            self._buffers.pop(r["shard_id"])
+            stats = [[stats_of(x, s) for s in self.steps] for x in buf]
+            p_tok = sum(int(s.get("input_tokens") or 0) for st in stats for s in st)
+            c_tok = sum(int(s.get("output_tokens") or 0) for st in stats for s in st)
+            failed = any(x.get(k) is None for x in buf for k in self.output_keys())
+            if not failed:
+                rows = [self.build(spec, x, st, price) for x, st in zip(buf, stats)]
+                rows += self.prefilled.get(r["shard_id"], [])
+                commit(shard_path(Path(self.out_dir), r["shard_id"]), rows)
+                r["committed"] = True
+            budget.record(Path(self.out_dir), {
+                "shard": r["shard_id"], "phase": self.phase, "committed": not failed,
+                "requests": sum(int(x.get("attempts") or 1) for x in buf) * len(self.steps),
+                "rows": len(buf), "prompt_tokens": p_tok, "completion_tokens": c_tok,
+                "cost_usd": budget.cost(p_tok, c_tok, price)})
+        yield inputs
+
+    def output_keys(self) -> list[str]:
+        return ["candidate", "judgement"] if self.phase == "prefs" else ["generation"]
+
+    def build(self, spec, x: dict, stats: list[dict], price) -> dict:
+        if self.phase == "prefs":
+            from curation.judge import candidate_record
+
+            return candidate_record(spec, x, stats, self.model_name, price)
+        return to_row(spec, x, x["generation"], stats[0], self.model_name, self.base_url, price,
+                      int(x.get("attempts") or 1))
+
+
+def to_row(spec, req: dict, raw: str | None, st: dict, model: str, base_url: str, price, attempts: int = 1,
+           error: str | None = None) -> dict:
+    """One shard row. `prompt`/`completion` are rebuilt from text/answer by `collect`."""
+    p_tok, c_tok = int(st.get("input_tokens") or 0), int(st.get("output_tokens") or 0)
+    fields, err = (None, error) if error else formats.parse(spec, raw, st.get("finish_reason"), c_tok)
+    if err and attempts > 1:
+        err = f"{err} (after {attempts} attempts)"
+    return {"id": req["request_id"], "label": req["label"], "text": (fields or {}).get("text", ""),
+            "answer": (fields or {}).get("answer", ""), "strategy": req["strategy"], "attributes": req["attributes"],
+            "parent_id": req.get("parent_id", ""), "teacher_model": model, "endpoint": base_url,
+            "prompt_tokens": p_tok, "completion_tokens": c_tok, "latency_s": round(float(st.get("latency_s") or 0), 3),
+            "cost_usd": round(budget.cost(p_tok, c_tok, price), 8), "attempts": attempts,
+            "status": "ok" if fields else "failed", "error": err}
+
+
+def shard_path(out_dir: Path, shard_id: str) -> Path:
+    return Path(out_dir) / SHARDS / f"{shard_id}.jsonl"
+
+
+def committed_shards(out_dir: Path) -> set[str]:
+    d = Path(out_dir) / SHARDS
+    return {p.stem for p in d.glob("*.jsonl")} if d.exists() else set()
+
+
+def read_shard(out_dir: Path, sid: str) -> list[dict]:
+    return [json.loads(line) for line in shard_path(out_dir, sid).read_text().splitlines()]
+
+
+def commit(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
