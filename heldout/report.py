@@ -210,7 +210,8 @@ def sec_coverage(run: Path) -> str:
     if not bs or not (bs.get("coverage") or {}).get("points"):
         return not_run("blind-spot analysis (coverage map)", p)
     cov = bs["coverage"]
-    gaps = cov.get("gaps") or []
+    clusters = cov.get("gaps") or []  # every held-out cluster, worst first; `gap` marks the real gaps
+    gaps = [g for g in clusters if g.get("gap", True)]
     gap_ids = {g.get("cluster") for g in gaps}
     pts = cov["points"]
     plt = _plt()
@@ -230,12 +231,32 @@ def sec_coverage(run: Path) -> str:
                             fontsize=9, weight="bold")
     ax.legend()
     ax.set_title("coverage: held-out vs synthetic (2-D projection)")
-    rows = [[g.get("cluster"), g.get("size"), _num(g.get("distance"), "{:.3f}"),
+    rows = [[g.get("cluster"), "GAP" if g.get("gap", True) else "", g.get("size"), _num(g.get("distance"), "{:.3f}"),
+             g.get("synthetic_rows", ""), _num(g.get("teacher_accuracy"), "{:.2f}") if "teacher_accuracy" in g else "",
              ", ".join(f"{k}:{v}" for k, v in (g.get("labels") or {}).items()), ", ".join(g.get("keywords") or [])]
-            for g in gaps]
-    note = f"<p>{len(held)} held-out points (text not shown), {len(syn)} synthetic points, {len(gaps)} gap clusters.</p>"
-    return img(fig, "coverage map") + note + (table(["gap cluster", "size", "distance", "labels", "keywords"], rows)
-                                               if rows else "<p>No gap clusters found.</p>")
+            for g in clusters[:15]]
+    note = (f"<p>{len(held)} held-out points (text not shown), {len(syn)} synthetic points, "
+            f"{len(gaps)} gap cluster(s) of {len(clusters)}. Distance = mean (1 − cosine) from a cluster's real rows to "
+            "their nearest synthetic row; teacher acc = the teacher's held-out accuracy inside the cluster.</p>")
+    head = ["cluster", "gap", "size", "distance", "synthetic rows", "teacher acc", "labels", "keywords"]
+    return img(fig, "coverage map") + note + table(head, rows) + _review_tables(bs.get("review"))
+
+
+def _review_tables(review: dict | None) -> str:
+    """Rejection hot spots and judge-vs-human agreement, when curators have reviewed the run."""
+    if not review:
+        return "<p>Review analysis: no curator responses pulled yet (`distilforge review pull RUN`).</p>"
+    jv = review.get("judge_vs_human") or {}
+    rows = [[q, v.get("pairs"), _num(v.get("agreement"), "{:.2f}"), _num(v.get("kappa"), "{:.2f}")]
+            for q, v in jv.items() if isinstance(v, dict)]
+    out = (f"<h3>Review</h3><p>{review.get('reviewed_records', 0)} records reviewed by {review.get('reviewers', 0)} "
+           "curator(s).</p><h4>Teacher-judge vs humans</h4>" + table(["question", "pairs", "agreement", "kappa"], rows))
+    hs = review.get("hot_spots") or {}
+    hot = [[dim, t.get(dim), t.get("reviewed"), t.get("rejected"), _num(t.get("reject_rate"), "{:.2f}"),
+            ", ".join(f"{k}:{v}" for k, v in (t.get("reasons") or {}).items()), "HOT" if t.get("hot") else ""]
+           for dim in ("label", "strategy", "cluster") for t in (hs.get(f"by_{dim}") or [])[:5]]
+    return out + (f"<h4>Rejection hot spots (overall reject rate {_num(hs.get('overall_reject_rate'), '{:.2f}')})</h4>"
+                  + table(["by", "group", "reviewed", "rejected", "reject rate", "reasons", ""], hot) if hot else "")
 
 
 def _series(log: list[dict], key: str) -> tuple[list, list]:
