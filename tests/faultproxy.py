@@ -133,6 +133,7 @@ class FaultProxy:
         ch = obj["choices"][0]
         text = ch["message"].get("content") or ""
         f = rule["fault"]
+        ch["finish_reason"] = "stop"  # a well-ended answer that is garbage (truncate sets "length")
         if f == "notjson":
             ch["message"]["content"] = "Sure! Here is a message a customer might send."
         elif f == "empty":
