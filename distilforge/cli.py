@@ -69,7 +69,15 @@ def run_cmd(task: Path = typer.Argument(..., help="Task spec YAML."),
     typer.echo(f"run finished in {time.time() - t0:.0f}s → {run}")
 
 
+def _exit_on_sigterm(signum, frame):  # noqa: ARG001
+    """SIGTERM → SystemExit, so `finally` blocks run and an embedded teacher we started is stopped."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     app()
 
 

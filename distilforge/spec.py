@@ -280,6 +280,9 @@ class Heldout(_Strict):
 class Eval(_Strict):
     teacher: bool = True
     max_rows: int | None = Field(None, gt=0)
+    # The teacher is scored through its endpoint, one request per row: on a CPU box that is the
+    # slow part, so it may be scored on a label-stratified subset (comparisons use the same rows).
+    teacher_max_per_label: int | None = Field(None, gt=0)
     batch_size: int = Field(16, gt=0)
 
 

@@ -168,6 +168,19 @@ def paired_bootstrap(a: list[int], b: list[int], n_boot: int = 2000, seed: int =
             round(float(np.percentile(d, 97.5)), 4)], "p_value": round(float(min(1.0, p)), 4)}
 
 
+def stratified_rows(gold: list[str], per_label: int | None) -> list[int]:
+    """The first `per_label` rows of each label, in locked order (all rows when None)."""
+    if not per_label:
+        return list(range(len(gold)))
+    seen: dict[str, int] = {}
+    out = []
+    for i, g in enumerate(gold):
+        seen[g] = seen.get(g, 0) + 1
+        if seen[g] <= per_label:
+            out.append(i)
+    return out
+
+
 def sample_rows(n: int, max_rows: int | None, seed: int = 0) -> list[int]:
     idx = list(range(n))
     if max_rows and n > max_rows:

@@ -76,12 +76,18 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
         models["student"] = {**models[f"student_{kept['which']}"]}
     models["student"]["kept"] = kept
     if spec.eval.teacher and endpoint is not None:
-        preds, tokens = ev.score_teacher(endpoint, spec.system_prompt(), texts, labels, spec.teacher.structured_output,
-                                         spec.teacher.timeout_s, spec.teacher.max_retries)
-        models["teacher"] = {**ev.summarize(preds, gold, labels), "tokens": tokens, "model": endpoint.model}
+        t_idx = ev.stratified_rows(gold, spec.eval.teacher_max_per_label)
+        preds, tokens = ev.score_teacher(endpoint, spec.system_prompt(), [texts[i] for i in t_idx], labels,
+                                         spec.teacher.structured_output, spec.teacher.timeout_s, spec.teacher.max_retries)
+        models["teacher"] = {**ev.summarize(preds, [gold[i] for i in t_idx], labels), "tokens": tokens,
+                             "model": endpoint.model, "rows": len(t_idx),
+                             "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}
     comparisons = {}
     if "teacher" in models:
-        comparisons["student_vs_teacher"] = ev.paired_bootstrap(models["student"]["correct"], models["teacher"]["correct"])
+        t_pos = ev.stratified_rows(gold, spec.eval.teacher_max_per_label)
+        comparisons["student_vs_teacher"] = {
+            **ev.paired_bootstrap([models["student"]["correct"][i] for i in t_pos], models["teacher"]["correct"]),
+            "rows": len(t_pos)}
     comparisons["student_vs_base"] = ev.paired_bootstrap(models["student"]["correct"], models["base"]["correct"])
     if "student_dpo" in models:
         comparisons["dpo_vs_sft"] = ev.paired_bootstrap(models["student_dpo"]["correct"], models["student_sft"]["correct"])

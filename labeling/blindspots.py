@@ -61,7 +61,8 @@ def teacher_by_cluster(hc: HeldoutClusters, metrics: dict | None) -> dict[int, d
     """Teacher accuracy per held-out cluster, from eval's per-row correctness (ids, no text)."""
     if not metrics or "teacher" not in metrics.get("models", {}) or "row_ids" not in metrics:
         return {}
-    correct = dict(zip(metrics["row_ids"], metrics["models"]["teacher"].get("correct", [])))
+    teacher = metrics["models"]["teacher"]
+    correct = dict(zip(teacher.get("row_ids") or metrics["row_ids"], teacher.get("correct", [])))
     out: dict[int, dict] = {}
     for rid, c in zip(hc.row_ids, hc.assign):
         if rid in correct:
