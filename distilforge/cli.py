@@ -69,8 +69,19 @@ def run_cmd(task: Path = typer.Argument(..., help="Task spec YAML."),
     typer.echo(f"run finished in {time.time() - t0:.0f}s → {run}")
 
 
+_MAIN_PID = os.getpid()
+
+
 def _exit_on_sigterm(signum, frame):  # noqa: ARG001
-    """SIGTERM → SystemExit, so `finally` blocks run and an embedded teacher we started is stopped."""
+    """SIGTERM → SystemExit in the CLI process, so `finally` blocks run and an embedded teacher we
+    started is stopped. Worker processes forked from it (distilabel's) inherit this handler: they
+    must die the default way, or their pool shutdown hangs."""
+    import signal
+
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise SystemExit(128 + signum)
 
 
