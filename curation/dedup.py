@@ -19,8 +19,8 @@ Semantic: normalized embeddings in FAISS, inner product = cosine. Up to `semanti
 rows the search is exact; above it an IVF index (sqrt(n) lists, trained on a sample) keeps the
 cost near-linear, which the 20k -> 80k benchmark checks. Default threshold 0.92: on a 2,000-row
 sample of human-written Banking77 train messages, 28% of rows have a neighbour at cosine >= 0.90
-and 20% at >= 0.92 — pairs there are rewordings of one question ("Am I charged for receiving
-money?" / "Do I get charged if I am receiving money?" is 0.91). Where to cut is a judgment
+and 20% at >= 0.92 — pairs there are rewordings of one question (two phrasings of "is there a
+fee for receiving money?" scored 0.91). Where to cut is a judgment
 between phrasing diversity and repetition: 0.92 keeps more variety; lower it to dedup harder.
 Decontamination uses 0.90: there, a false drop is cheap and a miss is not.
 """
