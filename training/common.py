@@ -16,10 +16,35 @@ import contextlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
 from distilforge.manifest import atomic_write_json, sha256_file, sha256_json
+
+
+@dataclass(kw_only=True)
+class RunSettings:
+    """What SFT and DPO runs share, copied from the spec's `training` block."""
+
+    base_model: str
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    seed: int = 0
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    tensorboard: bool = True
+
+    @classmethod
+    def shared_from(cls, t) -> dict:
+        """The shared fields' values from a `distilforge.spec.Training`."""
+        return {f.name: getattr(t, f.name) for f in fields(RunSettings) if f.name != "base_model"}
 
 
 class ResumeError(RuntimeError):

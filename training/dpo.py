@@ -22,38 +22,22 @@ import datasets
 from training import common
 
 
-@dataclass
-class LoraDPOConfig:
+@dataclass(kw_only=True)
+class LoraDPOConfig(common.RunSettings):
     """Everything that changes what `train_dpo` produces (hashed into the stage fingerprint)."""
 
-    base_model: str
     sft_adapter: str
     beta: float = 0.1
     loss_type: str = "sigmoid"
     epochs: float = 1
     learning_rate: float = 2e-5
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 256
-    seed: int = 0
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    tensorboard: bool = True
 
     @classmethod
     def from_training(cls, t, base_dir: str, sft_adapter: str) -> "LoraDPOConfig":
         d = t.dpo
-        return cls(base_model=base_dir, sft_adapter=sft_adapter, beta=d.beta, loss_type=d.loss_type, epochs=d.epochs,
-                   learning_rate=d.learning_rate, lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio,
-                   batch_size=d.batch_size or t.batch_size, grad_accum=t.grad_accum, max_length=t.max_length,
-                   seed=t.seed, device=t.device, gradient_checkpointing=t.gradient_checkpointing,
-                   save_steps=t.save_steps, save_total_limit=t.save_total_limit, logging_steps=t.logging_steps,
-                   tensorboard=t.tensorboard)
+        shared = {**cls.shared_from(t), "batch_size": d.batch_size or t.batch_size}
+        return cls(base_model=base_dir, sft_adapter=sft_adapter, beta=d.beta, loss_type=d.loss_type,
+                   epochs=d.epochs, learning_rate=d.learning_rate, **shared)
 
 
 def dpo_rows(ds: datasets.Dataset) -> datasets.Dataset:

@@ -19,31 +19,18 @@ import datasets
 from training import common
 
 
-@dataclass
-class LoraSFTConfig:
+@dataclass(kw_only=True)
+class LoraSFTConfig(common.RunSettings):
     """Everything that changes what `train_sft` produces (hashed into the stage fingerprint)."""
 
-    base_model: str
     epochs: float = 3
     learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 256
     packing: bool = False
     padding_free: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str = "all-linear"
-    seed: int = 0
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    tensorboard: bool = True
 
     @classmethod
     def from_training(cls, t, base_dir: str) -> "LoraSFTConfig":
