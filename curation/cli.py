@@ -18,15 +18,16 @@ ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke,
 
 @teacher_app.command("serve")
 def serve_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded model name or .gguf path."),
-              port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one).")):
+              port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one; replicas take the next ones)."),
+              replicas: int = typer.Option(1, min=1, help="Single-thread server processes (one per free core).")):
     """Start the embedded teacher (or report the one already running)."""
     from curation.teacher import TeacherError, serve
 
     try:
-        st = serve(model, port=port)
+        st = serve(model, port=port, replicas=replicas)
     except (TeacherError, Exception) as e:  # noqa: BLE001 - one line for the user
         fail(str(e).splitlines()[0])
-    typer.echo(f"{'running' if st.get('reused') else 'started'}: {st['model']} at {st['base_url']} (pid {st['pid']})")
+    typer.echo(f"{'running' if st.get('reused') else 'started'}: {st['model']} at {', '.join(st['base_urls'])}")
 
 
 @teacher_app.command("status")
@@ -38,12 +39,12 @@ def status_cmd():
     if not rows:
         typer.echo("no embedded teacher running")
     for st in rows:
-        typer.echo(json.dumps({k: st[k] for k in ("model", "base_url", "pid", "healthy")}))
+        typer.echo(json.dumps({k: st.get(k, 0) for k in ("model", "replica", "base_url", "pid", "healthy")}))
 
 
 @teacher_app.command("stop")
 def stop_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded model name.")):
-    """Stop an embedded teacher."""
+    """Stop an embedded teacher (every replica)."""
     from curation.teacher import stop
 
     typer.echo("stopped" if stop(model) else "not running")
@@ -59,14 +60,26 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                                                           help="Stop once this many tokens are spent in RUN."),
                  targets: Optional[Path] = typer.Option(None, "--targets",
                                                         help="YAML list of {label, keywords, attributes, count}: extra "
-                                                             "'targeted' requests (accumulate in RUN/generate/targets.json).")):
+                                                             "'targeted' requests (accumulate in RUN/generate/targets.json)."),
+                 backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
+                                                       "backend.kind); ray: distilabel's RayPipeline, same rows")):
     """Ask the teacher for task rows (resumable: committed shards are never redone)."""
+    from curation.generate import GenerationError
     from curation.plan import TargetsError, load_targets
     from curation.stages import forecast_stage, generate_stage
     from curation.teacher import TeacherError, teacher_endpoint
 
+    if backend not in (None, "local", "ray"):
+        fail(f"--backend: '{backend}' is not one of: local, ray")
     try:
         s = prepare(run, spec, profile)
+        if backend is not None:
+            s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
+        if s.backend.kind == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                fail("the Ray backend needs Ray: pip install 'distilforge[ray]'")
         if targets is not None:
             from curation.generate import add_targets
 
@@ -76,7 +89,7 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                 forecast_stage(s, run, ep, calibrate)
             else:
                 generate_stage(s, run, ep, max_cost=max_cost, max_tokens=max_tokens)
-    except (SpecError, TeacherError, TargetsError, FileNotFoundError) as e:
+    except (SpecError, TeacherError, TargetsError, FileNotFoundError, GenerationError) as e:
         fail(str(e))
     except Exception as e:  # noqa: BLE001 - transport errors during calibration: one line, no traceback
         import openai
@@ -86,12 +99,23 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
         raise
 
 
-def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt):
+def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+               backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
+                                                     "backend.kind); ray: same results on a Ray cluster")):
     """Dedup, filter and decontaminate the generated rows; every dropped row keeps its reason."""
+    import importlib.util
+
     from curation.stages import curate_stage
     from heldout.lock import HeldoutError
 
+    if backend not in (None, "local", "ray"):
+        fail(f"--backend: '{backend}' is not one of: local, ray")
     try:
-        curate_stage(prepare(run, spec, profile), run)
+        s = prepare(run, spec, profile)
+        if backend is not None:
+            s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
+        if s.backend.kind == "ray" and importlib.util.find_spec("ray") is None:
+            fail("the Ray backend needs Ray Data: pip install 'distilforge[ray]'")
+        curate_stage(s, run)
     except (SpecError, HeldoutError, FileNotFoundError) as e:
         fail(str(e))

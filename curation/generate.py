@@ -18,8 +18,10 @@ spend ledger before each one, so `--max-cost` / `--max-tokens` stop at a shard b
 import json
 import logging
 import logging.handlers
+import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -59,13 +61,20 @@ def template_columns(template: str) -> list[str]:
             if re.search(r"(?:{%.*?\b" + re.escape(c) + r"\b.*?%}|{{\s*" + re.escape(c) + r"\s*}})", template)]
 
 
+def in_flight(spec: TaskSpec, endpoint) -> int:
+    """Requests in flight: `generation.concurrency`, but at least two per server when requests are
+    spread over several (distilabel waits for a whole batch, so one per server idles the faster one)."""
+    n = len(getattr(endpoint, "base_urls", None) or [1])
+    return max(spec.generation.concurrency, 2 * n if n > 1 else 1)
+
+
 def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phase: str, middle, steps: list[str],
                  caps: dict, prefilled: dict | None = None) -> str | None:
     """Run one phase: PlannedRequests >> middle steps >> CommitShards. Returns the cap that stopped it."""
     price = budget.prices(spec)
     marker = out_dir / f".stopped-{phase}"
     marker.unlink(missing_ok=True)
-    c = max(spec.generation.concurrency, 1)
+    c = in_flight(spec, endpoint)
     est = caps.get("est") or {}
     with Pipeline(name=f"distilforge-{phase}-{spec.name}", description=f"teacher → {phase}") as pipe:
         load = PlannedRequests(name="requests", data=reqs, out_dir=str(out_dir), phase=phase, batch_size=c,
@@ -74,19 +83,108 @@ def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phas
         commit_step = CommitShards(name="commit", out_dir=str(out_dir), spec_json=spec.model_dump_json(), phase=phase,
                                    model_name=endpoint.model, base_url=endpoint.base_url, price_in=price[0],
                                    price_out=price[1], steps=steps, prefilled=prefilled or {}, input_batch_size=c)
-        chain = [load, *middle(c), commit_step]
+        tasks = middle(c)
+        chain = [load, *tasks, commit_step]
         for a, b in zip(chain, chain[1:]):
             a >> b
+    on_ray = spec.backend.kind == "ray"
+    if on_ray:
+        from curation import raygen
+
+        pipe = raygen.on_ray(pipe, tasks, len(getattr(endpoint, "base_urls", None) or [1]), spec.backend)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(spec, out_dir, reqs, phase, stop), daemon=True)
+    t0 = time.time()
+    child = multiprocessing.get_context("fork").Process(target=_run_child, args=(pipe, on_ray, spec.backend))
+    child.start()
     watcher.start()
+    killed = False
     try:
-        pipe.run(use_cache=False)
+        done_at = None
+        while child.is_alive():
+            child.join(1.0)
+            if done_at is None and _all_recorded(out_dir, reqs, marker, t0):
+                done_at = time.time()
+            if done_at is not None and child.is_alive() and time.time() - done_at > EXIT_GRACE_S:
+                # every shard is committed and recorded: only distilabel's shutdown is left, and it
+                # sometimes never returns (the upstream hang family of #1065). Nothing is lost.
+                logging.getLogger("distilforge").warning(
+                    "generate (%s): all shards recorded but distilabel did not exit in %ss; stopped it", phase,
+                    EXIT_GRACE_S)
+                _kill_tree(child)
+                killed = True
     finally:
+        if child.is_alive():
+            _kill_tree(child)
         stop.set()
         watcher.join(timeout=5)
         _detach_pipeline_logging()
+    if child.exitcode != 0 and not killed:
+        raise GenerationError(f"generate ({phase}): the distilabel pipeline failed (exit code {child.exitcode}); "
+                              f"committed shards are kept, rerun to continue")
     return marker.read_text().strip() if marker.exists() else None
+
+
+EXIT_GRACE_S = 30
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+def _run_child(pipe, on_ray: bool, backend) -> None:
+    """The pipeline runs in a forked child, so a stuck distilabel (and its worker pool) can be
+    stopped as a whole. It stays in the CLI's process group: `kill -- -PGID` still ends everything."""
+    try:
+        if on_ray:
+            from curation import raygen
+
+            with raygen.ray_session(backend):
+                pipe.run(use_cache=False)
+        else:
+            pipe.run(use_cache=False)
+    except BaseException:  # noqa: BLE001 - reported by exit code; the traceback goes to stderr
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def _descendants(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for st in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = st.read_text().rsplit(")", 1)[1].split()
+            kids.setdefault(int(f[1]), []).append(int(st.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def _kill_tree(child) -> None:
+    """SIGKILL the pipeline child and every process under it (distilabel's pool, Ray's driver side)."""
+    for pid in [*_descendants(child.pid), child.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    child.join(10)
+
+
+def _all_recorded(out_dir: Path, reqs: list[dict], marker: Path, t0: float) -> bool:
+    """True once every shard of this phase has a ledger entry from this run (committed or not), or
+    a budget stop was written (the request step waits for in-flight shards before writing it)."""
+    if marker.exists():
+        return True
+    want = {r["shard_id"] for r in reqs}
+    seen = {e["shard"] for e in budget.read_ledger(out_dir) if e.get("t", 0) >= t0 - 1}
+    return want <= seen
 
 
 def _gen_steps(spec: TaskSpec, endpoint):

@@ -24,13 +24,48 @@ SHARDS = "shards"
 
 
 class TimedOpenAILLM(OpenAILLM):
-    """OpenAILLM that also records per-request latency and finish_reason (truncation) in statistics."""
+    """OpenAILLM that also records per-request latency, finish_reason (truncation) and the server
+    that answered, and spreads requests over `extra_base_urls` too (replicas of the same model).
+
+    Spreading: each request goes to the server with the fewest requests in flight (ties: the one
+    used longest ago). The chosen client is set on `_aclient` right before the parent's method runs;
+    the parent reads it before its first `await`, so concurrent requests cannot see each other's.
+    """
+
+    extra_base_urls: list[str] = []
+    _clients: list = PrivateAttr(default_factory=list)
+    _inflight: list = PrivateAttr(default_factory=list)
+    _last: list = PrivateAttr(default_factory=list)
+    _tick: int = PrivateAttr(default=0)
+
+    def load(self) -> None:
+        super().load()
+        from openai import AsyncOpenAI
+
+        self._clients = [(self.base_url, self._aclient)] + [
+            (u, AsyncOpenAI(base_url=u, api_key=self.api_key.get_secret_value(), max_retries=self.max_retries,
+                            timeout=self.timeout, default_headers=self.default_headers))
+            for u in self.extra_base_urls]
+        self._inflight = [0] * len(self._clients)
+        self._last = [0] * len(self._clients)
 
     async def _generate_chat_completion(self, *args, **kwargs):  # type: ignore[override]
+        i = min(range(len(self._clients)), key=lambda k: (self._inflight[k], self._last[k])) if self._clients else -1
+        url = self.base_url
+        if i >= 0:
+            url, self._aclient = self._clients[i]
+            self._inflight[i] += 1
+            self._tick += 1
+            self._last[i] = self._tick
         t0 = time.perf_counter()
-        out = await super()._generate_chat_completion(*args, **kwargs)
+        try:
+            out = await super()._generate_chat_completion(*args, **kwargs)
+        finally:
+            if i >= 0:
+                self._inflight[i] -= 1
         n = len(out.get("generations") or [None])
         out.setdefault("statistics", {})["latency_s"] = [round(time.perf_counter() - t0, 3)] * n
+        out["statistics"]["served_by"] = [url] * n
         return out
 
     def _generations_from_openai_completion(self, completion):  # type: ignore[override]
@@ -42,7 +77,8 @@ class TimedOpenAILLM(OpenAILLM):
 def llm(endpoint, teacher, temperature: float, max_tokens: int, extra: dict) -> TimedOpenAILLM:
     """The client every step uses: bounded transport retries (backoff + jitter + Retry-After, done by
     the openai client) and the per-request timeout from the spec. The key never leaves this object."""
-    return TimedOpenAILLM(model=endpoint.model, base_url=endpoint.base_url, api_key=endpoint.api_key,
+    urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
+    return TimedOpenAILLM(model=endpoint.model, base_url=urls[0], extra_base_urls=urls[1:], api_key=endpoint.api_key,
                           max_retries=teacher.max_retries, timeout=int(teacher.timeout_s),
                           generation_kwargs={"temperature": temperature, "max_new_tokens": max_tokens, **extra})
 
@@ -214,7 +250,7 @@ def to_row(spec, req: dict, raw: str | None, st: dict, model: str, base_url: str
         err = f"{err} (after {attempts} attempts)"
     return {"id": req["request_id"], "label": req["label"], "text": (fields or {}).get("text", ""),
             "answer": (fields or {}).get("answer", ""), "strategy": req["strategy"], "attributes": req["attributes"],
-            "parent_id": req.get("parent_id", ""), "teacher_model": model, "endpoint": base_url,
+            "parent_id": req.get("parent_id", ""), "teacher_model": model, "endpoint": st.get("served_by") or base_url,
             "prompt_tokens": p_tok, "completion_tokens": c_tok, "latency_s": round(float(st.get("latency_s") or 0), 3),
             "cost_usd": round(budget.cost(p_tok, c_tok, price), 8), "attempts": attempts,
             "status": "ok" if fields else "failed", "error": err}

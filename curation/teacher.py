@@ -1,9 +1,12 @@
 """The embedded teacher: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
 
-One process per model, one thread (`--n_threads 1`: two threads collapse under load on a
-2-core box), the GGUF's own chat template. A state file per model in the cache dir records
-pid/port so `teacher status|stop` and later runs find a server that is already up; `run`
-reuses a running server and only stops one it started itself.
+One thread per process (`--n_threads 1`: two threads collapse under load on a 2-core box), the
+GGUF's own chat template. `replicas` starts several such processes of one model (they share the
+weights through the page cache) and clients spread requests over them: decode speed here is
+bound by one core's memory bandwidth, so two single-thread replicas on two cores give ~2x where
+one two-thread server does not. A state file per replica in the cache dir records pid/port so
+`teacher status|stop` and later runs find servers already up; `run` reuses running replicas and
+only stops the ones it started itself.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -30,21 +33,34 @@ class TeacherError(RuntimeError):
 
 @dataclass
 class Endpoint:
-    """What a client needs to talk to a teacher. The key itself is never stored or logged."""
+    """What a client needs to talk to a teacher. The key itself is never stored or logged.
+
+    `base_urls` lists every server of the same model (embedded replicas or a remote fleet);
+    requests are spread across them. `base_url` is the first.
+    """
 
     base_url: str
     model: str
     api_key: str
     kind: str  # "embedded" | "openai"
+    base_urls: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.base_urls = list(self.base_urls) or [self.base_url]
 
     def public(self) -> dict:
-        return {"base_url": self.base_url, "model": self.model, "kind": self.kind}
+        return {"base_url": self.base_url, "model": self.model, "kind": self.kind,
+                **({"base_urls": self.base_urls} if len(self.base_urls) > 1 else {})}
 
 
-def _state_path(model: str) -> Path:
+def _key(model: str) -> str:
+    return Path(model).name  # a .gguf path is keyed by its file name
+
+
+def _state_path(model: str, replica: int = 0) -> Path:
     d = cache_dir() / "teacher"
     d.mkdir(parents=True, exist_ok=True)
-    return d / f"{model}.json"
+    return d / (f"{_key(model)}.json" if replica == 0 else f"{_key(model)}@{replica}.json")
 
 
 def _free_port() -> int:
@@ -72,56 +88,80 @@ def healthy(base_url: str, timeout: float = 2.0) -> bool:
 
 
 def status(model: str | None = None) -> list[dict]:
-    """Running embedded teachers (stale state files are removed)."""
+    """Running embedded teachers, every replica (stale state files are removed)."""
     d = cache_dir() / "teacher"
-    paths = [_state_path(model)] if model else sorted(d.glob("*.json")) if d.exists() else []
+    if not d.exists():
+        return []
+    paths = sorted(d.glob(f"{_key(model)}.json")) + sorted(d.glob(f"{_key(model)}@*.json")) if model else sorted(d.glob("*.json"))
     out = []
     for p in paths:
-        if not p.exists():
-            continue
         st = json.loads(p.read_text())
         if _alive(st["pid"]):
             st["healthy"] = healthy(st["base_url"])
             out.append(st)
         else:
             p.unlink(missing_ok=True)
-    return out
+    return sorted(out, key=lambda s: s.get("replica", 0))
 
 
 def serve(model: str, *, port: int | None = None, log_path: str | Path | None = None, n_ctx: int = 4096,
-          wait_s: float = 180) -> dict:
-    """Start (or find) the embedded server for `model`; returns its state dict."""
-    running = status(model)
-    if running and running[0]["healthy"]:
-        return {**running[0], "reused": True}
-    gguf = gguf_path(model)
-    port = port or _free_port()
-    log_path = Path(log_path or cache_dir() / "teacher" / f"{model}.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model,
-           "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", str(n_ctx),
-           "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    st = {"model": model, "pid": proc.pid, "port": port, "base_url": f"http://127.0.0.1:{port}/v1",
-          "gguf": str(gguf), "log": str(log_path), "started": time.time()}
-    _state_path(model).write_text(json.dumps(st))
+          wait_s: float = 180, replicas: int = 1) -> dict:
+    """Start (or find) `replicas` embedded servers for `model`, one thread each.
+
+    Returns the first replica's state plus `base_urls` (all replicas) and `started` (the replica
+    numbers this call launched, so the caller stops only those)."""
+    # A busy server can miss the quick health check: give a live one a longer look before
+    # deciding it is gone (starting a second server on the same replica slot would orphan it).
+    running = {st.get("replica", 0): st for st in status(model) if st["healthy"] or healthy(st["base_url"], 20)}
+    gguf = gguf_path(model) if len(running) < replicas else None
+    launched: dict[int, tuple[subprocess.Popen, dict]] = {}
+    for i in range(replicas):
+        if i in running:
+            continue
+        p = (port + i if port else None) or _free_port()
+        log = Path(log_path or cache_dir() / "teacher" / f"{_key(model)}.log")
+        log = log if i == 0 else log.with_name(f"{log.stem}@{i}{log.suffix}")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model,
+               "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", str(n_ctx),
+               "--host", "127.0.0.1", "--port", str(p)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        st = {"model": model, "replica": i, "pid": proc.pid, "port": p, "base_url": f"http://127.0.0.1:{p}/v1",
+              "gguf": str(gguf), "log": str(log), "started": time.time()}
+        _state_path(model, i).write_text(json.dumps(st))
+        launched[i] = (proc, st)
     deadline = time.time() + wait_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            _state_path(model).unlink(missing_ok=True)
-            tail = log_path.read_text(errors="replace")[-800:]
-            raise TeacherError(f"teacher server for {model} exited with code {proc.returncode}; log {log_path}:\n{tail}")
-        if healthy(st["base_url"]):
-            return {**st, "healthy": True, "reused": False}
-        time.sleep(0.5)
-    stop(model)
-    raise TeacherError(f"teacher server for {model} not healthy after {wait_s:.0f}s; log {log_path}")
+    pending = dict(launched)
+    while pending and time.time() < deadline:
+        for i, (proc, st) in list(pending.items()):
+            if proc.poll() is not None:
+                for j in launched:
+                    stop(model, replica=j)
+                tail = Path(st["log"]).read_text(errors="replace")[-800:]
+                raise TeacherError(f"teacher server for {model} (replica {i}) exited with code {proc.returncode}; "
+                                   f"log {st['log']}:\n{tail}")
+            if healthy(st["base_url"]):
+                running[i] = {**st, "healthy": True}
+                del pending[i]
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        for j in launched:
+            stop(model, replica=j)
+        raise TeacherError(f"teacher server for {model} not healthy after {wait_s:.0f}s; log {next(iter(pending.values()))[1]['log']}")
+    first = running[0] if 0 in running else running[min(running)]
+    urls = [running[i]["base_url"] for i in sorted(running) if i < replicas]
+    return {**first, "base_urls": urls, "reused": not launched, "launched": sorted(launched)}
 
 
-def stop(model: str) -> bool:
-    p = _state_path(model)
+def stop(model: str, replica: int | None = None) -> bool:
+    """Stop one replica, or (replica=None) every replica of `model`."""
+    if replica is None:
+        found = [st.get("replica", 0) for st in status(model)] or [0]
+        return any([stop(model, i) for i in found])
+    p = _state_path(model, replica)
     if not p.exists():
         return False
     st = json.loads(p.read_text())
@@ -149,12 +189,13 @@ def teacher_endpoint(teacher_cfg, log_dir: str | Path | None = None) -> Iterator
             key = os.environ.get(teacher_cfg.api_key_env, "")
             if not key:
                 raise TeacherError(f"teacher.api_key_env: environment variable {teacher_cfg.api_key_env} is empty")
-        yield Endpoint(teacher_cfg.base_url.rstrip("/"), teacher_cfg.model, key or "none", "openai")
+        urls = [u.rstrip("/") for u in [teacher_cfg.base_url, *teacher_cfg.base_urls]]
+        yield Endpoint(urls[0], teacher_cfg.model, key or "none", "openai", list(dict.fromkeys(urls)))
         return
     log = Path(log_dir) / "teacher.log" if log_dir else None
-    st = serve(teacher_cfg.model, log_path=log)
+    st = serve(teacher_cfg.model, log_path=log, replicas=teacher_cfg.replicas)
     try:
-        yield Endpoint(st["base_url"], teacher_cfg.model, "embedded", "embedded")
+        yield Endpoint(st["base_url"], teacher_cfg.model, "embedded", "embedded", st["base_urls"])
     finally:
-        if not st.get("reused"):
-            stop(teacher_cfg.model)
+        for i in st["launched"]:
+            stop(teacher_cfg.model, replica=i)

@@ -19,6 +19,7 @@ console = Console(stderr=True)
 
 def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> dict:
     from curation.stages import curate_stage, generate_stage
+    from curation.generate import GenerationError
     from curation.teacher import TeacherError, teacher_endpoint
     from distilforge.spec import SpecError
     from heldout.lock import HeldoutError
@@ -51,7 +52,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> 
         if report:
             timed("report", _report, run, task)
     except (SpecError, HeldoutError, TeacherError, ModelError, ContaminationError, ResumeError, ValueError,
-            FileNotFoundError) as e:
+            FileNotFoundError, GenerationError) as e:
         fail(str(e))
     atomic_write_json(run / "timings.json", timings)
     t = Table(title="stage wall time (s)")

@@ -3,7 +3,7 @@
 Local models are scored by label likelihood: for each row, the log-probability of every label
 string (plus the end-of-turn token) after the student's prompt; the argmax is the prediction.
 No free-text parsing, so no "unparseable answer" failures can flatter or punish a model.
-The prompt is run once per row and its KV cache is shared by all candidate labels.
+The shared system prompt runs once; each forward pass then scores every label of a batch of rows.
 The teacher is scored through its endpoint with output constrained to the label set.
 Every headline number carries a bootstrap 95 % CI.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +53,19 @@ def summarize(preds: list[str], gold: list[str], labels: list[str]) -> dict:
 
 
 def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]], labels: list[str],
-                desc: str = "scoring", return_scores: bool = False):
+                desc: str = "scoring", return_scores: bool = False, batch_size: int = 8):
     """Label-likelihood prediction for each prompt with a local HF model (+ optional LoRA adapter).
 
     `return_scores`: also return the [rows, labels] matrix of summed label log-probabilities
     (used to break accuracy ties when choosing between two adapters).
+
+    Why it is shaped this way (scoring is most of an eval's CPU time): the shared system prompt runs
+    once; then each forward pass takes `batch_size` rows, each row being its own tokens (left-padded)
+    followed by EVERY candidate label packed into one sequence. A custom attention mask lets each
+    label attend to the prompt and to its own earlier tokens only, so one pass scores all labels of
+    all rows in the batch with no padding between labels. A LoRA adapter is merged into the weights
+    first. Exactly the same log-probabilities as scoring each (row, label) pair separately, up to
+    float rounding (tests/test_eval_scoring.py checks it against that naive loop).
     """
     import torch
     from rich.progress import Progress
@@ -69,42 +79,66 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.to(dev).eval()
     end = tok.eos_token or ""
     label_ids = [tok(lab + end, add_special_tokens=False).input_ids for lab in labels]
-    width = max(len(x) for x in label_ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    cand = torch.tensor([x + [pad] * (width - len(x)) for x in label_ids], device=dev)
-    lens = torch.tensor([len(x) for x in label_ids], device=dev)
-    mask = torch.arange(width, device=dev)[None, :] < lens[:, None]
+    # Packed candidates: label k feeds its tokens but the last (which is only predicted).
+    cand, block, depth, starts = [], [], [], []
+    for k, ids in enumerate(label_ids):
+        starts.append(len(cand))
+        cand += ids[:-1]
+        block += [k] * (len(ids) - 1)
+        depth += list(range(len(ids) - 1))
+    C = len(cand)
+    cand_t = torch.tensor(cand, dtype=torch.long, device=dev)
+    block_t, depth_t = torch.tensor(block, device=dev), torch.tensor(depth, device=dev)
+    # Where each label's log-probs come from, in the kept logits (index 0 = the row's last token).
+    gather = [(torch.tensor([0] + [1 + starts[k] + d for d in range(len(ids) - 1)], device=dev),
+               torch.tensor(ids, device=dev)) for k, ids in enumerate(label_ids)]
     rows = [tok(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False), add_special_tokens=False).input_ids
             for m in prompts]
     # The system prompt (instruction + label list) is the same for every row: run it once.
-    common = rows[0]
+    common = rows[0] if rows else []
     for r in rows[1:]:
         k = next((i for i, (a, b) in enumerate(zip(common, r)) if a != b), min(len(common), len(r)))
         common = common[:k]
     common = common[: max(len(common) - 1, 0)]  # every row keeps at least one token of its own
+    P = len(common)
     preds, scores = [], []
     with torch.inference_mode(), Progress(transient=True) as bar:
         task = bar.add_task(desc, total=len(prompts))
-        prefix = model(input_ids=torch.tensor([common], device=dev), use_cache=True).past_key_values if common else None
-        for ids in rows:
-            past = copy.deepcopy(prefix) if prefix is not None else None
-            own = torch.tensor([ids[len(common):]], device=dev)
-            pos = torch.arange(len(common), len(ids), device=dev)[None, :]
-            out = model(input_ids=own, past_key_values=past, position_ids=pos, use_cache=True)
-            past = out.past_key_values
-            past.batch_repeat_interleave(len(labels))
-            first = torch.log_softmax(out.logits[0, -1].float(), -1)[cand[:, 0]]
-            pos = torch.arange(len(ids), len(ids) + width, device=dev)[None, :].expand(len(labels), -1)
-            nxt = model(input_ids=cand, past_key_values=past, position_ids=pos, use_cache=True).logits
-            lp = torch.log_softmax(nxt[:, :-1].float(), -1).gather(-1, cand[:, 1:, None])[..., 0]
-            score = first + (lp * mask[:, 1:]).sum(-1)
-            preds.append(labels[int(score.argmax())])
-            scores.append(score.float().cpu().numpy())
-            bar.advance(task)
+        prefix = model(input_ids=torch.tensor([common], device=dev), use_cache=True).cache if P else None
+        for b0 in range(0, len(rows), batch_size):
+            owns = [r[P:] for r in rows[b0:b0 + batch_size]]
+            B, L = len(owns), max(len(o) for o in owns)
+            lens = torch.tensor([len(o) for o in owns], device=dev)
+            own = torch.tensor([[pad] * (L - len(o)) + o for o in owns], dtype=torch.long, device=dev)
+            ids = torch.cat([own, cand_t[None].expand(B, -1)], 1)
+            q = torch.arange(L + C, device=dev)
+            first = L - lens  # where each row's own tokens begin (left padding before)
+            own_pos = P + (q[None, :L] - first[:, None]).clamp(min=0)
+            pos = torch.cat([own_pos, P + lens[:, None] + depth_t[None]], 1)
+            is_cand = q >= L
+            qb = torch.where(is_cand, torch.cat([torch.full((L,), -1, device=dev), block_t]), -1)
+            causal = q[None, :] <= q[:, None]
+            same_label = (~is_cand[:, None]) | (~is_cand[None, :]) | (qb[:, None] == qb[None, :])
+            key_ok = (q[None, :] >= first[:, None]) | is_cand[None, :]  # padding is never attended
+            mask = (causal & same_label)[None] & key_ok[:, None, :]
+            mask = torch.cat([torch.ones(B, L + C, P, dtype=torch.bool, device=dev), mask], 2)[:, None]
+            past = None
+            if prefix is not None:
+                past = copy.deepcopy(prefix)
+                past.batch_repeat_interleave(B)
+            logits = model(input_ids=ids, cache=past, position_ids=pos, attention_mask=mask,
+                           use_cache=True, logits_to_keep=C + 1).logits
+            logp = torch.log_softmax(logits.float(), -1)
+            score = torch.stack([logp[:, at, tk].sum(-1) for at, tk in gather], 1)
+            for srow in score:
+                preds.append(labels[int(srow.argmax())])
+                scores.append(srow.cpu().numpy())
+            bar.advance(task, B)
     if return_scores:
         return preds, np.stack(scores) if scores else np.zeros((0, len(labels)))
     return preds
@@ -122,11 +156,13 @@ def gold_logprob(scores: np.ndarray, gold: list[str], labels: list[str]) -> floa
 
 def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[str], structured: str,
                   timeout: float = 120, max_retries: int = 4) -> tuple[list[str], dict]:
-    """Teacher predictions through its OpenAI-compatible endpoint, constrained to the label set."""
+    """Teacher predictions through its OpenAI-compatible endpoint(s), constrained to the label set.
+    With several servers (replicas), one thread per server; predictions keep the input order."""
     from openai import OpenAI
     from rich.progress import Progress
 
-    client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=timeout, max_retries=max_retries)
+    urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
+    clients = [OpenAI(base_url=u, api_key=endpoint.api_key, timeout=timeout, max_retries=max_retries) for u in urls]
     schema = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
     if structured == "auto":
         structured = "llama_cpp" if endpoint.kind == "embedded" else "openai"
@@ -136,26 +172,41 @@ def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[s
         fmt = {"type": "json_schema", "json_schema": {"name": "label", "schema": schema, "strict": True}}
     else:
         fmt = None
-    preds, p_tok, c_tok, t0 = [], 0, 0, time.time()
+    preds: list[str] = [""] * len(texts)
+    tok = [0, 0]
+    lock = threading.Lock()
+    t0 = time.time()
+
+    def ask(client, text: str) -> tuple[str, object]:
+        kw = {"extra_body": {"response_format": fmt}} if fmt else {}
+        r = client.chat.completions.create(
+            model=endpoint.model, temperature=0, max_tokens=24,
+            messages=[{"role": "system", "content": system_prompt + ' Reply as JSON: {"label": "<label>"}'},
+                      {"role": "user", "content": text}], **kw)
+        raw = r.choices[0].message.content or ""
+        try:
+            pred = json.loads(raw).get("label", "")
+        except (json.JSONDecodeError, AttributeError):
+            pred = next((lab for lab in labels if lab in raw), "")
+        return (pred if pred in labels else "<invalid>"), r.usage
+
     with Progress(transient=True) as bar:
         task = bar.add_task("scoring teacher", total=len(texts))
-        for text in texts:
-            kw = {"extra_body": {"response_format": fmt}} if fmt else {}
-            r = client.chat.completions.create(
-                model=endpoint.model, temperature=0, max_tokens=24,
-                messages=[{"role": "system", "content": system_prompt + ' Reply as JSON: {"label": "<label>"}'},
-                          {"role": "user", "content": text}], **kw)
-            raw = r.choices[0].message.content or ""
-            try:
-                pred = json.loads(raw).get("label", "")
-            except (json.JSONDecodeError, AttributeError):
-                pred = next((lab for lab in labels if lab in raw), "")
-            preds.append(pred if pred in labels else "<invalid>")
-            if r.usage:
-                p_tok += r.usage.prompt_tokens
-                c_tok += r.usage.completion_tokens
-            bar.advance(task)
-    return preds, {"prompt": p_tok, "completion": c_tok, "calls": len(texts), "seconds": round(time.time() - t0, 2)}
+
+        def worker(k: int) -> None:  # server k answers rows k, k+n, ... in order (its prompt cache stays warm)
+            for i in range(k, len(texts), len(clients)):
+                preds[i], usage = ask(clients[k], texts[i])
+                with lock:
+                    if usage:
+                        tok[0] += usage.prompt_tokens
+                        tok[1] += usage.completion_tokens
+                    bar.advance(task)
+
+        with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+            for f in [pool.submit(worker, k) for k in range(len(clients))]:
+                f.result()
+    return preds, {"prompt": tok[0], "completion": tok[1], "calls": len(texts), "servers": len(clients),
+                   "seconds": round(time.time() - t0, 2)}
 
 
 def paired_bootstrap(a: list[int], b: list[int], n_boot: int = 2000, seed: int = 0) -> dict:

@@ -173,3 +173,41 @@ def test_dry_run_forecast_then_budget_stop_and_continue(tmp_path, fast_teacher):
     err = abs(fc["total"]["tokens"] - m["spent"]["tokens"]) / m["spent"]["tokens"]
     print(f"forecast {fc['total']['tokens']} tokens vs actual {m['spent']['tokens']}: {err:.0%} off")
     assert err <= 0.30
+
+
+def test_replicas_share_the_requests_and_give_the_same_rows(tmp_path, uninterrupted, fast_teacher):
+    """`teacher.replicas: 2`: a second single-thread server is started for the run, requests are
+    spread over both, the rows (ids, labels, prompts) are the ones a single server produces, and
+    only the replica this run started is stopped afterwards."""
+    from curation.teacher import status
+
+    run = tmp_path / "run"
+    spec = tiny_spec(tmp_path, TINY.replace("temperature: 0.9}", "temperature: 0.9, replicas: 2}"))
+    r = cli("generate", run, "--spec", spec)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = rows_of(uninterrupted), rows_of(run)
+    key = lambda ds: sorted(zip(ds["id"], ds["label"], [json.dumps(p) for p in ds["prompt"]]))  # noqa: E731
+    assert [k[:2] for k in key(two)] == [k[:2] for k in key(one)]
+    assert len(set(two["endpoint"])) == 2, two["endpoint"]  # both servers answered
+    assert fast_teacher["base_url"] in set(two["endpoint"])  # the running one was reused, not restarted
+    left = status("qwen2.5-coder-0.5b")
+    assert [s["base_url"] for s in left] == [fast_teacher["base_url"]]  # the extra replica is gone
+    assert manifest(run)["fingerprint"] == manifest(uninterrupted)["fingerprint"]  # replicas change speed, not rows
+
+
+def test_teacher_cli_serves_lists_and_stops_replicas():
+    """`teacher serve --replicas 2` starts two servers (status lists both); `teacher stop` ends both."""
+    r = cli("teacher", "serve", "--model", "smollm2-135m", "--replicas", "2")
+    try:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.count("http://127.0.0.1:") == 2
+        st = [json.loads(line) for line in cli("teacher", "status").stdout.splitlines() if line.startswith("{")]
+        mine = [s for s in st if s["model"] == "smollm2-135m"]
+        assert sorted(s["replica"] for s in mine) == [0, 1] and all(s["healthy"] for s in mine)
+        again = cli("teacher", "serve", "--model", "smollm2-135m", "--replicas", "2")
+        assert again.returncode == 0 and again.stdout.startswith("running")  # reused, none started
+    finally:
+        stop = cli("teacher", "stop", "--model", "smollm2-135m")
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    st = cli("teacher", "status").stdout
+    assert "smollm2-135m" not in st
