@@ -42,8 +42,8 @@ fi
 # 3. the project (torch first: the local CPU build, not a multi-GB CUDA one).
 if [ "$(cat $stamp 2>/dev/null)" != "$stamp_src" ]; then
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-  echo "setup: installing distilforge[dev] into .venv"
-  .venv/bin/pip install -q --find-links "$WHEELS" -e ".[dev]"
+  echo "setup: installing distilforge[dev,ray] into .venv"
+  .venv/bin/pip install -q --find-links "$WHEELS" -e ".[dev,ray]"
   echo "$stamp_src" > $stamp
 fi
 

@@ -10,33 +10,18 @@ only, so the local path never needs it.
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Iterator
 
 
 @contextmanager
 def ray_session(backend) -> Iterator[None]:
-    """Connect to `backend.address` or start a local Ray (loopback only); shut down what we started."""
-    try:
-        import ray
-    except ImportError as e:  # one clear line instead of a traceback
-        raise RuntimeError("backend.kind is 'ray' but ray is not installed: pip install 'distilforge[ray]'") from e
-    started = False
-    if not ray.is_initialized():
-        env = {"env_vars": {k: v for k, v in os.environ.items()
-                            if k.startswith(("HF_", "DISTILFORGE_", "DISTILABEL_", "OMP_", "TOKENIZERS_"))}}
-        if backend.address:
-            ray.init(address=backend.address, runtime_env=env, log_to_driver=False)
-        else:
-            ray.init(num_cpus=backend.num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=env,
-                     log_to_driver=False, _node_ip_address="127.0.0.1")
-        started = True
-    try:
+    """The same session curation uses (curation/raybackend): an existing Ray, `backend.address`, or
+    a local Ray on loopback only; shut down only what this call started."""
+    from curation.raybackend import ray_session as session
+
+    with session(backend):
         yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def on_ray(pipe, tasks: list, endpoints: int, backend):

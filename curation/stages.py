@@ -130,12 +130,17 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
         return read_manifest(st.dir)
     st.begin()
     raw = load_dataset_dir(run / "generate" / "rows")
-    res = curate(raw, spec, heldout=load_locked(run / "heldout"))
+    if spec.backend.kind == "ray":  # same rows and reasons, spread over a Ray cluster (docs/scaling.md)
+        from curation.raybackend import curate_ray
+
+        res = curate_ray(raw, spec, heldout=load_locked(run / "heldout"))
+    else:
+        res = curate(raw, spec, heldout=load_locked(run / "heldout"))
     st.save("curated", res.kept)
     st.save("rejected", res.rejected)
     reasons = res.reasons() if hasattr(res, "reasons") else {}
     m = st.finish(funnel=res.funnel, rejected_by_reason=reasons, kept=len(res.kept), dropped=len(res.rejected),
-                  under_filled=res.under_filled, info=res.info)
+                  under_filled=res.under_filled, info=res.info, backend=spec.backend.kind)
     from curation.curate import render_funnel
 
     Console().print(render_funnel(res.funnel, res.under_filled))

@@ -301,8 +301,9 @@ class Backend(_Strict):
     `pip install 'distilforge[ray]'`). Same rows, reasons and funnel either way; see docs/scaling.md.
 
     `address`: an existing cluster (`auto`, `ray://head:10001`); None starts a local Ray with
-    `num_cpus`. `cluster_rows` / `probes`: semantic dedup's k-means cluster size and how many
-    nearest clusters each row is searched in (more probes: fewer missed pairs, more work).
+    `num_cpus`. Semantic dedup clusters rows with k-means (`cluster_rows` per cluster) and
+    searches each row in the clusters whose centroid is within `probe_margin` cosine of its
+    nearest one, at most `probes` (wider: fewer missed pairs, more work).
     """
 
     kind: Literal["local", "ray"] = "local"
@@ -310,7 +311,8 @@ class Backend(_Strict):
     num_cpus: int | None = Field(None, gt=0)
     encode_actors: int | None = Field(None, gt=0)  # None: one per cluster CPU
     cluster_rows: int = Field(2000, gt=0)
-    probes: int = Field(2, ge=1)
+    probes: int = Field(4, ge=1)
+    probe_margin: float = Field(0.1, ge=0, le=2)
     # generate on Ray: distilabel's RayPipeline; the generation step runs as this many actor replicas
     # (None: one per teacher endpoint), each spreading its requests over all endpoints.
     generate_replicas: int | None = Field(None, gt=0)
