@@ -62,10 +62,11 @@ def template_columns(template: str) -> list[str]:
 
 
 def in_flight(spec: TaskSpec, endpoint) -> int:
-    """Requests in flight: `generation.concurrency`, but at least two per server when requests are
-    spread over several (distilabel waits for a whole batch, so one per server idles the faster one)."""
+    """Requests in flight: `generation.concurrency`, but at least four per server when requests are
+    spread over several: distilabel waits for a whole batch, so with one per server the faster
+    server idles until the slower one is done (the servers queue the rest: nothing is lost)."""
     n = len(getattr(endpoint, "base_urls", None) or [1])
-    return max(spec.generation.concurrency, 2 * n if n > 1 else 1)
+    return max(spec.generation.concurrency, 4 * n if n > 1 else 1)
 
 
 def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phase: str, middle, steps: list[str],
