@@ -138,9 +138,9 @@ def _run_child(pipe, on_ray: bool, backend) -> None:
     stopped as a whole. It stays in the CLI's process group: `kill -- -PGID` still ends everything."""
     try:
         if on_ray:
-            from curation import raygen
+            from curation.raybackend import ray_session
 
-            with raygen.ray_session(backend):
+            with ray_session(backend):
                 pipe.run(use_cache=False)
         else:
             pipe.run(use_cache=False)

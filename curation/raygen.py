@@ -5,23 +5,10 @@ by the single `CommitShards` actor, the spend ledger and the budget check before
 the local path's own steps. What Ray adds is where the steps run: each is a Ray actor, and the
 generation step gets `backend.generate_replicas` actors (default: one per teacher endpoint),
 each spreading its requests over every endpoint (curation/gensteps.py). The run directory must
-be on storage every node sees (the shard files and ledger live there). Ray is imported here
-only, so the local path never needs it.
+be on storage every node sees (the shard files and ledger live there). The Ray session is the
+one curation uses (curation/raybackend); the local path never imports Ray.
 """
 from __future__ import annotations
-
-from contextlib import contextmanager
-from typing import Iterator
-
-
-@contextmanager
-def ray_session(backend) -> Iterator[None]:
-    """The same session curation uses (curation/raybackend): an existing Ray, `backend.address`, or
-    a local Ray on loopback only; shut down only what this call started."""
-    from curation.raybackend import ray_session as session
-
-    with session(backend):
-        yield
 
 
 def on_ray(pipe, tasks: list, endpoints: int, backend):
