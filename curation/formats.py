@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import Template
 
 PROMPTS = Path(__file__).parent / "prompts"
-DEFAULT_TEMPLATE = {"classification": "classification_v2", "extraction": "extraction_v1",
+DEFAULT_TEMPLATE = {"classification": "classification_v3", "extraction": "extraction_v1",
                     "instruction": "instruction_v1"}
 # Every generation request carries all of these (empty when a strategy does not use one), so one
 # TextGeneration step with one template serves every strategy.
@@ -69,8 +69,11 @@ def response_schema(spec) -> dict:
     return {"type": "object", "properties": props, "required": req}
 
 
-def structured_mode(teacher, endpoint_kind: str) -> str:
-    mode = teacher.structured_output
+def structured_mode(teacher, endpoint_kind: str, generation=None) -> str:
+    """The response_format mode for a call: `generation.structured_output` (for generation
+    requests) when it is set, else the teacher's; `auto` picks by endpoint kind."""
+    own = getattr(generation, "structured_output", "teacher")
+    mode = teacher.structured_output if own == "teacher" else own
     if mode == "auto":
         mode = "llama_cpp" if endpoint_kind == "embedded" else "openai"
     return mode
@@ -122,9 +125,18 @@ def _loads(raw: str | None, finish_reason: str | None, completion_tokens: int) -
     try:
         return json.loads(raw), ""
     except json.JSONDecodeError:
-        if finish_reason == "length":
-            return None, f"truncated at max_tokens ({completion_tokens} tokens): {raw[-60:]!r}"
-        return None, f"not JSON: {raw[:80]!r}"
+        pass
+    # Without a grammar, small teachers wrap the JSON in a ```json fence or add a line around it:
+    # take the outermost {...} when that alone parses.
+    lo, hi = raw.find("{"), raw.rfind("}")
+    if 0 <= lo < hi:
+        try:
+            return json.loads(raw[lo:hi + 1]), ""
+        except json.JSONDecodeError:
+            pass
+    if finish_reason == "length":
+        return None, f"truncated at max_tokens ({completion_tokens} tokens): {raw[-60:]!r}"
+    return None, f"not JSON: {raw[:80]!r}"
 
 
 def _text(obj: dict, key: str) -> str | None:

@@ -38,7 +38,8 @@ def teacher_key(spec) -> dict:
     """Teacher settings that change an answer: part of every request id."""
     t = spec.teacher
     return {"model": t.model, "temperature": t.temperature, "max_tokens": t.max_tokens,
-            "schema": formats.response_schema(spec), "retries": spec.generation.invalid_retries}
+            "schema": formats.response_schema(spec), "retries": spec.generation.invalid_retries,
+            "response_format": formats.structured_mode(t, t.endpoint, spec.generation)}
 
 
 def quotas(n: int, weights: dict[str, float]) -> dict[str, int]:

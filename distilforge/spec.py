@@ -126,7 +126,7 @@ class Generation(_Strict):
     seed: int = 0
     concurrency: int = Field(1, gt=0)  # requests in flight (the embedded server serves one at a time)
     input_description: str = "a user writing to a support assistant"
-    prompt_template: str = "auto"  # auto: <type>_v1 in curation/prompts
+    prompt_template: str = "auto"  # auto: the newest <type>_vN in curation/prompts (formats.DEFAULT_TEMPLATE)
     attributes: dict[str, list[str]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_ATTRIBUTES))
     # Share of rows per diversity strategy; `evolve` rewrites earlier rows (Evol-Instruct style),
     # `fewshot` shows seed `examples` from the spec, `attributes` samples tone/length/persona...
@@ -136,6 +136,12 @@ class Generation(_Strict):
         "more specific: add concrete details such as amounts, dates, places or names",
         "noisier: informal, with typos, filler words and an unrelated remark"])
     invalid_retries: int = Field(1, ge=0)  # re-asks for unparsable / schema-invalid answers
+    # response_format for generation requests; "teacher" uses teacher.structured_output. "none"
+    # is much faster on llama.cpp (its JSON grammar is checked against the whole 151k-token vocab
+    # at every sampled token: ~1.7 s per request for the 1.5B teacher here); answers are then
+    # parsed leniently and the rare unparsable one is re-asked (invalid_retries) or kept as a
+    # failed row with its reason.
+    structured_output: Literal["teacher", "auto", "llama_cpp", "openai", "none"] = "teacher"
     max_cost_usd: float | None = Field(None, ge=0)  # cumulative cap for this run dir (CLI --max-cost)
     max_total_tokens: int | None = Field(None, gt=0)  # cumulative cap (CLI --max-tokens)
     preferences: Preferences = Preferences()

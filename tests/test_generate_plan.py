@@ -30,6 +30,8 @@ def test_plan_is_deterministic_and_ids_follow_content(tmp_path):
     assert all(r["shard_n"] == sum(x["shard_id"] == r["shard_id"] for x in a) for r in a)
     # anything that changes the teacher's answer changes the ids (old shards are then not reused)
     for change in ({"teacher": {"temperature": 0.3}}, {"teacher": {"model": "qwen2.5-coder-1.5b"}},
+                   {"generation": {"structured_output": "llama_cpp" if spec.generation.structured_output == "none"
+                                   else "none"}},
                    {"generation": {"seed": 1}}, {"generation": {"input_description": "a pensioner"}}):
         raw = _raw(EXAMPLES / "banking77" / "task.yaml")
         raw["profiles"]["x"] = {**raw["profiles"]["smoke"]}
@@ -38,9 +40,13 @@ def test_plan_is_deterministic_and_ids_follow_content(tmp_path):
         other = parse_spec(raw, profile="x")
         assert not {r["request_id"] for r in plan.plan_base(other)} & {r["request_id"] for r in a}, change
     # ids follow the messages sent, not template names: v1 and v2 say the same for `attributes`
-    raw = _raw(EXAMPLES / "banking77" / "task.yaml")
-    raw["profiles"]["smoke"]["generation"]["prompt_template"] = "classification_v1"
-    assert [r["request_id"] for r in plan.plan_base(parse_spec(raw, profile="smoke"))] == [r["request_id"] for r in a]
+    ids = {}
+    for name in ("classification_v1", "classification_v2"):
+        raw = _raw(EXAMPLES / "banking77" / "task.yaml")
+        raw["profiles"]["smoke"]["generation"]["prompt_template"] = name
+        ids[name] = [r["request_id"] for r in plan.plan_base(parse_spec(raw, profile="smoke"))]
+    assert ids["classification_v1"] == ids["classification_v2"] and not set(ids["classification_v2"]) & set(
+        r["request_id"] for r in a)  # the default (v3) says it in another order: other ids
     # concurrency is not part of an id
     raw = _raw(EXAMPLES / "banking77" / "task.yaml")
     raw["profiles"]["smoke"]["generation"]["concurrency"] = 4
@@ -111,6 +117,11 @@ def test_garbage_answers_become_reasons_never_exceptions():
                                  '"amount": 5, "currency": "EUR", "card_last4": null, "merchant": "Lidl"}}')
     assert err == "" and ok["text"] == "paid 5 EUR at Lidl"
     assert list(json.loads(ok["answer"])) == list(ext.output_schema["properties"])  # schema key order
+    # Without a grammar small teachers fence the JSON or talk around it: the one object is taken.
+    for raw in ('```json\n{"message": "where is my card"}\n```', 'Here you go: {"message": "where is my card"}'):
+        ok, err = formats.parse(cls, raw)
+        assert err == "" and ok["text"] == "where is my card", (raw, err)
+    assert "not JSON" in formats.parse(cls, '{"message": "a"} and {"message": "b"}')[1]  # two objects: no guess
     assert formats.normalize_label(cls, " Card_Arrival. ") == ("card_arrival", "")
     assert "wrong label" in formats.normalize_label(cls, "lost_wallet")[1]
 
