@@ -117,6 +117,11 @@ def test_garbage_answers_become_reasons_never_exceptions():
                                  '"amount": 5, "currency": "EUR", "card_last4": null, "merchant": "Lidl"}}')
     assert err == "" and ok["text"] == "paid 5 EUR at Lidl"
     assert list(json.loads(ok["answer"])) == list(ext.output_schema["properties"])  # schema key order
+    # generation.structured_output overrides the teacher's setting for generation calls only
+    assert cls.generation.structured_output == "none"  # the example spec: one-field answer, no grammar
+    assert formats.structured_mode(cls.teacher, "embedded", cls.generation) == "none"
+    assert formats.structured_mode(cls.teacher, "embedded") == "llama_cpp"  # eval/judge keep the grammar
+    assert formats.structured_mode(ext.teacher, "openai", ext.generation) == "openai"
     # Without a grammar small teachers fence the JSON or talk around it: the one object is taken.
     for raw in ('```json\n{"message": "where is my card"}\n```', 'Here you go: {"message": "where is my card"}'):
         ok, err = formats.parse(cls, raw)
