@@ -117,7 +117,7 @@ def calibrate(spec, endpoint, reqs: list[dict], k: int) -> dict | None:
     from curation import formats
 
     tname = formats.template_name(spec)
-    kw = formats.extra_body(formats.structured_mode(spec.teacher, endpoint.kind, spec.generation), formats.response_schema(spec))
+    kw = formats.generation_extra_body(spec, endpoint.kind)
     client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=spec.teacher.max_retries,
                     timeout=spec.teacher.timeout_s)
     p_tok = c_tok = chars = fails = 0

@@ -79,6 +79,11 @@ def structured_mode(teacher, endpoint_kind: str, generation=None) -> str:
     return mode
 
 
+def generation_extra_body(spec, endpoint_kind: str) -> dict:
+    """The request kwargs of a generation call (the same for the pipeline and the calibration)."""
+    return extra_body(structured_mode(spec.teacher, endpoint_kind, spec.generation), response_schema(spec))
+
+
 def extra_body(mode: str, schema: dict | None, name: str = "answer") -> dict:
     """`response_format` per backend: llama-cpp-python only takes json_object + schema (json_schema
     → HTTP 500); OpenAI-compatible servers take json_schema. Answers are validated after either way."""

@@ -191,7 +191,7 @@ def _all_recorded(out_dir: Path, reqs: list[dict], marker: Path, t0: float) -> b
 def _gen_steps(spec: TaskSpec, endpoint):
     tname = formats.template_name(spec)
     template = formats.template_text(tname)
-    extra = formats.extra_body(formats.structured_mode(spec.teacher, endpoint.kind, spec.generation), formats.response_schema(spec))
+    extra = formats.generation_extra_body(spec, endpoint.kind)
 
     def middle(c: int):
         return [ValidatedGeneration(name="generate", spec_json=spec.model_dump_json(),
