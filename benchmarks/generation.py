@@ -42,7 +42,7 @@ async def raw_loop(spec, endpoint, reqs: list[dict], concurrency: int) -> tuple[
 
     tname = formats.template_name(spec)
     kw = formats.extra_body(formats.structured_mode(spec.teacher, endpoint.kind), formats.response_schema(spec))
-    client = AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=spec.teacher.max_retries,
+    client = AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key.reveal(), max_retries=spec.teacher.max_retries,
                          timeout=spec.teacher.timeout_s)
     sem = asyncio.Semaphore(concurrency)
     tokens = 0
@@ -83,9 +83,10 @@ def main() -> None:
 
     from curation.generate import plan_all
     from curation.teacher import Endpoint, serve, stop
+    from distilforge.secrets import Secret
 
     st = serve(a.model)
-    ep = Endpoint(st["base_url"], a.model, "embedded", "embedded")
+    ep = Endpoint(st["base_url"], a.model, Secret("embedded"), "embedded")
     try:
         spec = make_spec(a.requests, a.concurrency, a.max_tokens, a.temperature, a.model)
         reqs = plan_all(spec, Path(tempfile.mkdtemp()))[0]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from distilforge.secrets import reveal
 
 console = Console(stderr=True)
 
@@ -118,7 +119,7 @@ def calibrate(spec, endpoint, reqs: list[dict], k: int) -> dict | None:
 
     tname = formats.template_name(spec)
     kw = formats.generation_extra_body(spec, endpoint.kind)
-    client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=spec.teacher.max_retries,
+    client = OpenAI(base_url=endpoint.base_url, api_key=reveal(endpoint.api_key), max_retries=spec.teacher.max_retries,
                     timeout=spec.teacher.timeout_s)
     p_tok = c_tok = chars = fails = 0
     t0 = time.time()

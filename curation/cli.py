@@ -10,7 +10,8 @@ import typer
 from distilforge.runctx import fail, prepare
 from distilforge.spec import SpecError
 
-teacher_app = typer.Typer(help="The embedded llama.cpp teacher server.", no_args_is_help=True)
+teacher_app = typer.Typer(help="The embedded llama.cpp teacher server.", no_args_is_help=True,
+                          pretty_exceptions_show_locals=False)
 RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
 SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")
 ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke, demo, ...).")

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from curation.dedup import tokens
+from distilforge.errors import UserError
 
 
 def _cfg(cfg):
@@ -152,7 +153,7 @@ def find_contamination(
     return out
 
 
-class ContaminationError(RuntimeError):
+class ContaminationError(UserError, RuntimeError):
     """Training data overlaps the locked held-out set."""
 
 

@@ -33,6 +33,7 @@ from curation import budget, formats, plan
 from curation.gensteps import (CommitShards, PlannedRequests, ValidatedGeneration, commit, committed_shards, llm,
                                read_shard, shard_path, to_row)
 from distilforge.spec import TaskSpec
+from distilforge.errors import RuntimeFailure
 
 ROW_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
@@ -129,7 +130,7 @@ def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phas
 EXIT_GRACE_S = 30
 
 
-class GenerationError(RuntimeError):
+class GenerationError(RuntimeFailure, RuntimeError):
     pass
 
 

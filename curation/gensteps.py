@@ -19,6 +19,7 @@ from distilabel.steps.tasks import TextGeneration
 
 from curation import budget, formats
 from distilforge.spec import TaskSpec
+from distilforge.secrets import reveal
 
 SHARDS = "shards"
 
@@ -78,7 +79,7 @@ def llm(endpoint, teacher, temperature: float, max_tokens: int, extra: dict) -> 
     """The client every step uses: bounded transport retries (backoff + jitter + Retry-After, done by
     the openai client) and the per-request timeout from the spec. The key never leaves this object."""
     urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
-    return TimedOpenAILLM(model=endpoint.model, base_url=urls[0], extra_base_urls=urls[1:], api_key=endpoint.api_key,
+    return TimedOpenAILLM(model=endpoint.model, base_url=urls[0], extra_base_urls=urls[1:], api_key=reveal(endpoint.api_key),
                           max_retries=teacher.max_retries, timeout=int(teacher.timeout_s),
                           generation_kwargs={"temperature": temperature, "max_new_tokens": max_tokens, **extra})
 

@@ -22,11 +22,12 @@ from typing import Any
 import yaml
 
 from curation import formats
+from distilforge.errors import UserError
 
 ATTR_KEYS = ("tone", "length", "channel", "typos", "persona")
 
 
-class TargetsError(ValueError):
+class TargetsError(UserError, ValueError):
     pass
 
 

@@ -25,9 +25,11 @@ from typing import Iterator
 import httpx
 
 from distilforge.assets import cache_dir, gguf_path
+from distilforge.secrets import Secret
+from distilforge.errors import RuntimeFailure
 
 
-class TeacherError(RuntimeError):
+class TeacherError(RuntimeFailure, RuntimeError):
     pass
 
 
@@ -41,7 +43,7 @@ class Endpoint:
 
     base_url: str
     model: str
-    api_key: str
+    api_key: Secret  # masked in repr/str; `.reveal()` only where a client is built
     kind: str  # "embedded" | "openai"
     base_urls: list[str] = field(default_factory=list)
 
@@ -184,18 +186,18 @@ def stop(model: str, replica: int | None = None) -> bool:
 def teacher_endpoint(teacher_cfg, log_dir: str | Path | None = None) -> Iterator[Endpoint]:
     """Yield an Endpoint for the spec's teacher; start/stop the embedded one as needed."""
     if teacher_cfg.endpoint == "openai":
-        key = ""
+        key = Secret("none")
         if teacher_cfg.api_key_env:
-            key = os.environ.get(teacher_cfg.api_key_env, "")
+            key = Secret(os.environ.get(teacher_cfg.api_key_env, ""))
             if not key:
                 raise TeacherError(f"teacher.api_key_env: environment variable {teacher_cfg.api_key_env} is empty")
         urls = [u.rstrip("/") for u in [teacher_cfg.base_url, *teacher_cfg.base_urls]]
-        yield Endpoint(urls[0], teacher_cfg.model, key or "none", "openai", list(dict.fromkeys(urls)))
+        yield Endpoint(urls[0], teacher_cfg.model, key, "openai", list(dict.fromkeys(urls)))
         return
     log = Path(log_dir) / "teacher.log" if log_dir else None
     st = serve(teacher_cfg.model, log_path=log, replicas=teacher_cfg.replicas)
     try:
-        yield Endpoint(st["base_url"], teacher_cfg.model, "embedded", "embedded", st["base_urls"])
+        yield Endpoint(st["base_url"], teacher_cfg.model, Secret("embedded"), "embedded", st["base_urls"])
     finally:
         for i in st["launched"]:
             stop(teacher_cfg.model, replica=i)

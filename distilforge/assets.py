@@ -12,6 +12,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from distilforge.errors import UserError
 
 
 def cache_dir() -> Path:
@@ -67,7 +68,7 @@ MODELS: dict[str, GGUFModel] = {
     ),
 }
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     pass
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,13 +18,15 @@ os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")  # our progress bar rep
 warnings.filterwarnings("ignore", message="The 'default' attribute with value None")
 
 from curation.cli import curate_cmd, generate_cmd, teacher_app  # noqa: E402
+from distilforge.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USER, DistilforgeError, one_line  # noqa: E402
 from distilforge.runctx import fail  # noqa: E402
 from heldout.cli import eval_cmd, heldout_app  # noqa: E402
 from heldout.decide_cli import abtest_cmd, decide_cmd, report_cmd  # noqa: E402
 from training.cli import train_cmd  # noqa: E402
 
 app = typer.Typer(help="distilforge: teacher → curated data → LoRA student → locked held-out score → decision.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
+                  add_completion=False)
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(heldout_app, name="heldout")
 app.command("generate")(generate_cmd)
@@ -85,11 +88,69 @@ def _exit_on_sigterm(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)
 
 
+def _die(msg: str, code: int) -> None:
+    from distilforge.secrets import redact
+
+    sys.stderr.write(f"error: {redact(msg)}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def _os_error_line(e: OSError) -> tuple[str, int]:
+    """`PermissionError(13, ..., 'runs/x')` → 'runs/x: permission denied' with a user/runtime code."""
+    import errno
+
+    what = (e.strerror or one_line(e)).lower()
+    where = e.filename if e.filename is not None else ""
+    if e.filename2:
+        where = f"{where} -> {e.filename2}"
+    user = e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
+    return (f"{where}: {what}" if where else what), (EXIT_USER if user else EXIT_RUNTIME)
+
+
+def _save_traceback(e: BaseException) -> Path | None:
+    """The traceback of an unexpected error (no locals, keys scrubbed) for a bug report."""
+    import traceback
+
+    from distilforge.secrets import redact
+
+    try:
+        d = Path(os.environ.get("DISTILFORGE_CACHE") or Path.home() / ".cache" / "distilforge")
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / "last-error.txt"
+        p.write_text(redact("".join(traceback.format_exception(type(e), e, e.__traceback__))))
+        return p
+    except OSError:
+        return None
+
+
 def main() -> None:
+    """Every known failure ends in one line on stderr and its exit code (distilforge/errors.py)."""
     import signal
 
+    from distilforge.secrets import install_redaction
+
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    app()
+    install_redaction()
+    try:
+        app()
+    except DistilforgeError as e:
+        _die(one_line(e), e.exit_code)
+    except KeyboardInterrupt:
+        _die("interrupted", EXIT_INTERRUPTED)
+    except OSError as e:
+        msg, code = _os_error_line(e)
+        _die(msg, code)
+    except Exception as e:  # noqa: BLE001 - a bug or an unmapped library error: still one line, no locals
+        if os.environ.get("DISTILFORGE_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        if type(e).__module__.split(".")[0] == "openai":
+            _die(f"teacher request failed: {type(e).__name__}: {one_line(e)[:300]}", EXIT_RUNTIME)
+        saved = _save_traceback(e)
+        _die(f"unexpected {type(e).__name__}: {one_line(e)[:300]}"
+             + (f" (traceback in {saved})" if saved else ""), EXIT_RUNTIME)
 
 
 if __name__ == "__main__":

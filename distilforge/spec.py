@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from distilforge.errors import UserError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A task spec problem, already phrased as the one line a user should see."""
 
 

@@ -23,11 +23,12 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from distilforge.errors import UserError
 
 _N = statistics.NormalDist()
 
 
-class ABTestError(ValueError):
+class ABTestError(UserError, ValueError):
     """Bad A/B input, phrased as the one line a user should see."""
 
 

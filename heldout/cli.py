@@ -10,7 +10,8 @@ from distilforge.runctx import fail, prepare, set_threads
 from distilforge.spec import SpecError
 from heldout.lock import HeldoutError
 
-heldout_app = typer.Typer(help="Lock and verify the real held-out set.", no_args_is_help=True)
+heldout_app = typer.Typer(help="Lock and verify the real held-out set.", no_args_is_help=True,
+                          pretty_exceptions_show_locals=False)
 
 RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
 SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")

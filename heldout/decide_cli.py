@@ -314,7 +314,7 @@ def abtest_cmd(
 
 
 if __name__ == "__main__":  # python -m heldout.decide_cli decide|report|abtest ...
-    _app = typer.Typer(add_completion=False)
+    _app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
     _app.command("decide")(decide_cmd)
     _app.command("report")(report_cmd)
     _app.command("abtest")(abtest_cmd)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from distilforge.errors import UserError
 
 HOURS_PER_MONTH = 730.0  # 24 * 365 / 12: an always-on serving box
 
@@ -56,7 +57,7 @@ PRECHECK_QUESTIONS = {
 }
 
 
-class EconomicsError(ValueError):
+class EconomicsError(UserError, ValueError):
     """Bad economics input, phrased as the one line a user should see."""
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from distilforge.secrets import reveal
 
 
 def bootstrap_ci(correct: list[int] | np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
@@ -162,7 +163,7 @@ def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[s
     from rich.progress import Progress
 
     urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
-    clients = [OpenAI(base_url=u, api_key=endpoint.api_key, timeout=timeout, max_retries=max_retries) for u in urls]
+    clients = [OpenAI(base_url=u, api_key=reveal(endpoint.api_key), timeout=timeout, max_retries=max_retries) for u in urls]
     schema = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
     if structured == "auto":
         structured = "llama_cpp" if endpoint.kind == "embedded" else "openai"

@@ -18,12 +18,13 @@ from pathlib import Path
 import datasets
 
 from distilforge.manifest import atomic_write_json, save_dataset, sha256_file
+from distilforge.errors import UserError
 
 LOCK = "lock.json"
 ROWS = "rows"
 
 
-class HeldoutError(RuntimeError):
+class HeldoutError(UserError, RuntimeError):
     """The held-out set is missing, unreadable, or no longer what was locked."""
 
 

@@ -14,7 +14,7 @@ import typer
 from labeling.server import control
 
 review_app = typer.Typer(help="Human review in Argilla (embedded server on SQLite, or a hosted one).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 DataDirOption = typer.Option(None, "--data-dir", envvar="DISTILFORGE_ARGILLA_DIR",
                              help="Server data dir [default: ~/.local/share/distilforge/argilla].")

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from labeling.server import control
+from distilforge.errors import RuntimeFailure
 
 ENV_URL = "ARGILLA_API_URL"
 ENV_KEY = "ARGILLA_API_KEY"
 
 
-class ArgillaConnectionError(RuntimeError):
+class ArgillaConnectionError(RuntimeFailure, RuntimeError):
     """One-line reason why no Argilla URL/API key could be resolved."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from distilforge.manifest import atomic_write_json, load_dataset_dir, read_manifest
+from distilforge.errors import UserError
 
 DECISION, LABEL, RATING, CORRECTED, REASONS = "decision", "correct_label", "rating", "corrected", "reject_reason"
 REJECT_REASONS = {"wrong_label": "Wrong label", "off_topic": "Off-topic", "unnatural": "Unnatural",
@@ -37,7 +38,7 @@ FORMATS = ("sft", "prefs")
 PUSH_STATE = "push.json"
 
 
-class ReviewError(RuntimeError):
+class ReviewError(UserError, RuntimeError):
     """A one-line, user-facing reason why a review command could not do its job."""
 
 

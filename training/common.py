@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from distilforge.manifest import atomic_write_json, sha256_file, sha256_json
+from distilforge.errors import UserError
 
 
 @dataclass(kw_only=True)
@@ -47,7 +48,7 @@ class RunSettings:
         return {f.name: getattr(t, f.name) for f in fields(RunSettings) if f.name != "base_model"}
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """`--resume` found checkpoints from a different config or data."""
 
 

@@ -14,11 +14,12 @@ import shutil
 from pathlib import Path
 
 from distilforge.assets import cache_dir, gguf_path
+from distilforge.errors import UserError
 
 EMBEDDED = ("smollm2-135m", "tiny-random")
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     pass
 
 

@@ -30,8 +30,7 @@ console = Console(stderr=True)
 NOT_SEMANTIC = {"save_steps", "save_total_limit", "logging_steps", "tensorboard"}
 
 
-class ContaminationError(RuntimeError):
-    pass
+from curation.decontam import ContaminationError  # noqa: E402  one class for the gate
 
 
 def training_source(run: Path) -> tuple[str, Path, str]:

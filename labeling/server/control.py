@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
+from distilforge.errors import RuntimeFailure
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_HOST = "127.0.0.1"
@@ -28,7 +29,7 @@ DEFAULT_PORT = 6900
 ENGINE_NAME = "distilforge-sqlite"  # same as labeling.server.ENGINE_NAME, kept import-free
 
 
-class ReviewServerError(RuntimeError):
+class ReviewServerError(RuntimeFailure, RuntimeError):
     """A one-line, user-facing reason why the embedded server could not be managed."""
 
 
