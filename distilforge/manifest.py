@@ -18,6 +18,9 @@ from typing import Any
 
 import datasets
 
+from distilforge.errors import UserError
+from distilforge.secrets import has_secrets, redact
+
 MANIFEST = "manifest.json"
 datasets.disable_progress_bars()  # our own progress bars say what is happening; these only add noise
 
@@ -51,7 +54,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(redact(text))  # a key that slipped into a message never reaches the run dir
     os.replace(tmp, path)
 
 
@@ -66,6 +69,7 @@ def save_dataset(ds: datasets.Dataset, path: str | Path) -> str:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    ds = _scrubbed(ds)
     ds.save_to_disk(str(tmp))
     old = path.with_name(f".{path.name}.old{os.getpid()}")
     if path.exists():
@@ -74,6 +78,27 @@ def save_dataset(ds: datasets.Dataset, path: str | Path) -> str:
     if old.exists():
         shutil.rmtree(old)
     return dataset_hash(ds)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    return value
+
+
+def _scrubbed(ds: datasets.Dataset) -> datasets.Dataset:
+    """The dataset with any registered secret masked (only scanned while a key is in use: a
+    teacher error message quoting a malformed key header would otherwise land in `error`)."""
+    if not has_secrets() or not len(ds):
+        return ds
+    if not any(redact(json.dumps(r, ensure_ascii=False, default=str)) != json.dumps(r, ensure_ascii=False, default=str)
+               for r in ds):
+        return ds
+    return ds.map(lambda r: _scrub(dict(r)), features=ds.features)
 
 
 def load_dataset_dir(path: str | Path) -> datasets.Dataset:
@@ -107,8 +132,10 @@ class Stage:
         self.t0 = time.time()
 
     def is_current(self) -> bool:
+        """Same inputs and config as the finished run, and its outputs still as it wrote them
+        (an output edited in place is a reason to rerun, not to skip)."""
         m = read_manifest(self.dir)
-        return bool(m) and m.get("fingerprint") == self.fingerprint
+        return bool(m) and m.get("fingerprint") == self.fingerprint and outputs_intact(self.dir, m)
 
     def begin(self) -> "Stage":
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +163,44 @@ class Stage:
         }
         atomic_write_json(self.dir / MANIFEST, manifest)
         return manifest
+
+
+def outputs_intact(stage_dir: str | Path, m: dict) -> bool:
+    """Every dataset a manifest lists is on disk and hashes to what was recorded."""
+    for key, out in (m.get("outputs") or {}).items():
+        try:
+            if dataset_hash(datasets.load_from_disk(str(Path(stage_dir) / out.get("path", key)))) != out.get("sha256"):
+                return False
+        except Exception:  # noqa: BLE001 - missing or unreadable: not what the stage wrote
+            return False
+    return True
+
+
+class StaleOutputError(UserError):
+    """An upstream stage's output changed on disk after that stage recorded its hash."""
+
+
+def verified_output(stage_dir: str | Path, key: str, rerun: str) -> tuple[datasets.Dataset, str]:
+    """(dataset, hash) of an upstream output, recomputed from the files a consumer will read.
+
+    The hash is the one the upstream manifest recorded only if the data still hashes to it:
+    a dataset edited in place would otherwise be skipped as unchanged or used unchecked.
+    """
+    stage_dir = Path(stage_dir)
+    m = read_manifest(stage_dir)
+    if not m or key not in m.get("outputs", {}):
+        raise FileNotFoundError(f"{stage_dir / MANIFEST}: stage output '{key}' missing (run that stage first)")
+    path, recorded = stage_dir / m["outputs"][key].get("path", key), m["outputs"][key]["sha256"]
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a half-deleted or foreign folder: same remedy
+        raise StaleOutputError(f"{path} cannot be read since {m.get('stage', stage_dir.name)} wrote it "
+                               f"({type(e).__name__}): rerun '{rerun}'") from None
+    h = dataset_hash(ds)
+    if h != recorded:
+        raise StaleOutputError(f"{path} changed since {m.get('stage', stage_dir.name)} wrote it "
+                               f"(hash {h[:12]}, recorded {recorded[:12]}): rerun '{rerun}'")
+    return ds, h
 
 
 def output_hash(stage_dir: str | Path, key: str) -> str:

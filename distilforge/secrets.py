@@ -51,9 +51,18 @@ class Secret:
 
 
 def register(value: str | None) -> None:
-    if value and len(value) >= MIN_LEN:
-        with _LOCK:
-            _ACTIVE.add(value)
+    """Remember a secret value (and its stripped form: a key pasted with a trailing newline shows
+    up escaped, `sk-…\\n`, in the error httpx raises for the bad header)."""
+    if not value:
+        return
+    with _LOCK:
+        for v in {value, value.strip()}:
+            if len(v) >= MIN_LEN:
+                _ACTIVE.add(v)
+
+
+def has_secrets() -> bool:
+    return bool(_ACTIVE)
 
 
 def reveal(value) -> str:

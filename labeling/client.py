@@ -60,4 +60,7 @@ def connect(api_url: Optional[str] = None, api_key: Optional[str] = None,
     import argilla as rg
 
     url, key = resolve_connection(api_url, api_key, data_dir)
+    from distilforge.secrets import register
+
+    register(key)  # scrubbed from anything printed from now on (distilforge/secrets.py)
     return rg.Argilla(api_url=url, api_key=key, timeout=timeout)

@@ -1,4 +1,4 @@
-"""The fault suite's ledger: each probe records what it tried and what it saw; the session ends
+"""The fault suite's ledger (tests/faults/; registered by tests/conftest.py): each probe records what it tried and what it saw; the session ends
 with one table (probes tried, clean one-line errors, rows lost, rows duplicated, secrets found).
 
 Usage in a test:
