@@ -15,6 +15,25 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp_src=$(cat pyproject.toml .ci/setup.sh | sha256sum | cut -c1-16)
 stamp=.venv/.distilforge-setup
 
+# A venv only works where it was made: in a moved or copied checkout .venv/bin/python may link
+# to an interpreter that is gone, and the scripts' shebangs and the editable install still
+# point at the old path (a copy would even import the OLD checkout's code). Such a venv is
+# recreated; "up to date" (step 3) also means it imports the stack from this checkout.
+here="$(pwd -P)"
+if [ -e .venv ]; then
+  if ! .venv/bin/python -c "" >/dev/null 2>&1; then
+    echo "setup: .venv's python does not run (interpreter moved or removed): recreating .venv"
+    rm -rf .venv
+  elif [ -f .venv/bin/pip ] && ! head -n 3 .venv/bin/pip | grep -qF -e "$here/.venv/bin/python" -e "$PWD/.venv/bin/python"; then
+    echo "setup: .venv was made for another path ($(head -n 1 .venv/bin/pip | cut -c3-)): recreating .venv"
+    rm -rf .venv
+  fi
+fi
+venv_ok() {  # -I: no cwd on sys.path, so this checkout must come through the install itself
+  .venv/bin/python -I -c 'import os, sys, distilforge, torch, llama_cpp
+sys.exit(not os.path.realpath(distilforge.__file__).startswith(sys.argv[1] + os.sep))' "$here" >/dev/null 2>&1
+}
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
@@ -40,12 +59,19 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # 3. the project (torch first: the local CPU build, not a multi-GB CUDA one).
-if [ "$(cat $stamp 2>/dev/null)" != "$stamp_src" ]; then
+if [ "$(cat $stamp 2>/dev/null)" != "$stamp_src" ] || ! venv_ok; then
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
   echo "setup: installing distilforge[dev,ray] into .venv"
   .venv/bin/pip install -q --find-links "$WHEELS" -e ".[dev,ray]"
+  if ! venv_ok; then  # say why, once, instead of "ok" and a broken first command
+    echo "setup: .venv cannot import the stack from $here after installing:" >&2
+    .venv/bin/python -I -c "import distilforge, torch, llama_cpp; print(distilforge.__file__)" >&2 || true
+    exit 1
+  fi
   echo "$stamp_src" > $stamp
 fi
+
+bash training/setup_converter.sh  # llama.cpp's HF->GGUF converter from the same sdist, for `export --format gguf`
 
 # 4. argilla-server in its own venv (its pins clash with transformers).
 if [ -f labeling/setup_argilla.sh ]; then

@@ -162,12 +162,27 @@ def _rx(*patterns: str) -> re.Pattern:
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE | re.MULTILINE)
 
 
-_CANT = r"(?:can'?t|cannot|can not|am unable to|'m unable to|won'?t be able to|am not able to)"
+# "I can't" / "I'm unable to" as the teacher says it when it refuses. A customer says "I can't"
+# too ("Sorry, I can't find my card"), so each pattern pairs it with what only a refusal says:
+# help/assist *with that*, comply with *a request*, produce *content*, or a bare "Sorry, I can't
+# help." that ends there ("can't help but notice", a customer's idiom, goes on and is kept).
+_I_CANT = (r"\bi (?:can'?t|cannot|can not|won'?t be able to|will not be able to)"
+           r"|\bi(?:'m| am) (?:unable|not able) to")
 REFUSAL = _rx(
     r"\bas an? (?:ai|a\.i\.|artificial intelligence|(?:ai |large )?language model|llm|ai assistant)\b",
     r"\bi(?:'m| am) (?:just |only )?(?:an? )?(?:ai|language model|large language model|virtual assistant|chatbot)\b",
-    rf"\b(?:i'?m|i am) (?:sorry|afraid),? (?:but )?i {_CANT} (?:help|assist|provide|comply|fulfil+|generate|create|write)",
-    rf"\bi {_CANT} (?:help|assist) (?:you )?with (?:that|this)(?: request)?\s*[.!]?\s*$",
+    # "I can't assist with that", "I'm unable to help you with this request", "... with creating ..."
+    rf"(?:{_I_CANT}) (?:help|assist)(?: you)? with (?:that|this|your|such|the request|requests?|creating|"
+    rf"generating|writing|providing|producing)\b",
+    # "I can't assist you", "I cannot comply with this request", "I can't fulfill that request"
+    rf"(?:{_I_CANT}) (?:help|assist) you\b",
+    rf"(?:{_I_CANT}) (?:assist|comply|fulfil+|accommodate|honou?r)(?: with)? (?:that|this|your|such)(?: kind of)? requests?\b",
+    # "I'm sorry, but I can't generate that content", "I cannot provide such material"
+    rf"(?:{_I_CANT}) (?:provide|generate|create|write|produce) (?:(?:that|this|such|any|the requested|an?|the) )?"
+    rf"(?:(?:kind|type|sort) of )?(?:content|response|material|assistance|example|sample)s?\b",
+    # opened with an apology and then "I can't assist." / "I can't help…" with nothing a customer adds
+    rf"^\W*(?:(?:i'?m |i am )?sorry|i apologi[sz]e|unfortunately|i'?m afraid)\b[^.!?\n]{{0,30}}?(?:{_I_CANT}) "
+    rf"(?:help|assist)\s*(?:[.!…]|$)",
     r"\b(?:my|the) (?:guidelines|programming|content policy) (?:does not|doesn'?t|do not|don'?t) allow",
 )
 META = _rx(

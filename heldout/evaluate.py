@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,52 @@ def summarize(preds: list[str], gold: list[str], labels: list[str]) -> dict:
             "correct": correct, "predictions": preds}
 
 
+class progress:
+    """One progress bar per scored model (base, each student, teacher), on stderr so stdout keeps
+    only the results table. Scoring is most of an eval's 2-4 minutes, and a silent eval looks hung:
+    in a terminal this is a live rich bar (rows done, elapsed, time left); in a log (`make demo |
+    tee`, CI, a subprocess) rich would draw nothing, so it prints a line at every ~10 % instead.
+    `advance(n)` is called per batch (local models) or per request (teacher), under the caller's lock."""
+
+    def __init__(self, desc: str, total: int):
+        from rich.console import Console
+
+        self.desc, self.total, self.done, self.t0 = desc, total, 0, time.time()
+        self.console = Console(stderr=True)
+        self.step, self.shown, self.bar = max(1, total // 10), -1, None
+
+    def __enter__(self) -> "progress":
+        if self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task(self.desc, total=self.total)
+        else:
+            self._line()
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+        elif self.done // self.step > self.shown or self.done >= self.total:
+            self._line()
+
+    def _line(self) -> None:
+        self.shown = self.done // self.step
+        el = time.time() - self.t0
+        left = f", ~{el / self.done * (self.total - self.done):.0f} s left" if 0 < self.done < self.total else ""
+        pct = 100 * self.done // self.total if self.total else 100
+        print(f"{self.desc}: {self.done}/{self.total} rows ({pct}%), {el:.0f} s{left}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]], labels: list[str],
                 desc: str = "scoring", return_scores: bool = False, batch_size: int = 8):
     """Label-likelihood prediction for each prompt with a local HF model (+ optional LoRA adapter).
@@ -69,7 +116,6 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
     float rounding (tests/test_eval_scoring.py checks it against that naive loop).
     """
     import torch
-    from rich.progress import Progress
     from transformers import AutoModelForCausalLM
 
     from training.models import load_tokenizer
@@ -108,8 +154,7 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
     common = common[: max(len(common) - 1, 0)]  # every row keeps at least one token of its own
     P = len(common)
     preds, scores = [], []
-    with torch.inference_mode(), Progress(transient=True) as bar:
-        task = bar.add_task(desc, total=len(prompts))
+    with torch.inference_mode(), progress(desc, len(prompts)) as bar:
         prefix = model(input_ids=torch.tensor([common], device=dev), use_cache=True).cache if P else None
         for b0 in range(0, len(rows), batch_size):
             owns = [r[P:] for r in rows[b0:b0 + batch_size]]
@@ -139,7 +184,7 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
             for srow in score:
                 preds.append(labels[int(srow.argmax())])
                 scores.append(srow.cpu().numpy())
-            bar.advance(task, B)
+            bar.advance(B)
     if return_scores:
         return preds, np.stack(scores) if scores else np.zeros((0, len(labels)))
     return preds
@@ -160,7 +205,6 @@ def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[s
     """Teacher predictions through its OpenAI-compatible endpoint(s), constrained to the label set.
     With several servers (replicas), one thread per server; predictions keep the input order."""
     from openai import OpenAI
-    from rich.progress import Progress
 
     urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
     clients = [OpenAI(base_url=u, api_key=reveal(endpoint.api_key), timeout=timeout, max_retries=max_retries) for u in urls]
@@ -191,8 +235,7 @@ def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[s
             pred = next((lab for lab in labels if lab in raw), "")
         return (pred if pred in labels else "<invalid>"), r.usage
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task("scoring teacher", total=len(texts))
+    with progress("scoring teacher", len(texts)) as bar:
 
         def worker(k: int) -> None:  # server k answers rows k, k+n, ... in order (its prompt cache stays warm)
             for i in range(k, len(texts), len(clients)):
@@ -201,7 +244,7 @@ def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[s
                     if usage:
                         tok[0] += usage.prompt_tokens
                         tok[1] += usage.completion_tokens
-                    bar.advance(task)
+                    bar.advance()
 
         with ThreadPoolExecutor(max_workers=len(clients)) as pool:
             for f in [pool.submit(worker, k) for k in range(len(clients))]:

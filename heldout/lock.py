@@ -2,8 +2,11 @@
 
 The held-out rows are the only honest yardstick in the project: synthetic data is scored
 against them, never trained on them. `lock` imports them from the task's source (a local
-CSV/JSONL/Parquet file, or a hub dataset id when online), canonicalizes them, and writes
-`lock.json` with a sha256 per row, an overall hash, and the source file's own hash.
+CSV/JSONL/Parquet file; a local dataset folder, `save_to_disk` or files `load_dataset` reads;
+or a hub id `owner/name[:split]`, read from the HF cache offline and downloaded when
+HF_HUB_OFFLINE=0), canonicalizes them, and writes `lock.json` with a sha256 per row, an
+overall hash, and the source file's (or folder's) own hash. A missing source is one line that
+says where the demo's data is expected and how to point elsewhere.
 `verify` re-reads the source and the locked copy and names the first difference: an edited
 row, an added or removed one, or a reorder. Evaluation calls `verify` before it scores.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -37,25 +41,106 @@ def row_sha(text: str, label: str) -> str:
     return hashlib.sha256(f"{label}\x1f{text}".encode()).hexdigest()
 
 
-def _read_source(source: str, text_col: str, label_col: str) -> tuple[list[dict], str | None]:
-    p = Path(source)
-    if p.exists():
-        import pandas as pd
+FILE_TYPES = (".csv", ".jsonl", ".json", ".parquet")
+# `owner/name` or `owner/name:split`, as the hub spells dataset ids (one slash, no path dots).
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::(?P<split>[\w.-]+))?$")
+MISSING_HINT = ("The demo reads Banking77 from ../shared/data/banking77 (set DISTILFORGE_DATA=<folder> "
+                "to point elsewhere; see README \"Data\")")
 
-        suffix = p.suffix.lower()
-        try:
-            if suffix == ".csv":
-                df = pd.read_csv(p, dtype=str, keep_default_na=False)
-            elif suffix in (".jsonl", ".json"):
-                df = pd.read_json(p, lines=suffix == ".jsonl", dtype=False)
-            elif suffix == ".parquet":
-                df = pd.read_parquet(p)
-            else:
-                raise HeldoutError(f"{p}: unsupported held-out file type '{suffix}' (use .csv, .jsonl or .parquet)")
-        except (ValueError, OSError) as e:
-            raise HeldoutError(f"{p}: cannot parse held-out file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        ds = datasets.Dataset.from_pandas(df, preserve_index=False)
-        file_hash = sha256_file(p)
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+
+def _read_file(p: Path) -> datasets.Dataset:
+    import pandas as pd
+
+    suffix = p.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise HeldoutError(f"{p}: unsupported held-out file type '{suffix}' (use .csv, .jsonl or .parquet)")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        elif suffix in (".jsonl", ".json"):
+            df = pd.read_json(p, lines=suffix == ".jsonl", dtype=False)
+        else:
+            df = pd.read_parquet(p)
+    except (ValueError, OSError) as e:
+        raise HeldoutError(f"{p}: cannot parse held-out file ({_first_line(e)})") from None
+    return datasets.Dataset.from_pandas(df, preserve_index=False)
+
+
+def _pick_split(dd, source: str, split: str | None) -> datasets.Dataset:
+    """`split` if named; else `test` when there is one, else the only split there is."""
+    if isinstance(dd, datasets.Dataset):
+        return dd
+    names = list(dd.keys())
+    want = split or ("test" if "test" in names else (names[0] if len(names) == 1 else None))
+    if want not in names:
+        base = source.rpartition(":")[0] if split else source
+        raise HeldoutError(f"heldout.source: {source}: no split '{split or 'test'}' (splits: {', '.join(names)}; "
+                           f"name one as {base}:<split>)")
+    return dd[want]
+
+
+def _read_dir(d: Path, source: str, split: str | None) -> datasets.Dataset:
+    """A `save_to_disk` folder, or a folder of CSV/JSONL/Parquet files that `load_dataset` reads
+    the way it reads a hub repo (split names from file names: test.csv -> `test`)."""
+    try:
+        if (d / "dataset_dict.json").exists() or (d / "state.json").exists():
+            return _pick_split(datasets.load_from_disk(str(d)), source, split)
+        csv_only = {f.suffix.lower() for f in d.rglob("*") if f.is_file() and not f.name.startswith(".")} == {".csv"}
+        kw = {"keep_default_na": False} if csv_only else {}  # "NA" / "null" are real texts, not missing
+        return _pick_split(datasets.load_dataset(str(d), **kw), source, split)
+    except HeldoutError:
+        raise
+    except Exception as e:  # datasets raises many kinds (EmptyDatasetError, ValueError, ArrowInvalid, ...)
+        raise HeldoutError(f"heldout.source: {source}: cannot load the dataset folder ({_first_line(e)})") from None
+
+
+def _dir_hash(d: Path) -> str:
+    """One hash over the folder's files (relative path + content), so `verify` sees any byte change."""
+    h = hashlib.sha256()
+    for f in sorted(f for f in d.rglob("*") if f.is_file() and not any(x.startswith(".") for x in f.relative_to(d).parts)):
+        h.update(f"{f.relative_to(d).as_posix()}\x1f{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _read_hub(repo: str, split: str | None, source: str) -> datasets.Dataset:
+    """A hub dataset id: downloaded when online, read from the local HF cache when offline."""
+    try:
+        return datasets.load_dataset(repo, split=split or "test")
+    except ConnectionError as e:
+        if datasets.config.HF_HUB_OFFLINE or "offline" in str(e).lower():
+            raise HeldoutError(
+                f"heldout.source: '{source}' is a hub dataset id, but the hub is offline (HF_HUB_OFFLINE=1, the "
+                f"default) and it is not in the local HF cache; run with HF_HUB_OFFLINE=0 to download it, or point "
+                f"heldout.source at a local CSV/JSONL/Parquet file or dataset folder") from None
+        raise HeldoutError(f"heldout.source: hub dataset '{repo}' unreachable ({_first_line(e)})") from None
+    except Exception as e:  # DatasetNotFoundError, a missing split (ValueError), auth errors, ...
+        raise HeldoutError(f"heldout.source: hub dataset '{source}' could not be loaded ({_first_line(e)})") from None
+
+
+def _load(source: str) -> tuple[datasets.Dataset, str | None]:
+    """(dataset, source hash): a file, a local dataset folder (`DIR` or `DIR:split`), or a hub id.
+    The hash covers the file or folder bytes; a hub dataset has none (its rows are hashed anyway)."""
+    p = Path(source)
+    if p.is_file():
+        return _read_file(p), sha256_file(p)
+    if p.is_dir():
+        return _read_dir(p, source, None), _dir_hash(p)
+    base, _, split = source.rpartition(":")
+    if base and Path(base).is_dir():
+        return _read_dir(Path(base), source, split), _dir_hash(Path(base))
+    m = _HUB_ID.match(source)
+    if m and Path(m["repo"]).suffix.lower() not in FILE_TYPES and not Path(m["repo"]).parent.exists():
+        return _read_hub(m["repo"], m["split"], source), None
+    raise HeldoutError(f"heldout.source: {source}: no such file. {MISSING_HINT}")
+
+
+def _read_source(source: str, text_col: str, label_col: str) -> tuple[list[dict], str | None]:
+    ds, source_hash = _load(source)
     for col in (text_col, label_col):
         if col not in ds.column_names:
             raise HeldoutError(f"{source}: column '{col}' not found (columns: {', '.join(ds.column_names)})")
@@ -66,7 +151,7 @@ def _read_source(source: str, text_col: str, label_col: str) -> tuple[list[dict]
         if text is None or label is None:
             raise HeldoutError(f"{source}: row {i + 2}: empty '{text_col if text is None else label_col}'")
         rows.append({"text": canonical(text), "label": names[label] if names else canonical(label)})
-    return rows, file_hash
+    return rows, source_hash
 
 
 def _select(rows: list[dict], labels: list[str], max_per_label: int | None) -> list[dict]:

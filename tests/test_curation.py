@@ -336,6 +336,39 @@ def test_filters_leave_ordinary_customer_phrasing_alone():
     assert filters.detect_language("Card not arrived")[0] == "unknown"
 
 
+# Refusals in the teacher's own words (the first one passed curation in a smoke run), and real
+# customer messages that also say "sorry" / "can't" and must be kept.
+REFUSALS = [
+    "Sorry, I can't assist with that\u2026",
+    "Sorry, I can\u2019t assist with that.",
+    "I'm sorry, but I can't assist with that. If you have any other questions, feel free to ask!",
+    "Sorry, but I can't help with that request.",
+    "I'm sorry, I cannot fulfill this request.",
+    "Unfortunately, I'm unable to help with creating messages like that.",
+    "I apologize, but I cannot generate that content.",
+    "I cannot comply with this request.",
+    "Sorry, I can't help.",
+]
+SORRY_CUSTOMERS = [
+    "Sorry, I can't find my card anywhere",
+    "Sorry, I can't log in to the app since yesterday.",
+    "Sorry, I can't help but notice an extra fee on my statement.",
+    "I'm sorry, I can't provide the old card number, I lost it.",
+    "Sorry to bother you, but I can't top up with my Visa card.",
+    "Sorry, I can't remember my PIN, can you help?",
+    "I'm sorry but I can't help it, I lost my card again.",
+    "Sorry I can't create a new virtual card, the button is greyed out",
+]
+
+
+def test_refusal_filter_drops_refusals_and_keeps_apologetic_customers():
+    checks = filters.heuristic_checks(spec_for())
+    for text in REFUSALS:
+        assert "refusal" in [r for r, c in checks if c({"text": text})], text
+    for text in SORRY_CUSTOMERS:
+        assert [r for r, c in checks if c({"text": text})] == [], text
+
+
 def test_render_funnel_and_reasons(planted):
     _, res = planted
     console = Console(record=True, width=140)

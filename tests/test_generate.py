@@ -72,6 +72,9 @@ def test_classification_rows_are_trl_ready_and_accounted(uninterrupted):
         assert r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 and r["latency_s"] > 0
         assert r["endpoint"].startswith("http://127.0.0.1:") and r["teacher_model"] == "qwen2.5-coder-0.5b"
         assert r["strategy"] == "attributes" and (r["status"] == "ok") == (r["error"] == "")
+        if r["status"] == "ok":
+            assert r["text"].strip() and r["label"] in ("card_arrival", "exchange_rate")
+    assert m["ok"] == sum(s == "ok" for s in ds["status"]) >= 1, ds["error"]  # not a pass when all failed
     assert m["ok"] + m["failed"] == 4 and m["cost_usd"] == 0.0
     assert m["tokens"] == {"prompt": sum(ds["prompt_tokens"]), "completion": sum(ds["completion_tokens"])}
     assert m["spent"]["tokens"] >= sum(m["tokens"].values())
@@ -112,6 +115,8 @@ def test_extraction_end_to_end_with_preferences(tmp_path, fast_teacher):
     spec = load_spec(EXAMPLES / "extraction" / "task.yaml", "smoke")
     ds, m = rows_of(run), manifest(run)
     assert len(ds) == 2 and sorted(set(ds["strategy"])) == ["attributes", "fewshot"]
+    ok = [row for row in ds if row["status"] == "ok"]
+    assert ok, f"every row failed: {ds['error']}"  # the checks below must see at least one valid row
     for row in ds:
         if row["status"] == "ok":
             jsonschema.validate(json.loads(row["completion"][0]["content"]), spec.output_schema)
@@ -119,20 +124,18 @@ def test_extraction_end_to_end_with_preferences(tmp_path, fast_teacher):
         else:
             assert row["error"]  # the validator's message is kept
     cands = [json.loads(x) for p in (run / "generate" / "shards").glob("p-*.jsonl") for x in p.read_text().splitlines()]
-    ok = [row for row in ds if row["status"] == "ok"]
-    assert len(cands) == (2 if ok else 0)  # candidates for max_rows=1 row, 2 each
+    assert len(cands) == 2  # candidates for max_rows=1 row, 2 each
     for c in cands:
         assert c["valid"] == (c["error"] == "") and (c["score"] == 0) == (not c["valid"])
         assert c["prompt_tokens"] > 0 and c["completion_tokens"] > 0
-    if ok:
-        prefs = datasets.load_from_disk(str(run / "generate" / "prefs"))
-        assert m["prefs"]["pairs"] == len(prefs) >= 1
-        for p in prefs:
-            assert p["chosen"] != p["rejected"] and p["prompt"][0]["role"] == "system"
-            if p["kind"] == "hard_negative":
-                good, bad = json.loads(p["chosen"][0]["content"]), json.loads(p["rejected"][0]["content"])
-                jsonschema.validate(bad, spec.output_schema)
-                assert sum(good[k] != bad[k] for k in good) == 1
+    prefs = datasets.load_from_disk(str(run / "generate" / "prefs"))
+    assert m["prefs"]["pairs"] == len(prefs) >= 1
+    for p in prefs:
+        assert p["chosen"] != p["rejected"] and p["prompt"][0]["role"] == "system"
+        if p["kind"] == "hard_negative":
+            good, bad = json.loads(p["chosen"][0]["content"]), json.loads(p["rejected"][0]["content"])
+            jsonschema.validate(bad, spec.output_schema)
+            assert sum(good[k] != bad[k] for k in good) == 1
 
 
 def test_instruction_end_to_end_with_evolution(tmp_path, fast_teacher):
@@ -144,6 +147,7 @@ def test_instruction_end_to_end_with_evolution(tmp_path, fast_teacher):
     assert set(by) == {"attributes", "evolve"}
     assert by["evolve"]["parent_id"] == by["attributes"]["id"]
     assert "evolution" in json.loads(by["evolve"]["attributes"])
+    assert any(row["status"] == "ok" for row in ds), ds["error"]  # the row checks below must run at least once
     for row in ds:
         if row["status"] == "ok":
             assert row["text"] and row["completion"][0]["content"].strip()

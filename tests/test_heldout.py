@@ -100,3 +100,74 @@ def test_cli_verify_and_eval_refuse_after_edit(tmp_path, banking77_copy):
         r = cli(*args, env=env)
         assert r.returncode == 2, r.stdout + r.stderr
         assert "refusing to trust it" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------- other sources, progress
+
+def _dataset_dir(kind: str, src_csv, d):
+    """The same Banking77 test rows as a hub-style folder (`load_dataset(<dir>)` reads it the way
+    it reads a hub repo: split from the file name) or as a `save_to_disk` folder."""
+    import datasets
+    import pandas as pd
+
+    df = pd.read_csv(src_csv, dtype=str, keep_default_na=False)
+    d.mkdir()
+    if kind == "csv":
+        df.to_csv(d / "test.csv", index=False)
+    elif kind == "jsonl":
+        df.to_json(d / "test.jsonl", orient="records", lines=True, force_ascii=False)
+    else:
+        datasets.DatasetDict({"test": datasets.Dataset.from_pandas(df, preserve_index=False)}).save_to_disk(str(d))
+    return d
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "save_to_disk"])
+def test_dataset_folder_source_locks_the_same_rows_as_the_file(locked, tmp_path, kind):
+    spec, _, src, file_info = locked
+    folder = _dataset_dir(kind, src, tmp_path / f"hub-{kind}")
+    spec.heldout.source = str(folder)
+    info = lock(spec.heldout, spec.label_names, tmp_path / f"lock-{kind}")
+    assert info["n"] == file_info["n"] == 80
+    assert info["rows"] == file_info["rows"] and info["sha256"] == file_info["sha256"]
+    assert list(load_locked(tmp_path / f"lock-{kind}")["text"]) == list(load_locked(tmp_path / "heldout")["text"])
+    assert info["source_sha256"] and verify(spec.heldout, spec.label_names, tmp_path / f"lock-{kind}")["n"] == 80
+    spec.heldout.source = f"{folder}:validation"  # a split the folder does not have: named, with the ones it has
+    with pytest.raises(HeldoutError, match=r"no split 'validation' \(splits: test"):
+        lock(spec.heldout, spec.label_names, tmp_path / "lock-bad-split")
+
+
+def test_dataset_folder_edit_is_caught(locked, tmp_path):
+    spec, _, src, _ = locked
+    folder = _dataset_dir("csv", src, tmp_path / "hub")
+    spec.heldout.source = str(folder)
+    lock(spec.heldout, spec.label_names, tmp_path / "lock")
+    rows = _rows(folder / "test.csv")
+    j = next(i for i, r in enumerate(rows) if i and r[1] == "exchange_rate")  # outside the locked labels
+    rows[j][0] += "!"
+    _write(folder / "test.csv", rows)
+    with pytest.raises(HeldoutError, match="file bytes changed"):
+        verify(spec.heldout, spec.label_names, tmp_path / "lock")
+
+
+@pytest.mark.parametrize("source", ["{tmp}/nowhere/banking77/test.csv", "data/banking77/test.csv"])
+def test_missing_source_says_where_the_data_is_expected(tmp_path, source):
+    spec = load_spec(TASK)
+    spec.heldout.source = source.format(tmp=tmp_path)
+    with pytest.raises(HeldoutError) as e:
+        lock(spec.heldout, spec.label_names, tmp_path / "heldout")
+    msg = str(e.value)
+    assert msg.startswith(f"heldout.source: {spec.heldout.source}: no such file.") and "DISTILFORGE_DATA" in msg
+    assert "\n" not in msg and not (tmp_path / "heldout").exists()
+
+
+def test_eval_progress_prints_per_batch_on_stderr_in_a_log(capsys):
+    from heldout import evaluate as ev
+
+    with ev.progress("scoring student", 20) as bar:
+        for n in (8, 8, 4):
+            bar.advance(n)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert [ln.split(" rows")[0] for ln in lines] == [f"scoring student: {k}/20" for k in (0, 8, 16, 20)]
+    assert lines[-1].startswith("scoring student: 20/20 rows (100%)")

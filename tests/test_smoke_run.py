@@ -5,9 +5,13 @@ import json
 import time
 
 import datasets
+import yaml
 
 from conftest import TASK, cli
 from distilforge.manifest import dataset_hash, read_manifest
+from heldout.lock import load_locked, row_sha
+from heldout.report import SECTIONS, esc
+from training.common import dir_hash
 
 STAGE_OUTPUTS = {"generate": ["rows"], "curate": ["curated", "rejected"]}
 
@@ -20,12 +24,32 @@ def test_every_stage_wrote_its_dataset_and_manifest(smoke_run):
             ds = datasets.load_from_disk(str(smoke_run / stage / k))
             assert m["outputs"][k]["rows"] == len(ds)
             assert m["outputs"][k]["sha256"] == dataset_hash(ds)  # manifest hash = what is on disk
-    assert (smoke_run / "heldout" / "lock.json").exists()
-    assert (smoke_run / "train" / "adapter" / "adapter_config.json").exists()
-    assert (smoke_run / "eval" / "metrics.json").exists() and (smoke_run / "report.html").exists()
+    spec = json.loads((smoke_run / "spec.json").read_text())
+    labels = [lab["name"] for lab in spec["labels"]]
+    # held-out: 2 rows a label (smoke), each row's hash is the hash of the locked copy's row
+    lock = json.loads((smoke_run / "heldout" / "lock.json").read_text())
+    held = load_locked(smoke_run / "heldout")
+    assert lock["n"] == len(held) == 20 and lock["labels"] == {lab: 2 for lab in labels}
+    assert [r["sha256"] for r in lock["rows"]] == [row_sha(t, lab) for t, lab in zip(held["text"], held["label"])]
+    assert [r["id"] for r in lock["rows"]] == list(held["id"])
+    # train: the manifest's adapter hash is the adapter on disk, a LoRA of the spec's rank
+    tm = read_manifest(smoke_run / "train")
+    assert tm["adapter_sha256"] == dir_hash(smoke_run / "train" / tm["adapter"])
+    cfg = json.loads((smoke_run / "train" / tm["adapter"] / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == spec["training"]["lora_r"]
+    # eval scored that adapter on that lock; the report shows the verdict decide wrote
+    metrics = json.loads((smoke_run / "eval" / "metrics.json").read_text())
+    assert metrics["adapter_sha256"] == tm["adapter_sha256"] and metrics["heldout_sha256"] == lock["sha256"]
+    decision = json.loads((smoke_run / "decide" / "decision.json").read_text())
+    html = (smoke_run / "report.html").read_text()
+    assert esc(decision["verdict_line"]) in html and all(f'<section id="{sid}">' in html for sid in SECTIONS)
+    # blind spots: the clusters partition the 20 locked rows; one target per gap cluster
     bs = json.loads((smoke_run / "blindspots" / "blindspots.json").read_text())
-    assert bs["coverage"]["heldout_rows"] == 20 and bs["coverage"]["gaps"]
-    assert (smoke_run / "blindspots" / "targets.yaml").exists()
+    gaps = bs["coverage"]["gaps"]
+    assert bs["coverage"]["heldout_rows"] == 20 and sum(g["size"] for g in gaps) == 20
+    targets = yaml.safe_load((smoke_run / "blindspots" / "targets.yaml").read_text())["targets"]
+    assert len(targets) == sum(g["gap"] for g in gaps) == read_manifest(smoke_run / "blindspots")["gaps"]
+    assert all(t["label"] in labels and t["count"] >= 4 for t in targets)
 
 
 def test_generated_rows_are_trl_prompt_completion(smoke_run):
@@ -52,6 +76,10 @@ def test_curated_plus_rejected_accounts_for_every_row(smoke_run):
     assert all(r for r in rej["reason"])
     funnel = read_manifest(smoke_run / "curate")["funnel"]
     assert funnel[0]["in"] == len(raw) and funnel[-1]["out"] == len(kept)
+    for a, b in zip(funnel, funnel[1:]):
+        assert a["out"] == b["in"], (a, b)
+    assert all(f["in"] - f["dropped"] == f["out"] for f in funnel), funnel
+    assert sum(f["dropped"] for f in funnel) == len(rej)  # each rejected row dropped by exactly one step
 
 
 def test_metrics_score_three_models_on_the_locked_rows(smoke_run):
@@ -59,9 +87,16 @@ def test_metrics_score_three_models_on_the_locked_rows(smoke_run):
     lock = json.loads((smoke_run / "heldout" / "lock.json").read_text())
     assert m["n"] == lock["n"] == 20 and m["heldout_sha256"] == lock["sha256"]
     for name in ("base", "student", "teacher"):
-        acc, (lo, hi) = m["models"][name]["accuracy"], m["models"][name]["accuracy_ci"]
+        model = m["models"][name]
+        acc, (lo, hi) = model["accuracy"], model["accuracy_ci"]
         assert 0 <= lo <= acc <= hi <= 1
-        assert sum(map(sum, m["models"][name]["confusion"])) <= m["n"]
+        conf, correct = model["confusion"], model["correct"]
+        assert sum(conf[i][i] for i in range(len(conf))) == sum(correct)  # the diagonal is the correct rows
+        assert acc == round(sum(correct) / len(correct), 4)
+        if name != "teacher":  # label scoring always predicts a label: every row is in the matrix
+            assert len(correct) == m["n"] and sum(map(sum, conf)) == m["n"]
+        else:  # an unparsable teacher answer is a wrong row outside the matrix
+            assert len(correct) == model["rows"] and sum(map(sum, conf)) <= model["rows"]
     # the fast teacher really classifies (FACTS: 8/8 on a small intent check); chance is 0.1
     assert m["models"]["teacher"]["accuracy"] >= 0.5
     assert m["models"]["teacher"]["tokens"]["calls"] == 20 and m["models"]["teacher"]["tokens"]["prompt"] > 0
