@@ -22,7 +22,7 @@ from distilforge.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USER, Distil
 from distilforge.runctx import fail  # noqa: E402
 from heldout.cli import eval_cmd, heldout_app  # noqa: E402
 from heldout.decide_cli import abtest_cmd, decide_cmd, report_cmd  # noqa: E402
-from training.cli import train_cmd  # noqa: E402
+from training.cli import export_cmd, serve_cmd, train_cmd  # noqa: E402
 
 app = typer.Typer(help="distilforge: teacher → curated data → LoRA student → locked held-out score → decision.",
                   no_args_is_help=True, pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
@@ -36,6 +36,8 @@ app.command("eval")(eval_cmd)
 app.command("decide")(decide_cmd)
 app.command("report")(report_cmd)
 app.command("abtest")(abtest_cmd)
+app.command("export")(export_cmd)
+app.command("serve")(serve_cmd)
 try:  # the review sub-app talks to Argilla; it is optional at import time
     from labeling.cli import review_app
 

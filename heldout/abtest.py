@@ -251,3 +251,96 @@ def readout_files(a_path: str | Path, b_path: str | Path, *, metric: str = "outc
     out = readout(load_arm(a_path, metric), load_arm(b_path, metric), **kw)
     out["logs"] = {"A": str(a_path), "B": str(b_path), "metric": metric}
     return out
+
+
+# ---------------------------------------------------------------- shadow mode
+
+def load_inputs(path: str | Path) -> list[dict]:
+    """Shadow inputs: JSONL, one {"text": ..., "id"?: ..., "label"?: ...} object or a bare string a line."""
+    p = Path(path)
+    if not p.exists():
+        raise ABTestError(f"{p}: no such file")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ABTestError(f"{p}:line {i}: invalid JSON ({e.msg})") from None
+        if isinstance(obj, str):
+            obj = {"text": obj}
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise ABTestError(f"{p}:line {i}: field 'text': a non-empty string is required")
+        rows.append({"id": str(obj.get("id", f"line-{i}")), "text": obj["text"],
+                     **({"label": obj["label"]} if obj.get("label") is not None else {})})
+    if len(rows) < 2:
+        raise ABTestError(f"{p}: needs at least 2 inputs, found {len(rows)}")
+    return rows
+
+
+def _rate_ci(x: list[float], confidence: float = 0.95) -> list[float]:
+    p, n = statistics.fmean(x), len(x)
+    h = _z(0.5 + confidence / 2) * math.sqrt(p * (1 - p) / n)
+    return [max(0.0, p - h), min(1.0, p + h)]
+
+
+def shadow(inputs: str | Path, a_url: str, b_url: str, *, system_prompt: str, labels: list[str],
+           log: str | Path, structured: str = "none", timeout: float = 120, api_keys: tuple = (None, None),
+           alpha: float = 0.05) -> dict:
+    """Replay every input through arm A and arm B (e.g. the hosted teacher and the served student).
+
+    Each input goes to A, then B, one request at a time (concurrent requests would make each arm's
+    latency depend on the other's load). Every pair is logged to `log` (JSONL: both answers, labels,
+    agreement, latencies). The readout uses the same statistics as log-file A/B tests: agreement
+    as a rate with its Wald CI; latency B - A by Welch's t-test; and, when the inputs carry a
+    gold `label`, accuracy B - A by the two-proportion z-test.
+    """
+    from openai import OpenAI
+
+    from distilforge.manifest import atomic_write_text
+    from distilforge.secrets import Secret, reveal
+    from heldout.evaluate import ask_timed, endpoint_model
+
+    rows = load_inputs(inputs)
+    if structured not in ("none", "llama_cpp", "openai"):
+        raise ABTestError(f"--structured: must be none, llama_cpp or openai, got {structured!r}")
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
+    fmt = {"none": None, "llama_cpp": {"type": "json_object", "schema": schema},
+           "openai": {"type": "json_schema", "json_schema": {"name": "label", "schema": schema, "strict": True}}}[structured]
+    arms = {}
+    for arm, url, key in (("A", a_url, api_keys[0]), ("B", b_url, api_keys[1])):
+        if not str(url).startswith(("http://", "https://")):
+            raise ABTestError(f"arm {arm}: shadow mode needs an endpoint URL (http://host:port/v1), got {url!r}")
+        k = reveal(key or Secret("none"))
+        model, _ = endpoint_model(str(url), k, "default")
+        arms[arm] = (OpenAI(base_url=str(url).rstrip("/"), api_key=k, timeout=timeout, max_retries=2), model)
+    out = []
+    for r in rows:
+        rec = {"id": r["id"], "text": r["text"], **({"label": r["label"]} if "label" in r else {})}
+        for arm, (client, model) in arms.items():
+            a = ask_timed(client, model, system_prompt, r["text"], labels, fmt)
+            rec[arm] = {"label": a["label"], "answer": a["answer"], "latency_s": a["latency_s"]}
+        rec["agree"] = int(rec["A"]["label"] == rec["B"]["label"])
+        out.append(rec)
+    atomic_write_text(log, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in out))
+    agree = [float(x["agree"]) for x in out]
+    lat = readout([x["A"]["latency_s"] for x in out], [x["B"]["latency_s"] for x in out], kind="mean", alpha=alpha)
+    res = {"mode": "shadow", "inputs": str(inputs), "log": str(log), "n": len(out),
+           "arms": {arm: {"endpoint": str(u), "model": arms[arm][1]} for arm, u in (("A", a_url), ("B", b_url))},
+           "agreement": {"rate": statistics.fmean(agree), "ci": _rate_ci(agree, 1 - alpha), "n": len(agree)},
+           "latency": lat, "accuracy": None}
+    gold = [x for x in out if "label" in x]
+    if len(gold) >= 2:
+        res["accuracy"] = readout([float(x["A"]["label"] == x["label"]) for x in gold],
+                                  [float(x["B"]["label"] == x["label"]) for x in gold], kind="rate", alpha=alpha)
+    ag = res["agreement"]
+    line = (f"shadow n={len(out)}: agreement {ag['rate']:.3f} [{ag['ci'][0]:.3f}, {ag['ci'][1]:.3f}]; latency B - A "
+            f"{lat['effect'] * 1000:+.0f} ms ({lat['arms']['B']['mean'] * 1000:.0f} vs {lat['arms']['A']['mean'] * 1000:.0f} ms), "
+            f"p = {lat['p_value']:.3g}")
+    if res["accuracy"]:
+        acc = res["accuracy"]
+        line += (f"; accuracy B - A {acc['effect']:+.3f} ({acc['arms']['B']['rate']:.3f} vs {acc['arms']['A']['rate']:.3f}), "
+                 f"CI [{acc['ci'][0]:+.3f}, {acc['ci'][1]:+.3f}], p = {acc['p_value']:.3g}")
+    res["readout_line"] = line
+    return res

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from distilforge.errors import RuntimeFailure
 from distilforge.runctx import fail, prepare, set_threads
 from distilforge.spec import SpecError
 from heldout.lock import HeldoutError
@@ -44,7 +45,18 @@ def verify_cmd(run: Path = RunArg):
 
 
 def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
-             force: bool = typer.Option(False, "--force", help="Re-score even if inputs are unchanged.")):
+             force: bool = typer.Option(False, "--force", help="Re-score even if inputs are unchanged."),
+             endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Score this OpenAI-compatible endpoint "
+                                                    "(e.g. a `distilforge serve` URL) instead; side by side with the student."),
+             endpoint_name: str = typer.Option("served", "--endpoint-name", help="Key the endpoint's result is saved under."),
+             endpoint_model: Optional[str] = typer.Option(None, "--endpoint-model",
+                                                          help="Model name to request (default: the endpoint's first)."),
+             endpoint_key_env: Optional[str] = typer.Option(None, "--endpoint-key-env",
+                                                            help="Environment variable holding the endpoint's API key."),
+             structured: str = typer.Option("none", "--structured", help="Endpoint output constraint: none (a served "
+                                            "student constrains itself) | llama_cpp | openai."),
+             max_per_label: Optional[int] = typer.Option(None, "--max-per-label", min=1,
+                                                         help="Endpoint: score only the first N locked rows of each label.")):
     """Score base, student and teacher on the verified held-out set (eval/metrics.json)."""
     from curation.teacher import TeacherError, teacher_endpoint
     from heldout.stages import eval_stage
@@ -54,6 +66,9 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
         from heldout.lock import verify
 
         verify(s.heldout, s.label_names, run / "heldout")  # refuse before starting anything
+        if endpoint is not None:
+            _eval_endpoint(s, run, endpoint, endpoint_name, endpoint_model, endpoint_key_env, structured, max_per_label)
+            return
         set_threads()
         if s.eval.teacher:
             with teacher_endpoint(s.teacher, run / "eval") as ep:
@@ -62,3 +77,38 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
             eval_stage(s, run, None, force=force)
     except (SpecError, HeldoutError, TeacherError, FileNotFoundError) as e:
         fail(str(e))
+
+
+class EndpointError(RuntimeFailure, RuntimeError):
+    """The scored endpoint failed (unreachable, HTTP errors after retries)."""
+
+
+def _eval_endpoint(s, run: Path, url: str, name: str, model: Optional[str], key_env: Optional[str],
+                   structured: str, max_per_label: Optional[int]) -> None:
+    """`eval --endpoint`: the served (or any) endpoint on the locked rows, next to the PyTorch student."""
+    import os
+    import re
+
+    from distilforge.secrets import Secret
+    from heldout import evaluate as ev
+
+    if structured not in ("none", "llama_cpp", "openai"):
+        raise HeldoutError(f"--structured: must be none, llama_cpp or openai, got {structured!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise HeldoutError(f"--endpoint-name: letters, digits, '.', '_' and '-' only, got {name!r}")
+    if not url.startswith(("http://", "https://")):
+        raise HeldoutError(f"--endpoint: an http(s) URL ending in /v1 is expected, got {url!r}")
+    key = None
+    if key_env:
+        if not os.environ.get(key_env):
+            raise HeldoutError(f"--endpoint-key-env: environment variable {key_env} is empty")
+        key = Secret(os.environ[key_env])
+    try:
+        res = ev.endpoint_eval(s, run, url, name=name, model=model, api_key=key, structured=structured,
+                               max_per_label=max_per_label)
+    except Exception as e:  # noqa: BLE001 - the client library's errors become one runtime line
+        if type(e).__module__.split(".")[0] not in ("openai", "httpx"):
+            raise
+        raise EndpointError(f"endpoint {url}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    ev.print_served(res)
+    typer.echo(f"wrote {run / 'eval' / 'endpoints' / (name + '.json')}")

@@ -55,6 +55,10 @@ class _Serving(_Strict):
     per_hour: Optional[float] = Field(None, ge=0)
     hours: Optional[float] = Field(None, ge=0)
     per_m_tokens: Optional[float] = Field(None, ge=0)
+    core_hour_usd: Optional[float] = Field(None, ge=0)  # with a measured throughput: cost per task
+    gpu_hour_usd: Optional[float] = Field(None, ge=0)
+    benchmark: Optional[str] = None  # serve benchmark JSON; None = RUN/serve/benchmark.json
+    quant: str = "q8_0"  # which measured student GGUF the cost is for
 
 
 class _Answer(_Strict):
@@ -194,6 +198,14 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
     put("serving_per_hour", cfg.serving.per_hour, "serving.per_hour")
     put("serving_hours", cfg.serving.hours, "serving.hours")
     put("serving_per_m_tokens", cfg.serving.per_m_tokens, "serving.per_m_tokens")
+    put("core_hour_usd", cfg.serving.core_hour_usd, "serving.core_hour_usd")
+    put("serving_gpu_hour_usd", cfg.serving.gpu_hour_usd, "serving.gpu_hour_usd")
+    measured = measured_throughput(run, cfg, train.get("adapter_sha256"))
+    if measured:
+        inp.tasks_per_core_hour = measured.get("tasks_per_core_hour")
+        inp.tasks_per_gpu_hour = measured.get("tasks_per_gpu_hour")
+        inp.serving_measured = measured
+        src["tasks_per_core_hour"] = f"measured: {measured['source']}"
     for name in ("margin", "quality_tolerance", "other_upfront_usd"):
         if name in ov:
             setattr(inp, name, float(ov[name]))
@@ -213,6 +225,45 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
         if ans["answer"] is not None:
             inp.prechecks[k] = PreCheck(k, ans["answer"], ans["evidence"], "user")
     return inp
+
+
+_QUANT_ORDER = ("q8_0", "q4_k_m", "f16")
+
+
+def measured_throughput(run: Path, cfg: DecideConfig, adapter: str | None) -> dict | None:
+    """The student's measured serving throughput, from a serve benchmark or else a served eval.
+
+    Only measurements of the run's kept adapter count (a benchmark of another student would price
+    the wrong model). From a benchmark: the wanted quantization (else q8_0, q4_k_m, f16), its best
+    tasks/s per core over the concurrency levels measured. From a served eval: tasks/s of its one
+    sequential client over the front's cores (a lower bound: one client never fills N replicas)."""
+    p = Path(cfg.serving.benchmark) if cfg.serving.benchmark else run / "serve" / "benchmark.json"
+    b = _read_json(p)
+    if b and (adapter is None or b.get("adapter_sha256") == adapter):
+        rows = [r for r in b.get("results") or [] if r.get("model") == "student" and r.get("tasks_per_s")]
+        for q in (cfg.serving.quant, *_QUANT_ORDER):
+            mine = [r for r in rows if r.get("quant") == q]
+            if mine:
+                out: dict[str, Any] = {"source": str(p), "quant": q}
+                cpu = [r for r in mine if r.get("device", "cpu") == "cpu" and r.get("tasks_per_s_per_core")]
+                gpu = [r for r in mine if r.get("device") == "cuda"]
+                if cpu:
+                    best = max(cpu, key=lambda r: r["tasks_per_s_per_core"])
+                    out.update(tasks_per_core_hour=best["tasks_per_s_per_core"] * 3600, cpu=best)
+                if gpu:
+                    best = max(gpu, key=lambda r: r["tasks_per_s"])
+                    out.update(tasks_per_gpu_hour=best["tasks_per_s"] * 3600, gpu=best)
+                if cpu or gpu:
+                    return out
+    for ep in sorted((run / "eval" / "endpoints").glob("*.json")):
+        e = _read_json(ep) or {}
+        tp = e.get("throughput") or {}
+        if e.get("adapter_sha256") == adapter and tp.get("tasks_per_s") and tp.get("cores"):
+            row = {"tasks_per_s": tp["tasks_per_s"], "cores": tp["cores"], "concurrency": tp.get("concurrency"),
+                   "tasks_per_s_per_core": tp["tasks_per_s"] / tp["cores"]}
+            return {"source": str(ep), "quant": (e.get("meta") or {}).get("quant"), "cpu": row,
+                    "tasks_per_core_hour": row["tasks_per_s_per_core"] * 3600}
+    return None
 
 
 def decide_run(run: str | Path, config: str | Path | DecideConfig | None = None,
@@ -261,6 +312,8 @@ def decide_cmd(
     serving_per_hour: Annotated[Optional[float], typer.Option("--serving-per-hour", help="serving $ per hour")] = None,
     serving_hours: Annotated[Optional[float], typer.Option("--serving-hours", help="serving hours over the horizon (default always-on)")] = None,
     serving_per_m_tokens: Annotated[Optional[float], typer.Option("--serving-per-m-tokens", help="serving $ per 1M tokens")] = None,
+    core_hour_usd: Annotated[Optional[float], typer.Option("--core-hour-usd", help="serving $ per CPU core-hour (priced at the measured throughput)")] = None,
+    serving_gpu_hour_usd: Annotated[Optional[float], typer.Option("--gpu-hour-usd", help="serving $ per GPU-hour (priced at a measured GPU throughput)")] = None,
     generation_cost_usd: Annotated[Optional[float], typer.Option("--generation-cost", help="override the measured generation cost ($)")] = None,
     margin: Annotated[Optional[float], typer.Option("--margin", help="required savings fraction (default 0.2)")] = None,
 ) -> None:
@@ -288,8 +341,8 @@ def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")]) -> No
 
 
 def abtest_cmd(
-    a: Annotated[Path, typer.Argument(help="arm A log (JSONL or CSV), e.g. hosted")],
-    b: Annotated[Path, typer.Argument(help="arm B log (JSONL or CSV), e.g. fine-tuned")],
+    a: Annotated[str, typer.Argument(help="arm A log (JSONL or CSV), e.g. hosted; with --shadow: arm A's endpoint URL")],
+    b: Annotated[str, typer.Argument(help="arm B log (JSONL or CSV), e.g. fine-tuned; with --shadow: arm B's endpoint URL")],
     metric: Annotated[str, typer.Option("--metric", help="column with the per-request outcome/metric")] = "outcome",
     kind: Annotated[str, typer.Option("--kind", help="auto | rate | mean")] = "auto",
     mde: Annotated[Optional[float], typer.Option("--mde", help="minimum detectable effect (absolute)")] = None,
@@ -297,8 +350,18 @@ def abtest_cmd(
     alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
     planned_n: Annotated[Optional[int], typer.Option("--planned-n", help="planned sample size per arm")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write the readout as JSON here")] = None,
+    shadow: Annotated[Optional[Path], typer.Option("--shadow", help="shadow mode: replay these inputs (JSONL, "
+                                                   "{\"text\", \"label\"?}) through endpoints A and B")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", help="shadow: the run whose task prompt and labels to use")] = None,
+    log: Annotated[Optional[Path], typer.Option("--log", help="shadow: where both arms' answers go (JSONL)")] = None,
+    structured: Annotated[str, typer.Option("--structured", help="shadow: output constraint sent to both arms: "
+                                            "none | llama_cpp | openai (a served student constrains itself)")] = "none",
 ) -> None:
-    """A/B readout: effect, 95% CI, p-value, needed sample size, peeking warning."""
+    """A/B readout: effect, 95% CI, p-value, needed sample size, peeking warning.
+    With --shadow: replay inputs through two endpoints, log both answers, read out agreement/latency/accuracy."""
+    if shadow is not None:
+        _shadow(a, b, shadow, run, log, structured, alpha, out)
+        return
     try:
         r = ab.readout_files(a, b, metric=metric, kind=kind, mde=mde, power=power, alpha=alpha, planned_n=planned_n)
     except (ab.ABTestError, ValueError, OSError) as e:
@@ -311,6 +374,27 @@ def abtest_cmd(
     if out is not None:
         atomic_write_json(out, r)
         typer.echo(f"wrote {out}")
+
+
+def _shadow(a: str, b: str, inputs: Path, run: Optional[Path], log: Optional[Path], structured: str, alpha: float,
+            out: Optional[Path]) -> None:
+    from distilforge.runctx import prepare
+
+    if run is None:
+        _fail("--shadow needs --run RUN (the task prompt and labels both arms are asked with)")
+    spec = prepare(run)
+    if spec.type != "classification":
+        _fail(f"--shadow: only classification tasks are compared so far ('{spec.name}' is {spec.type})")
+    log = log or run / "abtest" / "shadow.jsonl"
+    try:
+        r = ab.shadow(inputs, a, b, system_prompt=spec.system_prompt(), labels=spec.label_names, log=log,
+                      structured=structured, alpha=alpha)
+    except ab.ABTestError as e:
+        _fail(str(e))
+    typer.echo(r["readout_line"])
+    target = out or log.with_suffix(".readout.json")
+    atomic_write_json(target, r)
+    typer.echo(f"wrote {log} and {target}")
 
 
 if __name__ == "__main__":  # python -m heldout.decide_cli decide|report|abtest ...

@@ -15,6 +15,13 @@ The student is assumed to see the same prompt and emit an answer as long as the 
 Break-even volume V0 = F / (c_h - c_s) (none when c_h <= c_s). The margin rule needs
 finetune(V) <= (1 - margin) * hosted(V), i.e. V >= F / ((1 - margin) c_h - c_s).
 
+Measured serving (replaces the always-on box when it is known): a serve benchmark
+(benchmarks/serving.py) or a served eval measures tasks per core-hour (or per GPU-hour) of the
+exported student; with the user's price of a core-hour / GPU-hour the serving cost becomes per
+task, c_s = price per core-hour / measured tasks per core-hour (the cheaper of CPU and GPU when
+both are known), and the fixed serving term is 0: capacity is assumed to follow load (billed
+core-hours = tasks / measured throughput). The decision records the assumption it replaced.
+
 GPU cost is never guessed: a CPU run's time is not scaled into GPU hours. Without a GPU rate and
 hours (given, or measured on a GPU by the train stage) the fine-tune cost is unknown and the
 verdict says `needs input`.
@@ -93,6 +100,11 @@ class EconInputs:
     serving_per_hour: float | None = None
     serving_hours: float | None = None  # over the whole horizon; default always-on
     serving_per_m_tokens: float | None = None
+    core_hour_usd: float | None = None  # user's price of one CPU core for an hour (serving)
+    serving_gpu_hour_usd: float | None = None  # user's price of one serving GPU for an hour
+    tasks_per_core_hour: float | None = None  # measured: serve benchmark / served eval
+    tasks_per_gpu_hour: float | None = None  # measured on a GPU
+    serving_measured: dict | None = None  # what was measured, where (shown in the report)
     other_upfront_usd: float = 0.0
     student_accuracy: float | None = None
     student_ci: tuple[float, float] | None = None
@@ -108,10 +120,15 @@ class EconInputs:
     def validate(self) -> None:
         for name in ("hosted_in_per_m", "hosted_out_per_m", "tokens_in_per_task", "tokens_out_per_task",
                      "tasks_per_month", "generation_cost_usd", "gpu_per_hour", "gpu_hours",
-                     "serving_per_hour", "serving_hours", "serving_per_m_tokens", "other_upfront_usd"):
+                     "serving_per_hour", "serving_hours", "serving_per_m_tokens", "other_upfront_usd",
+                     "core_hour_usd", "serving_gpu_hour_usd"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or v < 0):
                 raise EconomicsError(f"{name}: must be a number >= 0, got {v!r}")
+        for name in ("tasks_per_core_hour", "tasks_per_gpu_hour"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or v <= 0):
+                raise EconomicsError(f"{name}: a measured throughput must be > 0, got {v!r}")
         if self.months is not None and not self.months > 0:
             raise EconomicsError(f"months: must be > 0, got {self.months!r}")
         if not 0 <= self.margin < 1:
@@ -141,8 +158,41 @@ def hosted_cost_per_task(inp: EconInputs) -> float | None:
     return (inp.tokens_in_per_task * inp.hosted_in_per_m + inp.tokens_out_per_task * inp.hosted_out_per_m) / 1e6
 
 
+def measured_serving(inp: EconInputs) -> dict | None:
+    """Per-task serving cost from measured throughput and a core-/GPU-hour price, when both are known.
+
+    {"per_task_usd", "unit": "core" | "gpu", "price_per_hour", "tasks_per_hour"}; the cheaper unit
+    when both are measured and priced; None when no measured-and-priced unit exists."""
+    options = []
+    if inp.core_hour_usd is not None and inp.tasks_per_core_hour:
+        options.append({"unit": "core", "price_per_hour": inp.core_hour_usd, "tasks_per_hour": inp.tasks_per_core_hour,
+                        "per_task_usd": inp.core_hour_usd / inp.tasks_per_core_hour})
+    if inp.serving_gpu_hour_usd is not None and inp.tasks_per_gpu_hour:
+        options.append({"unit": "gpu", "price_per_hour": inp.serving_gpu_hour_usd, "tasks_per_hour": inp.tasks_per_gpu_hour,
+                        "per_task_usd": inp.serving_gpu_hour_usd / inp.tasks_per_gpu_hour})
+    return min(options, key=lambda o: o["per_task_usd"]) if options else None
+
+
+def _assumed_serving(inp: EconInputs) -> str | None:
+    """The always-on / per-token assumption, in words (what a measurement replaces)."""
+    bits = []
+    if inp.serving_per_hour is not None:
+        hours = inp.serving_hours if inp.serving_hours is not None else (
+            inp.months * HOURS_PER_MONTH if inp.months is not None else None)
+        bits.append(f"${inp.serving_per_hour:g}/h " + ("always-on" if inp.serving_hours is None else f"for {hours:,.0f} h")
+                    + (f" = {_money(inp.serving_per_hour * hours)} over the horizon" if hours is not None else ""))
+    if inp.serving_per_m_tokens is not None:
+        bits.append(f"${inp.serving_per_m_tokens:g} per 1M tokens")
+    return " + ".join(bits) or None
+
+
 def serving_costs(inp: EconInputs) -> tuple[float | None, float | None, float | None]:
-    """(fixed serving $ over the horizon, serving $ per task, serving hours used); None = unknown."""
+    """(fixed serving $ over the horizon, serving $ per task, serving hours used); None = unknown.
+
+    A measured throughput with a price (`measured_serving`) wins over the assumed box."""
+    m = measured_serving(inp)
+    if m is not None:
+        return 0.0, m["per_task_usd"], None
     if inp.serving_per_hour is None and inp.serving_per_m_tokens is None:
         return None, None, None
     hours = None
@@ -202,6 +252,10 @@ def _money(x: float | None) -> str:
     return "?" if x is None else f"{'-' if x < 0 else ''}${abs(x):,.2f}"
 
 
+def _money6(x: float) -> str:
+    return f"${x:.6f}" if x < 0.01 else _money(x)
+
+
 def _acc(a: float | None, ci) -> str:
     if a is None:
         return "?"
@@ -225,7 +279,17 @@ def decide(inp: EconInputs) -> dict:
                        "a CPU run's time is not scaled)")
     fixed_serving, c_s, serving_hours = serving_costs(inp)
     if fixed_serving is None or c_s is None:
-        missing.append("serving cost (--serving-per-hour [--serving-hours], or --serving-per-m-tokens)")
+        missing.append("serving cost (--serving-per-hour [--serving-hours], --serving-per-m-tokens, or "
+                       "serving.core_hour_usd with a measured serve benchmark)")
+    measured = measured_serving(inp)
+    serving = {"mode": "measured" if measured else "assumed", "measured": inp.serving_measured,
+               "priced": measured, "assumption": _assumed_serving(inp),
+               "replaced": _assumed_serving(inp) if measured else None, "note": None}
+    if not measured and inp.serving_measured and inp.core_hour_usd is None and inp.serving_gpu_hour_usd is None:
+        serving["note"] = "serving throughput was measured but no core-hour / GPU-hour price is given (serving.core_hour_usd)"
+    elif not measured and (inp.core_hour_usd is not None or inp.serving_gpu_hour_usd is not None):
+        serving["note"] = "a core-hour / GPU-hour price is given but no serving throughput was measured " \
+                          "(run benchmarks/serving.py or `eval --endpoint` on the served student)"
     q = quality_status(inp)
     if q == "unknown":
         missing.append("quality: student and teacher accuracy from eval (RUN/eval/metrics.json)")
@@ -296,6 +360,11 @@ def decide(inp: EconInputs) -> dict:
     line += f" | break-even {f'{be:,.0f} tasks' if be is not None else ('never' if costs_known else '?')}"
     line += (f" | student {_acc(inp.student_accuracy, inp.student_ci)} vs hosted "
              f"{_acc(inp.teacher_accuracy, inp.teacher_ci)}")
+    if measured:
+        per = measured["tasks_per_hour"] / 3600
+        line += (f" | serving measured: {per:,.2f} tasks/s per {measured['unit']} at ${measured['price_per_hour']:g}/"
+                 f"{measured['unit']}-hour = {_money6(measured['per_task_usd'])}/task"
+                 + (f" (replaces {serving['replaced']})" if serving["replaced"] else ""))
     if unanswered:
         line += f" | pre-check unanswered: {', '.join(unanswered)}"
 
@@ -341,4 +410,5 @@ def decide(inp: EconInputs) -> dict:
             "n": inp.n_heldout,
         },
         "precheck": [p.to_dict() for p in prechecks.values()],
+        "serving": serving,
     }

