@@ -15,6 +15,8 @@ teacher_app = typer.Typer(help="The embedded llama.cpp teacher server.", no_args
 RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
 SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")
 ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke, demo, ...).")
+RespecOpt = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the one it was made with "
+                         "(changed stages rerun).")
 
 
 @teacher_app.command("serve")
@@ -52,6 +54,7 @@ def stop_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded mode
 
 
 def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+                 respec: bool = RespecOpt,
                  dry_run: bool = typer.Option(False, "--dry-run", help="Forecast requests, tokens and cost; generate nothing."),
                  calibrate: int = typer.Option(3, "--calibrate", min=0,
                                                help="Dry run: real calibration requests (0: estimate from prompt length)."),
@@ -73,7 +76,7 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
     if backend not in (None, "local", "ray"):
         fail(f"--backend: '{backend}' is not one of: local, ray")
     try:
-        s = prepare(run, spec, profile)
+        s = prepare(run, spec, profile, respec=respec, create=True)
         if backend is not None:
             s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
         if s.backend.kind == "ray":
@@ -101,6 +104,7 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
 
 
 def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+               respec: bool = RespecOpt,
                backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
                                                      "backend.kind); ray: same results on a Ray cluster")):
     """Dedup, filter and decontaminate the generated rows; every dropped row keeps its reason."""
@@ -112,7 +116,7 @@ def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Opti
     if backend not in (None, "local", "ray"):
         fail(f"--backend: '{backend}' is not one of: local, ray")
     try:
-        s = prepare(run, spec, profile)
+        s = prepare(run, spec, profile, respec=respec)
         if backend is not None:
             s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
         if s.backend.kind == "ray" and importlib.util.find_spec("ray") is None:

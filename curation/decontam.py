@@ -157,10 +157,61 @@ class ContaminationError(UserError, RuntimeError):
     """Training data overlaps the locked held-out set."""
 
 
-def assert_clean(texts: list[str], ids: list[str], heldout, cfg, embedder=None) -> None:
-    """The trainer's gate: raise naming the first leaking rows (ids only), or return quietly."""
-    leaks = find_contamination(texts, ids, heldout, cfg, embedder)
+# Every column a trainer reads (SFT: prompt/completion or messages; DPO: prompt/chosen/rejected),
+# plus `text`, the row's message as curation saw it. A column holds a string or a conversation.
+TRAINED_COLUMNS = ("prompt", "completion", "chosen", "rejected", "messages", "text")
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return _strings(value.get("content"))
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def trained_strings(ds, id_prefix: str = "row") -> tuple[list[str], list[str], list[str]]:
+    """(texts, row ids, columns): every string of every trained column, message contents included.
+
+    This is what the gate checks, not one chosen column: held-out text in `prompt`, `completion`,
+    `chosen` or `rejected` is trained on just the same as in `text`.
+    """
+    cols = [c for c in TRAINED_COLUMNS if c in ds.column_names]
+    ids = [str(i) for i in ds["id"]] if "id" in ds.column_names else [f"{id_prefix}-{i}" for i in range(len(ds))]
+    texts, row_ids, where = [], [], []
+    for col in cols:
+        for rid, value in zip(ids, ds[col]):
+            for t in _strings(value):
+                if t.strip():
+                    texts.append(t), row_ids.append(rid), where.append(col)
+    return texts, row_ids, where
+
+
+def assert_clean(texts: list[str], ids: list[str], heldout, cfg, embedder=None, *,
+                 columns: list[str] | None = None, what: str = "training") -> None:
+    """The trainer's gate: raise naming the first leaking rows (ids, columns; never the text).
+
+    Identical strings (the system prompt every row shares, label answers) are checked once.
+    """
+    if len(texts) != len(ids) or (columns is not None and len(columns) != len(ids)):
+        raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+    unique = list(dict.fromkeys(texts))
+    pos = {t: k for k, t in enumerate(unique)}
+    found: dict[int, list[dict]] = {}
+    for d in find_contamination(unique, [str(k) for k in range(len(unique))], heldout, cfg, embedder):
+        found.setdefault(int(d["row_id"]), []).append(d)
+    leaks = [(ids[i], columns[i] if columns else None, d) for i, t in enumerate(texts) for d in found.get(pos[t], [])]
     if leaks:
-        rows = sorted({d["row_id"] for d in leaks})
-        first = ", ".join(f"{d['row_id']}~{d['heldout_id']} ({d['kind']} {d['score']})" for d in leaks[:5])
-        raise ContaminationError(f"{len(rows)} training row(s) overlap the locked held-out set: {first}")
+        rows = sorted({rid for rid, _, _ in leaks})
+        first = ", ".join(f"{rid}{f' [{col}]' if col else ''}~{d['heldout_id']} ({d['kind']} {d['score']})"
+                          for rid, col, d in leaks[:5])
+        raise ContaminationError(f"{len(rows)} {what} row(s) overlap the locked held-out set: {first}"
+                                 f"{f' (+{len(leaks) - 5} more)' if len(leaks) > 5 else ''}")
+
+
+def assert_dataset_clean(ds, heldout, cfg, embedder=None, what: str = "training") -> None:
+    """`assert_clean` over every trained column of a dataset (see `trained_strings`)."""
+    texts, ids, cols = trained_strings(ds, what)
+    assert_clean(texts, ids, heldout, cfg, embedder, columns=cols, what=what)

@@ -59,7 +59,9 @@ def blindspots(run: Path = typer.Argument(..., help="Run directory."),
 def run_cmd(task: Path = typer.Argument(..., help="Task spec YAML."),
             profile: Optional[str] = typer.Option(None, "--profile", help="smoke | demo | any profile in the spec."),
             out: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<name>-<profile>)."),
-            report: bool = typer.Option(True, help="Write RUN/report.html and the decision at the end.")):
+            report: bool = typer.Option(True, help="Write RUN/report.html and the decision at the end."),
+            respec: bool = typer.Option(False, "--respec", help="Rebind an existing run dir to this spec/profile "
+                                        "when they differ from the ones it was made with (changed stages rerun).")):
     """Run every stage; stages whose inputs and config are unchanged are skipped."""
     from distilforge.pipeline import run_all
     from distilforge.spec import SpecError, load_spec
@@ -70,7 +72,7 @@ def run_cmd(task: Path = typer.Argument(..., help="Task spec YAML."),
         fail(str(e))
     run = out or Path("runs") / f"{spec.name}-{profile or 'default'}"
     t0 = time.time()
-    run_all(task, profile, run, report=report)
+    run_all(task, profile, run, report=report, respec=respec)
     typer.echo(f"run finished in {time.time() - t0:.0f}s → {run}")
 
 

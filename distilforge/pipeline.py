@@ -17,7 +17,7 @@ from distilforge.runctx import fail, prepare, set_threads
 console = Console(stderr=True)
 
 
-def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> dict:
+def run_all(task: Path, profile: str | None, run: Path, report: bool = True, respec: bool = False) -> dict:
     from curation.stages import curate_stage, generate_stage
     from curation.generate import GenerationError
     from curation.teacher import TeacherError, teacher_endpoint
@@ -38,7 +38,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True) -> 
         return out
 
     try:
-        spec = prepare(run, task, profile)
+        spec = prepare(run, task, profile, respec=respec, create=True)
         set_threads()
         timed("heldout", lock_stage, spec, run)
         with teacher_endpoint(spec.teacher, run) as ep:

@@ -1,44 +1,156 @@
 """A run directory: the resolved spec plus one sub-directory per stage.
 
-Commands take the run directory; `--spec TASK.yaml [--profile P]` (re)writes `RUN/spec.json`
-so a later command (`curate RUN`, `eval RUN`) works from the files alone.
+Commands take the run directory; `--spec TASK.yaml [--profile P]` records the spec in
+`RUN/spec.json` so a later command (`curate RUN`, `eval RUN`) works from the files alone.
+
+A run is bound to the spec it was made with. Passing a spec whose content differs (the
+semantic content: cosmetic knobs such as checkpoint intervals or concurrency do not count)
+is refused unless `--respec` says so: silently training the old rows under a new task is how
+a run stops describing what it measured. With `--respec` the new spec is recorded and each
+stage's own fingerprint (which includes its config block) decides what reruns.
+
+Nothing is created for a command that fails validation: the spec is read and checked first,
+and only commands that start a run (`heldout lock`, `generate`, `run`) may create RUN.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from distilforge.manifest import atomic_write_json
+from distilforge.errors import UserError
+from distilforge.manifest import atomic_write_json, sha256_json
 from distilforge.spec import SpecError, TaskSpec, load_spec
 
 console = Console(stderr=True)
 
 STAGES = ("heldout", "generate", "curate", "train", "eval")
 
+# Spec fields that change how a stage runs (speed, caps, logging, where), never what it produces;
+# the stage fingerprints leave the same ones out (curation/stages.py, training/stages.py).
+COSMETIC = {"generation.concurrency", "generation.max_cost_usd", "generation.max_total_tokens",
+            "training.save_steps", "training.save_total_limit", "training.logging_steps", "training.tensorboard",
+            "teacher.timeout_s", "teacher.max_retries", "backend"}
 
-def prepare(run: Path, spec_path: Path | None = None, profile: str | None = None) -> TaskSpec:
-    """Load the spec (from a file, or RUN/spec.json) and record it in the run dir."""
-    run.mkdir(parents=True, exist_ok=True)
+# The first stage a top-level spec block feeds (everything from there on reruns when it changes).
+FIRST_STAGE = {"heldout": "heldout", "curation": "curate", "student": "train", "training": "train",
+               "eval": "eval"}  # anything else (task, labels, teacher, generation) feeds generate
+
+
+class RunDirError(UserError):
+    """RUN is missing, is a file, or is bound to another spec."""
+
+
+def check_run(run: Path, create: bool = False) -> None:
+    """Refuse a RUN that is a file, or (unless this command may create it) one that does not exist."""
+    if run.is_file():
+        raise RunDirError(f"{run}: is a file, not a run directory — did you mean --spec {run}?")
+    if not create and not run.is_dir():
+        raise RunDirError(f"{run}: no such run directory (start one with "
+                          f"`distilforge heldout lock {run} --spec TASK.yaml` or `distilforge run TASK.yaml --out {run}`)")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def semantic(content: dict) -> dict[str, Any]:
+    """The spec's content that decides what a run produces, flattened to dotted keys."""
+    keep = {k: v for k, v in content.items() if not k.startswith("_") and k != "profiles"}
+    return {k: v for k, v in _flat(keep).items()
+            if k not in COSMETIC and k.split(".")[0] not in COSMETIC}
+
+
+def spec_hash(content: dict) -> str:
+    return sha256_json(semantic(content))
+
+
+def spec_content(spec: TaskSpec) -> dict:
+    return spec.model_dump(mode="json", exclude={"profiles"})
+
+
+def _recorded(p: Path) -> dict:
+    try:
+        raw = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{p}: invalid JSON (line {e.lineno}: {e.msg}); pass --spec TASK.yaml --respec to rewrite it") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{p}: not a recorded spec (a JSON object); pass --spec TASK.yaml --respec to rewrite it")
+    return raw
+
+
+def spec_differences(old: dict, new: dict) -> list[str]:
+    """Dotted spec fields whose semantic value differs (a `train --config` block is compared as the spec had it)."""
+    if "_spec_training" in old:
+        old = {**old, "training": old["_spec_training"]}
+    a, b = semantic(old), semantic(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, None) != b.get(k, None) or (k in a) != (k in b))
+
+
+def first_affected(fields: list[str]) -> str:
+    stages = {FIRST_STAGE.get(f.split(".")[0], "generate") for f in fields}
+    return next(s for s in STAGES if s in stages)
+
+
+def bind_spec(run: Path, spec: TaskSpec, spec_path: Path, profile: str | None, respec: bool) -> None:
+    """Refuse a spec that differs from the one RUN was made with (unless `respec`); then record it."""
+    p = run / "spec.json"
+    new = spec_content(spec)
+    record = {**new, "_source": str(spec_path), "_profile": profile, "_spec_sha256": spec_hash(new)}
+    old = _recorded(p) if p.exists() and not respec else None
+    if old == record:
+        return  # already recorded as is: nothing to write (a read-only run stays readable)
+    if old is not None:
+        diff = spec_differences(old, new)
+        if diff:
+            made = str(old.get("_source") or "(unknown file)") + (f" --profile {old['_profile']}" if old.get("_profile") else "")
+            shown = ", ".join(diff[:8]) + (f", … ({len(diff)} fields)" if len(diff) > 8 else "")
+            h = old.get("_spec_sha256") or spec_hash({**old, **({"training": old["_spec_training"]} if "_spec_training" in old else {})})
+            raise RunDirError(f"{run} was made with spec {made} (hash {h[:12]}); this spec differs in: {shown}; "
+                              f"pass --respec to rebind (stages from {first_affected(diff)} on will rerun)")
+    atomic_write_json(p, record)
+
+
+def prepare(run: Path, spec_path: Path | None = None, profile: str | None = None, *,
+            respec: bool = False, create: bool = False) -> TaskSpec:
+    """Load the spec (from a file, or RUN/spec.json) and bind it to the run dir.
+
+    `create`: this command may start a new run (lock, generate, run); others need RUN to exist.
+    `respec`: accept a spec that differs from the recorded one (stages rerun by fingerprint).
+    """
+    run = Path(run)
+    check_run(run, create)
     if spec_path is not None:
-        spec = load_spec(spec_path, profile)
-        atomic_write_json(run / "spec.json", {**spec.model_dump(mode="json", exclude={"profiles"}),
-                                              "_source": str(spec_path), "_profile": profile})
+        spec = load_spec(spec_path, profile)  # validated before anything is created
+        if create:
+            run.mkdir(parents=True, exist_ok=True)
+        bind_spec(run, spec, spec_path, profile, respec)
         return spec
     p = run / "spec.json"
     if not p.exists():
         raise SpecError(f"{p}: no spec recorded in this run dir (pass --spec TASK.yaml)")
-    raw = json.loads(p.read_text())
-    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
-    return TaskSpec.model_validate(raw)
+    raw = {k: v for k, v in _recorded(p).items() if not k.startswith("_")}
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValueError as e:
+        raise SpecError(f"{p}: not a valid recorded spec ({str(e).splitlines()[0]}); "
+                        "pass --spec TASK.yaml --respec to rewrite it") from None
 
 
 def fail(msg: str, code: int = 2) -> None:
     """One clear line on stderr, non-zero exit: what bad input gets everywhere."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message naming `row [column]` must print as written
+
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -17,16 +17,19 @@ heldout_app = typer.Typer(help="Lock and verify the real held-out set.", no_args
 RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
 SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")
 ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke, demo, ...).")
+RespecOpt = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the one it was made with "
+                         "(changed stages rerun).")
 
 
 @heldout_app.command("lock")
 def lock_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+             respec: bool = RespecOpt,
              force: bool = typer.Option(False, "--force", help="Replace an existing lock (re-baselines the set).")):
     """Import, canonicalize and hash the held-out rows."""
     from heldout.stages import lock_stage
 
     try:
-        lock_stage(prepare(run, spec, profile), run, force=force)
+        lock_stage(prepare(run, spec, profile, respec=respec, create=True), run, force=force)
     except (SpecError, HeldoutError, FileNotFoundError) as e:
         fail(str(e))
 
@@ -45,6 +48,7 @@ def verify_cmd(run: Path = RunArg):
 
 
 def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+             respec: bool = RespecOpt,
              force: bool = typer.Option(False, "--force", help="Re-score even if inputs are unchanged."),
              endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Score this OpenAI-compatible endpoint "
                                                     "(e.g. a `distilforge serve` URL) instead; side by side with the student."),
@@ -62,7 +66,7 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
     from heldout.stages import eval_stage
 
     try:
-        s = prepare(run, spec, profile)
+        s = prepare(run, spec, profile, respec=respec)
         from heldout.lock import verify
 
         verify(s.heldout, s.label_names, run / "heldout")  # refuse before starting anything

@@ -319,6 +319,9 @@ def decide_cmd(
 ) -> None:
     """Decide fine-tune vs stay hosted; writes RUN/decide/decision.json and prints the verdict line."""
     overrides = {k: v for k, v in locals().items() if k not in ("run", "config")}
+    from distilforge.runctx import check_run
+
+    check_run(run)  # a missing RUN, or a file, is refused before anything is written
     try:
         d = decide_run(run, config, overrides)
     except (EconomicsError, ValueError, OSError) as e:
@@ -331,8 +334,10 @@ def decide_cmd(
 
 def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Render RUN/report.html: one self-contained page that opens offline."""
+    from distilforge.runctx import check_run
     from heldout.report import render_report
 
+    check_run(run)  # a missing RUN, or a file, is refused before anything is written
     try:
         out = render_report(run)
     except (ValueError, OSError) as e:

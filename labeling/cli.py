@@ -100,10 +100,8 @@ def _spec(run: Path):
     from distilforge.runctx import prepare
     from distilforge.spec import SpecError
 
-    if not run.is_dir():
-        _fail(f"{run}: no such run directory")
     try:
-        return prepare(run)
+        return prepare(run)  # a missing RUN, or a file, is refused there (rc 2)
     except SpecError as exc:
         _fail(str(exc))
 

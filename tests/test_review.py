@@ -78,7 +78,7 @@ def server(tmp_path_factory) -> EmbeddedServer:
 
 
 def _build_run(run):
-    spec = prepare(run, TASK)
+    spec = prepare(run, TASK, create=True)  # this helper starts the run dir
     train = pd.read_csv(BANKING77 / "train.csv")
     by_lower = {lab.lower(): lab for lab in spec.label_names}  # the source capitalizes Refund_not_showing_up
     train = train[train.category.str.lower().isin(by_lower)]

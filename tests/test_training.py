@@ -161,9 +161,24 @@ def test_contaminated_row_makes_train_refuse(tmp_path):
     rows = train_rows(spec).to_list()
     rows[2] = {**rows[2], "id": "leak-1", "text": held["text"][5] + " thanks"}
     run = make_run(tmp_path / "run", spec, datasets.Dataset.from_list(rows))
-    with pytest.raises(ContaminationError, match=rf"1 training row\(s\).*leak-1~{held['id'][5]}"):
+    with pytest.raises(ContaminationError, match=rf"1 training row\(s\).*leak-1 \[text\]~{held['id'][5]}"):
         train_stage(spec, run)
     assert not (run / "train" / "sft").exists()  # refused before any training
+
+
+def test_gate_reads_every_trained_column_and_names_it():
+    """The strings checked are the ones the trainers see: conversation contents of every column."""
+    from curation.decontam import trained_strings
+
+    spec = make_spec()
+    rows = train_rows(spec).to_list()[:2]
+    rows[1]["completion"] = [{"role": "assistant", "content": "a planted answer"}]
+    texts, ids, cols = trained_strings(datasets.Dataset.from_list(rows))
+    got = set(zip(ids, cols, texts))
+    system = spec.system_prompt()
+    assert (rows[0]["id"], "prompt", system) in got and (rows[0]["id"], "prompt", rows[0]["text"]) in got
+    assert (rows[1]["id"], "completion", "a planted answer") in got and (rows[0]["id"], "text", rows[0]["text"]) in got
+    assert len(texts) == 2 * 4  # per row: system + user, the answer, the text
 
 
 def test_preference_pairs_use_confusable_labels():

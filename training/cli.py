@@ -14,6 +14,8 @@ from distilforge.spec import SpecError
 def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/demo)."),
               spec: Optional[Path] = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json."),
               profile: Optional[str] = typer.Option(None, "--profile", help="Profile from the spec."),
+              respec: bool = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the "
+                                          "one it was made with (changed stages rerun)."),
               config: Optional[Path] = typer.Option(None, "--config",
                                                     help="Training YAML; overrides the spec's `training` block."),
               resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this config."),
@@ -25,7 +27,7 @@ def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/dem
     from training.stages import ContaminationError, train_stage
 
     try:
-        s = prepare(run, spec, profile)
+        s = prepare(run, spec, profile, respec=respec)
         if config is not None:
             from distilforge.manifest import atomic_write_json
             from training.config import load_training_config, with_training
@@ -33,7 +35,9 @@ def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/dem
             s = with_training(s, load_training_config(config, s.training))
             # record what was trained, so a later `eval RUN` / `train RUN` sees the same block
             raw = json.loads((run / "spec.json").read_text())
+            # `_spec_training`: the block as the spec had it, what a later --spec is compared with
             atomic_write_json(run / "spec.json", {**raw, "training": s.training.model_dump(mode="json"),
+                                                  "_spec_training": raw.get("_spec_training", raw["training"]),
                                                   "_training_config": str(config)})
         set_threads()
         train_stage(s, run, force=force, resume=resume)

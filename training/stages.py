@@ -11,6 +11,11 @@ the training rows (stratified, deterministic) before SFT; both adapters are scor
 likelihood and DPO is kept only if it is better. The choice is made here, on training-side rows,
 not on the locked held-out set, so the held-out score of the kept student is not selected on.
 With no validation rows (tiny runs) SFT is kept: nothing may be chosen by looking at the held-out set.
+
+The contamination gate sees exactly what the trainers will see: every string of every trained
+column (prompt, completion, chosen, rejected, messages, text) of the dataset files read, and
+those files are hashed again here: a dataset edited after its stage recorded it is refused (the
+stage that wrote it is named), never skipped as unchanged or trained unchecked.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pathlib import Path
 import datasets
 from rich.console import Console
 
-from distilforge.manifest import Stage, dataset_hash, load_dataset_dir, output_hash, read_manifest, sha256_json
+from distilforge.manifest import Stage, dataset_hash, output_hash, read_manifest, sha256_json, verified_output
 from distilforge.spec import TaskSpec
 from training import common
 
@@ -40,6 +45,15 @@ def training_source(run: Path) -> tuple[str, Path, str]:
     return "curate", run / "curate" / "curated", output_hash(run / "curate", "curated")
 
 
+def verified_source(run: Path) -> tuple[str, datasets.Dataset, str]:
+    """`training_source`, loaded and re-hashed: (name, dataset, hash); refuses data edited since it was written."""
+    if read_manifest(run / "review" / "export"):
+        ds, h = verified_output(run / "review" / "export", "approved", f"distilforge review export {run}")
+        return "review_export", ds, h
+    ds, h = verified_output(run / "curate", "curated", f"distilforge curate {run}")
+    return "curate", ds, h
+
+
 def teacher_prefs(run: Path) -> tuple[Path, str] | None:
     """A teacher-made preference set (`generate/prefs`), when the generate stage wrote one."""
     m = read_manifest(run / "generate")
@@ -48,17 +62,27 @@ def teacher_prefs(run: Path) -> tuple[Path, str] | None:
     return None
 
 
-def contamination_gate(spec: TaskSpec, run: Path, texts: list[str], ids: list[str], what: str = "training") -> None:
-    """Refuse to train on any row that overlaps the locked held-out set (n-gram or embedding match)."""
-    from curation.decontam import find_contamination
+def contamination_gate(spec: TaskSpec, run: Path, *named: tuple[str, datasets.Dataset]) -> None:
+    """Refuse to train on any string that overlaps the locked held-out set (n-gram or embedding match).
+
+    `named`: (what, dataset) pairs; every trained column of each is checked in one pass, so the
+    embedder loads once and strings shared by many rows (the system prompt) are embedded once.
+    """
+    from curation.decontam import assert_clean, trained_strings
     from heldout.lock import load_locked
 
-    hits = find_contamination(list(texts), list(ids), load_locked(run / "heldout"), spec.curation)
-    if hits:
-        rows = sorted({h["row_id"] for h in hits})
-        listed = ", ".join(f"{h['row_id']}~{h['heldout_id']} ({h['kind']})" for h in hits[:10])
-        raise ContaminationError(f"refusing to train: {len(rows)} {what} row(s) overlap the locked held-out set "
-                                 f"({listed}{' …' if len(hits) > 10 else ''})")
+    texts: list[str] = []
+    ids: list[str] = []
+    cols: list[str] = []
+    for what, ds in named:
+        t, i, c = trained_strings(ds, what)
+        texts += t
+        ids += i
+        cols += [col if what == "training" else f"{what}.{col}" for col in c]
+    try:
+        assert_clean(texts, ids, load_locked(run / "heldout"), spec.curation, columns=cols)
+    except ContaminationError as e:
+        raise ContaminationError(f"refusing to train: {e}") from None
 
 
 def validation_split(ds: datasets.Dataset, fraction: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -110,14 +134,10 @@ def choose_adapter(spec: TaskSpec, base: str, sft: Path, dpo: Path, val: dataset
             "validation": res}
 
 
-def _preferences(spec: TaskSpec, run: Path, train: datasets.Dataset) -> tuple[datasets.Dataset, str]:
-    found = teacher_prefs(run)
-    if found:
-        pairs = load_dataset_dir(found[0])
-        users = [next((m["content"] for m in reversed(p) if m.get("role") == "user"), "") for p in pairs["prompt"]]
-        ids = list(pairs["id"]) if "id" in pairs.column_names else [f"prefs-{i}" for i in range(len(pairs))]
-        contamination_gate(spec, run, users, ids, "preference")
-        return pairs, "generate/prefs"
+def _preferences(spec: TaskSpec, train: datasets.Dataset,
+                 prefs: datasets.Dataset | None) -> tuple[datasets.Dataset, str]:
+    if prefs is not None:
+        return prefs, "generate/prefs"
     if spec.type != "classification":
         raise ValueError(f"training.dpo: a '{spec.type}' task needs teacher preference pairs (generate/prefs); "
                          "only classification pairs are built from curated rows")
@@ -135,24 +155,27 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     from training.sft import LoraSFTConfig, train_sft
 
     t = spec.training
-    src, path, h = training_source(run)
+    # hashes recomputed from the files read below, never taken from the upstream manifest alone
+    src, ds, h = verified_source(run)
     lock = read_lock(run / "heldout")
     base_name = t.base_model or spec.student.base
     base = student_base_dir(base_name)
-    prefs = teacher_prefs(run) if t.dpo.enabled else None
-    inputs = {src: h, "heldout": lock["sha256"], **({"prefs": prefs[1]} if prefs else {})}
+    prefs, ph = (None, None)
+    if t.dpo.enabled and teacher_prefs(run):
+        prefs, ph = verified_output(run / "generate", "prefs", f"distilforge generate {run}")
+    inputs = {src: h, "heldout": lock["sha256"], **({"prefs": ph} if ph else {})}
     semantic = {k: v for k, v in t.model_dump(mode="json").items() if k not in NOT_SEMANTIC}
     st = Stage(run / "train", "train", inputs, {**semantic, "base_model": base_name})
     if st.is_current() and not force:
         console.print("train: inputs unchanged, skipped")
         return read_manifest(st.dir)
-    ds = load_dataset_dir(path)
     if len(ds) == 0:
-        raise ContaminationError(f"{path}: no rows to train on")
-    contamination_gate(spec, run, ds["text"], ds["id"])
-    st.begin()
+        raise ContaminationError(f"{training_source(run)[1]}: no rows to train on")
     split = t.dpo.enabled and spec.type == "classification" and "label" in ds.column_names
     train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if split else (ds, ds.select([]))
+    pairs, pairs_src = _preferences(spec, train, prefs) if t.dpo.enabled else (None, None)
+    contamination_gate(spec, run, ("training", ds), *([("preference", pairs)] if pairs is not None else []))
+    st.begin()
 
     sft_cfg = LoraSFTConfig.from_training(t, base)
     sft_dir = st.dir / "sft"
@@ -168,7 +191,6 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     kept = {"which": "sft", "why": "DPO disabled (training.dpo.enabled: false)", "selected_on": None}
     dpo_info = None
     if t.dpo.enabled:
-        pairs, pairs_src = _preferences(spec, run, train)
         dpo_cfg = LoraDPOConfig.from_training(t, base, str(sft_dir / "adapter"))
         dpo_dir = st.dir / "dpo"
         dpo_fp = sha256_json({"sft": sft_hash, "pairs": dataset_hash(pairs),
