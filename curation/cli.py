@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from distilforge import runlock
 from distilforge.runctx import fail, prepare
 from distilforge.spec import SpecError
 
@@ -77,6 +78,7 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
         fail(f"--backend: '{backend}' is not one of: local, ray")
     try:
         s = prepare(run, spec, profile, respec=respec, create=True)
+        lock = runlock.acquire(run, "generate")  # noqa: F841 - one writer per RUN until this command returns
         if backend is not None:
             s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
         if s.backend.kind == "ray":
@@ -117,6 +119,7 @@ def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Opti
         fail(f"--backend: '{backend}' is not one of: local, ray")
     try:
         s = prepare(run, spec, profile, respec=respec)
+        lock = runlock.acquire(run, "curate")  # noqa: F841 - one writer per RUN until this command returns
         if backend is not None:
             s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
         if s.backend.kind == "ray" and importlib.util.find_spec("ray") is None:

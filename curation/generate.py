@@ -8,7 +8,11 @@ A shard with any transport failure (the openai client gave up after its retries:
 hands the step `None`) is NOT committed, so the next run asks for it again; garbage answers are
 retried `invalid_retries` times and then committed as failed rows with the reason. A rerun after
 any interruption (even `kill -9` of the process group) skips committed shards: no row is lost and
-none is generated twice.
+none is generated twice. A `kill -9` of the CLI alone takes the pipeline child and its workers with
+it (runlock.die_with_parent), and the run lock (distilforge/runlock.py) keeps a second writer out.
+
+Failure is a result: rows the teacher never answered are in `collect()`'s dataset as failed rows
+with the reason, and a run with no usable row ends in one line (GenerationFailed, rc 1).
 
 Phases, each one pipeline run (~3 s of distilabel start-up each): `base` (attributes / fewshot /
 targeted), `evolve` (rewrites of committed base rows) and `prefs` (judged candidate answers,
@@ -30,8 +34,9 @@ import datasets
 from distilabel.pipeline import Pipeline
 
 from curation import budget, formats, plan
-from curation.gensteps import (CommitShards, PlannedRequests, ValidatedGeneration, commit, committed_shards, llm,
-                               read_shard, shard_path, to_row)
+from curation.gensteps import (CommitShards, PlannedRequests, ValidatedGeneration, commit, committed_shards,
+                               last_errors, ledger, llm, read_shard, shard_path, to_row)
+from distilforge import runlock
 from distilforge.spec import TaskSpec
 from distilforge.errors import RuntimeFailure
 
@@ -97,7 +102,7 @@ def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phas
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(spec, out_dir, reqs, phase, stop), daemon=True)
     t0 = time.time()
-    child = multiprocessing.get_context("fork").Process(target=_run_child, args=(pipe, on_ray, spec.backend))
+    child = multiprocessing.get_context("fork").Process(target=_run_child, args=(pipe, on_ray, spec.backend, os.getpid()))
     child.start()
     watcher.start()
     killed = False
@@ -134,9 +139,17 @@ class GenerationError(RuntimeFailure, RuntimeError):
     pass
 
 
-def _run_child(pipe, on_ray: bool, backend) -> None:
+class GenerationFailed(RuntimeFailure):
+    """Every row failed (teacher unreachable, or every answer unusable). The rows and their reasons
+    are on disk; rc 1. Not a GenerationError, which the CLI's older handlers map to rc 2."""
+
+
+def _run_child(pipe, on_ray: bool, backend, parent_pid: int) -> None:
     """The pipeline runs in a forked child, so a stuck distilabel (and its worker pool) can be
-    stopped as a whole. It stays in the CLI's process group: `kill -- -PGID` still ends everything."""
+    stopped as a whole. It stays in the CLI's process group: `kill -- -PGID` still ends everything.
+    It and every process forked beneath it die with the CLI (runlock.die_with_parent): after a
+    `kill -9` of the CLI alone nothing keeps committing shards next to a rerun."""
+    runlock.die_with_parent(parent_pid)
     try:
         if on_ray:
             from curation.raybackend import ray_session
@@ -153,25 +166,9 @@ def _run_child(pipe, on_ray: bool, backend) -> None:
     os._exit(0)
 
 
-def _descendants(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for st in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            f = st.read_text().rsplit(")", 1)[1].split()
-            kids.setdefault(int(f[1]), []).append(int(st.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
 def _kill_tree(child) -> None:
     """SIGKILL the pipeline child and every process under it (distilabel's pool, Ray's driver side)."""
-    for pid in [*_descendants(child.pid), child.pid]:
+    for pid in [*runlock.descendants(child.pid), child.pid]:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -185,7 +182,7 @@ def _all_recorded(out_dir: Path, reqs: list[dict], marker: Path, t0: float) -> b
     if marker.exists():
         return True
     want = {r["shard_id"] for r in reqs}
-    seen = {e["shard"] for e in budget.read_ledger(out_dir) if e.get("t", 0) >= t0 - 1}
+    seen = {e["shard"] for e in ledger(out_dir) if e.get("t", 0) >= t0 - 1}
     return want <= seen
 
 
@@ -208,7 +205,7 @@ def _watch(spec: TaskSpec, out_dir: Path, reqs: list[dict], phase: str, stop: th
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    start = len(budget.read_ledger(out_dir))
+    start = len(ledger(out_dir))
     t0 = time.time()
     cols = (TextColumn(f"[bold]{phase}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -216,8 +213,8 @@ def _watch(spec: TaskSpec, out_dir: Path, reqs: list[dict], phase: str, stop: th
         task = bar.add_task(phase, total=len(reqs), completed=0, info="")
         while True:
             done = stop.is_set()
-            new = budget.read_ledger(out_dir)[start:]
-            rows = sum(e.get("rows", 0) for e in new if e.get("committed"))
+            new = ledger(out_dir)[start:]  # each shard committed at most once (gensteps.ledger)
+            rows = min(sum(e.get("rows", 0) for e in new if e.get("committed")), len(reqs))
             toks = sum(e.get("completion_tokens", 0) for e in new)
             cost = budget.spent(out_dir)["cost_usd"]
             dt = max(time.time() - t0, 1e-6)
@@ -324,7 +321,7 @@ def generate(spec: TaskSpec, endpoint, out_dir: str | Path, max_cost: float | No
         live, prefilled = _evolve_ready(spec, endpoint, evolve, parents, committed_shards(out_dir))
         for sid, rows in prefilled.items():
             if rows and not any(r["shard_id"] == sid for r in live):
-                commit(shard_path(out_dir, sid), rows)  # every parent failed: nothing to ask
+                commit(shard_path(out_dir, sid), rows)  # every parent failed: nothing to ask (no-op if done)
         prefilled = {s: r for s, r in prefilled.items() if any(x["shard_id"] == s for x in live)}
         if live:
             stopped = run_pipeline(spec, endpoint, live, out_dir, "evolve", _gen_steps(spec, endpoint), ["generate"],
@@ -350,12 +347,21 @@ def _count(xs) -> dict[str, int]:
     return out
 
 
+PENDING_NOTE = " [no answer yet: the shard is pending, a rerun asks again]"
+
+
 def collect(spec: TaskSpec, out_dir: str | Path) -> datasets.Dataset:
-    """Assemble committed shards into one dataset, in plan order, with TRL `prompt`/`completion`."""
+    """Assemble committed shards into one dataset, in plan order, with TRL `prompt`/`completion`.
+
+    Rows of shards that were asked but not committed (a transport failure: HTTP status, timeout,
+    connection refused) are included as `failed` rows carrying the last attempt's reason from the
+    ledger, so a run where the teacher never answered still leaves every row and why on disk. Their
+    shards stay uncommitted: a rerun asks again and the real rows replace these (same ids)."""
     out_dir = Path(out_dir)
     base, evolve = plan_all(spec, out_dir)
     reqs = base + evolve
     rows = _committed_rows(out_dir, reqs)
+    rows.update(_pending_rows(spec, out_dir, reqs, rows))
     ordered = []
     for r in reqs:
         row = rows.get(r["request_id"])
@@ -366,4 +372,40 @@ def collect(spec: TaskSpec, out_dir: str | Path) -> datasets.Dataset:
         row["prompt"] = spec.student_prompt(row["text"])
         row["completion"] = [{"role": "assistant", "content": formats.completion_text(spec, row["label"], answer)}]
         ordered.append({k: row.get(k) for k in ROW_FEATURES})
+    if not ordered:  # from_list([]) cannot match fixed features ("Keys mismatch")
+        return datasets.Dataset.from_dict({k: [] for k in ROW_FEATURES}, features=ROW_FEATURES)
     return datasets.Dataset.from_list(ordered, features=ROW_FEATURES)
+
+
+def _pending_rows(spec: TaskSpec, out_dir: Path, reqs: list[dict], done: dict[str, dict]) -> dict[str, dict]:
+    """Failed rows for asked-but-uncommitted shards, each with its reason (or its shard-mate's)."""
+    failures = last_errors(out_dir)
+    committed = committed_shards(out_dir)
+    price = budget.prices(spec)
+    out = {}
+    for r in reqs:
+        entry = failures.get(r["shard_id"])
+        if r["request_id"] in done or r["shard_id"] in committed or entry is None:
+            continue
+        why = entry["errors"].get(r["request_id"])
+        if why is None:
+            why = f"not kept: another row of its shard failed ({next(iter(entry['errors'].values()))})"
+        out[r["request_id"]] = to_row(spec, r, None, {}, spec.teacher.model, entry.get("endpoint") or "", price, 1,
+                                      error=why + PENDING_NOTE)
+    return out
+
+
+def failure_line(ds: datasets.Dataset, endpoint, stopped_by: str | None) -> str | None:
+    """The one error line for a run where no row came back usable (None otherwise): the teacher
+    never answered → `teacher unreachable at URL: <reason>`; it answered, but nothing was usable
+    → `all N rows failed: <reason>`. The most frequent reason is quoted."""
+    if stopped_by or not len(ds) or any(s == "ok" for s in ds["status"]):
+        return None
+    errors = [e or "unknown" for e in ds["error"]]
+    top = max(set(errors), key=lambda e: (errors.count(e), e))
+    where = f"{len(ds)} failed rows with their reasons are in the run's generate/rows"
+    if all(e.endswith(PENDING_NOTE) for e in errors):
+        urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
+        at = urls[0] + (f" (and {len(urls) - 1} more)" if len(urls) > 1 else "")
+        return f"teacher unreachable at {at}: {top.removesuffix(PENDING_NOTE)}; {where}"
+    return f"all {len(ds)} rows failed: {top.removesuffix(PENDING_NOTE)}; {where}"

@@ -1,10 +1,14 @@
 """The distilabel steps generation runs: a timed OpenAI client, the budget-aware request source,
 the generation task that re-asks for invalid answers, and the step that commits shards.
 
-Shard files are the unit of exactly-once: a shard is written (temp file + fsync + rename) only when
-every one of its rows came back from the teacher; a `None` from distilabel (the openai client gave up
-after its retries) leaves it uncommitted so the next run asks again. Every finished shard, committed
-or not, is appended to the spend ledger (curation/budget.py) that the caps are checked against.
+Shard files are the unit of exactly-once: a shard is written (temp file + fsync + hard link, which
+fails if it exists) only when every one of its rows came back from the teacher, and only once: a
+second writer's commit of the same shard is a no-op. A request the openai client gave up on (after
+its retries) returns `None` with its reason (HTTP status, timeout, connection refused) instead of
+failing distilabel's whole batch; it leaves its shard uncommitted so the next run asks again. Every
+finished shard, committed or not, is appended to the spend ledger (curation/budget.py) with its
+per-row reasons; the caps are checked against it and `ledger()` reads it with each shard committed
+at most once.
 """
 import json
 import os
@@ -61,6 +65,13 @@ class TimedOpenAILLM(OpenAILLM):
         t0 = time.perf_counter()
         try:
             out = await super()._generate_chat_completion(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a failed request is a row result with its reason
+            # Raising would make distilabel drop the whole batch (every row `None`, no reason);
+            # returning `None` for this request only keeps the others' answers and says why.
+            n = int(kwargs.get("num_generations") or 1)
+            out = {"generations": [None] * n,
+                   "statistics": {"input_tokens": [0] * n, "output_tokens": [0] * n,
+                                  "error": [request_error(e, self.timeout, self.max_retries)] * n}}
         finally:
             if i >= 0:
                 self._inflight[i] -= 1
@@ -73,6 +84,32 @@ class TimedOpenAILLM(OpenAILLM):
         out = super()._generations_from_openai_completion(completion)
         out.setdefault("statistics", {})["finish_reason"] = [c.finish_reason for c in completion.choices]
         return out
+
+
+def request_error(e: BaseException, timeout: float, retries: int) -> str:
+    """Why a request got no answer, in one short line that starts with the kind (HTTP status,
+    timeout, connection refused, ...) so rows and manifests can group by it. No key: the openai
+    client's messages do not carry the Authorization header."""
+    import openai
+
+    after = f" (after {retries} retries)" if retries else ""
+    if isinstance(e, openai.APIStatusError):
+        said = (e.body.get("message") if isinstance(e.body, dict) else None) or e.message or ""
+        said = said.strip().splitlines()[0][:160] if said.strip() else ""
+        return f"HTTP {e.status_code}{': ' + said if said else ''}{after}"
+    if isinstance(e, openai.APITimeoutError):
+        return f"timeout: no answer within {timeout:g}s{after}"
+    if isinstance(e, openai.APIConnectionError):
+        chain, x = [], e.__cause__ or e.__context__
+        while x is not None and len(chain) < 8:  # httpx says "All connection attempts failed"; the OSError is below
+            chain.append(x)
+            x = x.__cause__ or x.__context__
+        if any(isinstance(c, ConnectionRefusedError) for c in chain):
+            return f"connection refused{after}"
+        text = next((str(c).strip().splitlines()[0] for c in reversed(chain) if str(c).strip()), type(e).__name__)
+        return f"connection error: {text[:160]}{after}"
+    msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    return f"bad response: {type(e).__name__}{': ' + msg if msg else ''}"
 
 
 def llm(endpoint, teacher, temperature: float, max_tokens: int, extra: dict) -> TimedOpenAILLM:
@@ -218,16 +255,22 @@ class CommitShards(Step):
             p_tok = sum(int(s.get("input_tokens") or 0) for st in stats for s in st)
             c_tok = sum(int(s.get("output_tokens") or 0) for st in stats for s in st)
             failed = any(x.get(k) is None for x in buf for k in self.output_keys())
+            errors = {x["request_id"]: no_answer_reason(x, self.steps, self.output_keys()) for x in buf
+                      if any(x.get(k) is None for k in self.output_keys())}
+            won = False
             if not failed:
                 rows = [self.build(spec, x, st, price) for x, st in zip(buf, stats)]
                 rows += self.prefilled.get(r["shard_id"], [])
-                commit(shard_path(Path(self.out_dir), r["shard_id"]), rows)
-                r["committed"] = True
-            budget.record(Path(self.out_dir), {
-                "shard": r["shard_id"], "phase": self.phase, "committed": not failed,
-                "requests": sum(int(x.get("attempts") or 1) for x in buf) * len(self.steps),
-                "rows": len(buf), "prompt_tokens": p_tok, "completion_tokens": c_tok,
-                "cost_usd": budget.cost(p_tok, c_tok, price)})
+                errors = {x["id"]: x["error"] for x in rows if x.get("error") and x.get("status", "ok") != "ok"}
+                won = commit(shard_path(Path(self.out_dir), r["shard_id"]), rows)
+                r["committed"] = won
+            entry = {"shard": r["shard_id"], "phase": self.phase, "committed": won,
+                     "requests": sum(int(x.get("attempts") or 1) for x in buf) * len(self.steps),
+                     "rows": len(buf), "prompt_tokens": p_tok, "completion_tokens": c_tok,
+                     "cost_usd": budget.cost(p_tok, c_tok, price), "endpoint": self.base_url, "errors": errors}
+            if not failed and not won:
+                entry["duplicate"] = True  # another writer committed it first: spend only, rows kept as theirs
+            budget.record(Path(self.out_dir), entry)
         yield inputs
 
     def output_keys(self) -> list[str]:
@@ -240,6 +283,15 @@ class CommitShards(Step):
             return candidate_record(spec, x, stats, self.model_name, price)
         return to_row(spec, x, x["generation"], stats[0], self.model_name, self.base_url, price,
                       int(x.get("attempts") or 1))
+
+
+def no_answer_reason(x: dict, steps: list[str], keys: list[str]) -> str:
+    """Why a row got no answer: the request's own error (TimedOpenAILLM), else distilabel's."""
+    for step in steps:
+        err = stats_of(x, step).get("error")
+        if err:
+            return str(err)
+    return f"no answer from the teacher ({'/'.join(k for k in keys if x.get(k) is None)} missing; the step failed)"
 
 
 def to_row(spec, req: dict, raw: str | None, st: dict, model: str, base_url: str, price, attempts: int = 1,
@@ -270,12 +322,66 @@ def read_shard(out_dir: Path, sid: str) -> list[dict]:
     return [json.loads(line) for line in shard_path(out_dir, sid).read_text().splitlines()]
 
 
-def commit(path: Path, rows: list[dict]) -> None:
+def ledger(out_dir: Path) -> list[dict]:
+    """The spend ledger with each shard committed at most once: a later `committed` entry for a shard
+    already committed (a second writer, or a ledger from before commits were exclusive) is kept
+    for its spend but read as not committed. Progress and exactly-once checks read this view."""
+    seen: set[str] = set()
+    out = []
+    for e in budget.read_ledger(out_dir):
+        if e.get("committed"):
+            if e.get("shard") in seen:
+                e = {**e, "committed": False, "duplicate": True}
+            seen.add(e.get("shard"))
+        out.append(e)
+    return out
+
+
+def last_errors(out_dir: Path) -> dict[str, dict]:
+    """shard id -> its latest ledger entry that has per-row reasons (failed or uncommitted shards)."""
+    out: dict[str, dict] = {}
+    for e in budget.read_ledger(out_dir):
+        if e.get("errors"):
+            out[e["shard"]] = e
+    return out
+
+
+def commit(path: Path, rows: list[dict]) -> bool:
+    """Write a shard exactly once: temp file + fsync, then hard-link it into place, which fails if
+    the shard already exists. Returns False (and writes nothing) when another writer, or an earlier
+    run, committed it first: re-committing a shard is a no-op, never a second version."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return False
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: check, then rename (the run lock
+            if path.exists():  # already keeps a second writer out; this is the second line)
+                return False
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

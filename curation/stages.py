@@ -54,17 +54,25 @@ def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> d
 
 def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None = None,
                    max_tokens: int | None = None) -> dict:
+    """Teacher → RUN/generate/rows. Failed rows are results (status/error); a run where no row is
+    usable still writes its rows and manifest, then raises GenerationFailed (one line, rc 1)."""
     from curation import budget
-    from curation.generate import collect, generate
+    from curation.generate import GenerationFailed, collect, generate
 
     st = Stage(run / "generate", "generate", {}, generation_config(spec, run))
     m = read_manifest(st.dir)
     if st.is_current() and m and m.get("pending_shards") == 0:
+        if m.get("requests") and not m.get("ok") and not m.get("stopped_by"):
+            raise GenerationFailed(f"all {m['requests']} rows failed: {m.get('first_failure') or 'see generate/rows'} "
+                                   "(unchanged since the last run; change the spec or teacher to retry)")
         console.print("generate: inputs unchanged and all shards committed, skipped")
         return m
     st.begin()
+    from curation.generate import failure_line
+
     stats = generate(spec, endpoint, st.dir, max_cost=max_cost, max_tokens=max_tokens)
     ds = collect(spec, st.dir)
+    failed_all = failure_line(ds, endpoint, stats["stopped_by"])
     extra: dict = {}
     if spec.generation.preferences.enabled:
         from curation.judge import collect_prefs
@@ -93,7 +101,9 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
                   cost_usd=round(budget.cost(p_tok, c_tok, price), 6), price_per_m={"input": price[0], "output": price[1]},
                   spent=spent, caps={"max_cost_usd": max_cost if max_cost is not None else spec.generation.max_cost_usd,
                                      "max_tokens": max_tokens if max_tokens is not None else spec.generation.max_total_tokens},
-                  failures=_reasons(ds), **extra, **stats)
+                  failures=_reasons(ds), first_failure=next((e for e in ds["error"] if e), None), **extra, **stats)
+    if failed_all:
+        raise GenerationFailed(failed_all)
     if stats["stopped_by"]:
         console.print(f"[yellow]generate: stopped by {stats['stopped_by']} (spent {spent['tokens']} tokens, "
                       f"${spent['cost_usd']:.4f}); {stats['pending_shards']} shard(s) pending: rerun with a higher cap "

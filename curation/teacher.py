@@ -7,6 +7,14 @@ bound by one core's memory bandwidth, so two single-thread replicas on two cores
 one two-thread server does not. A state file per replica in the cache dir records pid/port so
 `teacher status|stop` and later runs find servers already up; `run` reuses running replicas and
 only stops the ones it started itself.
+
+Servers a run starts are the run's: their state file records the owner (pid + process start time
+of the distilforge command, runlock.identity) and they get PDEATHSIG (SIGKILL when the command
+dies, even by `kill -9`). Should one still outlive its owner (an older version started it, or the
+owner's host differs), the next `run`/`generate` that serves the same model adopts it (becomes the
+owner, stops it at its end) if it is healthy and needed, and stops it otherwise: no run leaves a
+server behind. `teacher serve` starts servers with no owner and no PDEATHSIG: they are meant to
+outlive the command, and only `teacher stop` ends them.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from typing import Iterator
 
 import httpx
 
+from distilforge import runlock
 from distilforge.assets import cache_dir, gguf_path
 from distilforge.secrets import Secret
 from distilforge.errors import RuntimeFailure
@@ -106,16 +115,41 @@ def status(model: str | None = None) -> list[dict]:
     return sorted(out, key=lambda s: s.get("replica", 0))
 
 
+def orphan(st: dict) -> bool:
+    """A server whose owning run is dead (servers from `teacher serve` have no owner: never orphans)."""
+    return bool(st.get("owner")) and not runlock.is_alive(st["owner"])
+
+
+def _adopt_or_stop(model: str, replicas: int) -> list[int]:
+    """Servers left by dead runs: adopt the healthy ones this call can use (same model, a replica slot
+    it wants), stop the rest. Returns the adopted replica numbers."""
+    adopted = []
+    for st in status():
+        if not orphan(st):
+            continue
+        i = st.get("replica", 0)
+        if st["model"] == model and i < replicas and (st["healthy"] or healthy(st["base_url"], 20)):
+            p = _state_path(model, i)
+            p.write_text(json.dumps({**{k: v for k, v in st.items() if k != "healthy"}, "owner": runlock.identity()}))
+            adopted.append(i)
+        else:
+            stop(st["model"], replica=i)
+    return adopted
+
+
 def serve(model: str, *, port: int | None = None, log_path: str | Path | None = None, n_ctx: int = 4096,
-          wait_s: float = 180, replicas: int = 1) -> dict:
+          wait_s: float = 180, replicas: int = 1, owned: bool = False) -> dict:
     """Start (or find) `replicas` embedded servers for `model`, one thread each.
 
-    Returns the first replica's state plus `base_urls` (all replicas) and `started` (the replica
-    numbers this call launched, so the caller stops only those)."""
+    Returns the first replica's state plus `base_urls` (all replicas), `launched` (the replica
+    numbers this call started) and `adopted` (left by a dead run, now this caller's): the caller
+    stops only those. `owned`: the servers belong to this process (a run), see the module doc."""
+    adopted = _adopt_or_stop(model, replicas) if owned else []
     # A busy server can miss the quick health check: give a live one a longer look before
     # deciding it is gone (starting a second server on the same replica slot would orphan it).
     running = {st.get("replica", 0): st for st in status(model) if st["healthy"] or healthy(st["base_url"], 20)}
-    gguf = gguf_path(model) if len(running) < replicas else None
+    gguf = gguf_path(model) if any(i not in running for i in range(replicas)) else None  # (a replica
+    # above `replicas`, e.g. another run's @1, does not fill slot 0)
     launched: dict[int, tuple[subprocess.Popen, dict]] = {}
     for i in range(replicas):
         if i in running:
@@ -128,10 +162,12 @@ def serve(model: str, *, port: int | None = None, log_path: str | Path | None = 
                "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", str(n_ctx),
                "--host", "127.0.0.1", "--port", str(p)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        with open(log, "ab") as fh:  # a run's server dies with the run (PDEATHSIG, set before exec)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                    preexec_fn=runlock.set_pdeathsig if owned else None)
         st = {"model": model, "replica": i, "pid": proc.pid, "port": p, "base_url": f"http://127.0.0.1:{p}/v1",
-              "gguf": str(gguf), "log": str(log), "started": time.time()}
+              "gguf": str(gguf), "log": str(log), "started": time.time(),
+              **({"owner": runlock.identity()} if owned else {})}
         _state_path(model, i).write_text(json.dumps(st))
         launched[i] = (proc, st)
     deadline = time.time() + wait_s
@@ -155,7 +191,8 @@ def serve(model: str, *, port: int | None = None, log_path: str | Path | None = 
         raise TeacherError(f"teacher server for {model} not healthy after {wait_s:.0f}s; log {next(iter(pending.values()))[1]['log']}")
     first = running[0] if 0 in running else running[min(running)]
     urls = [running[i]["base_url"] for i in sorted(running) if i < replicas]
-    return {**first, "base_urls": urls, "reused": not launched, "launched": sorted(launched)}
+    return {**first, "base_urls": urls, "reused": not launched, "launched": sorted(launched),
+            "adopted": [i for i in adopted if i not in launched]}
 
 
 def stop(model: str, replica: int | None = None) -> bool:
@@ -195,9 +232,9 @@ def teacher_endpoint(teacher_cfg, log_dir: str | Path | None = None) -> Iterator
         yield Endpoint(urls[0], teacher_cfg.model, key, "openai", list(dict.fromkeys(urls)))
         return
     log = Path(log_dir) / "teacher.log" if log_dir else None
-    st = serve(teacher_cfg.model, log_path=log, replicas=teacher_cfg.replicas)
+    st = serve(teacher_cfg.model, log_path=log, replicas=teacher_cfg.replicas, owned=True)
     try:
         yield Endpoint(st["base_url"], teacher_cfg.model, Secret("embedded"), "embedded", st["base_urls"])
     finally:
-        for i in st["launched"]:
+        for i in [*st["launched"], *st["adopted"]]:
             stop(teacher_cfg.model, replica=i)

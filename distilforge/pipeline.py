@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from distilforge import runlock
 from distilforge.manifest import atomic_write_json
 from distilforge.runctx import fail, prepare, set_threads
 
@@ -39,6 +40,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True, res
 
     try:
         spec = prepare(run, task, profile, respec=respec, create=True)
+        lock = runlock.acquire(run, "run")  # noqa: F841 - one writer per RUN until run_all returns
         set_threads()
         timed("heldout", lock_stage, spec, run)
         with teacher_endpoint(spec.teacher, run) as ep:

@@ -88,9 +88,13 @@ def test_exhausted_retries_leave_the_shard_pending_and_a_rerun_finishes_it(tmp_p
         r = run_gen(run, spec)
         assert r.returncode == 0, r.stderr[-3000:]
         m = manifest(run)
-        assert m["pending_shards"] == 1 and len(rows(run)) == 1 and "rerun to finish" in r.stderr
+        assert m["pending_shards"] == 1 and "rerun to finish" in r.stderr
+        ds = rows(run)  # the pending shard's row is there as a failed row with the HTTP status
+        http = [e for e in ds["error"] if e and e.startswith("HTTP 500: injected 500 (after 1 retries)")]
+        assert len(ds) == 2 and len(http) == 1 and "pending" in http[0]
         ledger = [json.loads(x) for x in (run / "generate" / "ledger.jsonl").read_text().splitlines()]
         assert [e["committed"] for e in ledger].count(False) == 1
+        assert [list(e["errors"].values()) for e in ledger if not e["committed"]][0][0].startswith("HTTP 500")
         r2 = run_gen(run)
         assert r2.returncode == 0, r2.stderr[-3000:]
     from curation.plan import plan_base
@@ -98,6 +102,7 @@ def test_exhausted_retries_leave_the_shard_pending_and_a_rerun_finishes_it(tmp_p
 
     planned = {x["request_id"] for x in plan_base(prepare(run))}
     assert manifest(run)["pending_shards"] == 0 and set(rows(run)["id"]) == planned
+    assert not any("HTTP 500" in (e or "") for e in rows(run)["error"])  # the rerun's answer replaced it (same id)
     assert_key_nowhere(run, r.stdout, r.stderr, r2.stdout, r2.stderr)
 
 
