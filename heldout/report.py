@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from distilforge.manifest import atomic_write_text, read_manifest
 
-SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "generation", "economics")
+SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "serving", "generation", "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
 _QUALITY = {"student_accuracy", "student_ci", "teacher_accuracy", "teacher_ci", "n_heldout", "student_model"}
 
@@ -455,11 +455,56 @@ def sec_economics(run: Path) -> str:
     return "".join(parts)
 
 
+def sec_serving(run: Path) -> str:
+    """The exported student served: benchmark (latency, tasks/s/core, RSS per quantization, vs the
+    teacher), served vs PyTorch accuracy on the same locked rows, and what decide priced from it."""
+    adapter = (read_manifest(run / "train") or {}).get("adapter_sha256")
+    parts = []
+    b = _json(run / "serve" / "benchmark.json")
+    if b and b.get("adapter_sha256") == adapter:
+        rows = [[r.get("model"), r.get("quant"), r.get("replicas"), r.get("concurrency"), r.get("p50_ms"), r.get("p95_ms"),
+                 r.get("tasks_per_s"), r.get("tasks_per_s_per_core"), r.get("rss_mb"), r.get("file_mb"),
+                 f"{r.get('valid_labels')}/{r.get('requests')}"] for r in b.get("results") or []]
+        la, lb = (b.get("box") or {}).get("loadavg_before"), (b.get("box") or {}).get("loadavg_after")
+        parts.append(f"<p>{esc(b.get('requests'))} requests per configuration, {esc((b.get('box') or {}).get('cpu_count'))} "
+                     f"cores, load average {esc(la and round(la[0], 2))} before / {esc(lb and round(lb[0], 2))} after "
+                     f"(<code>{esc(b.get('command'))}</code>).</p>")
+        parts.append(table(["model", "quant", "replicas", "clients", "p50 ms", "p95 ms", "tasks/s", "tasks/s/core",
+                            "RSS MB", "file MB", "valid labels"], rows))
+    elif b:
+        parts.append('<p class="not-run">serve/benchmark.json measured another adapter: re-run benchmarks/serving.py.</p>')
+    else:
+        parts.append(not_run("serving benchmark (python benchmarks/serving.py RUN)", run / "serve" / "benchmark.json"))
+    eps = [e for e in (_json(p) for p in sorted((run / "eval" / "endpoints").glob("*.json"))) if e]
+    eps = [e for e in eps if e.get("adapter_sha256") == adapter]
+    if eps:
+        rows = []
+        for e in eps:
+            v = e.get("vs_student") or {}
+            if v:
+                rows.append(["student (PyTorch)", e.get("n"), f"{v['student_accuracy']:.3f}", v.get("student_accuracy_ci"), ""])
+            rows.append([f"{e.get('name')} ({e.get('model')}, {(e.get('meta') or {}).get('quant') or '?'})", e.get("n"),
+                         f"{e.get('accuracy', 0):.3f}", e.get("accuracy_ci"),
+                         f"{v['diff']:+.3f} {v['ci']} p={v['p_value']}" if v else ""])
+        parts.append("<h3>served vs PyTorch student (same locked rows)</h3>"
+                     + table(["model", "n", "accuracy", "95% CI", "served - PyTorch (paired)"], rows))
+    d = _json(run / "decide" / "decision.json") or {}
+    sv = d.get("serving") or {}
+    if sv:
+        pr = sv.get("priced") or {}
+        line = (f"measured: {pr['tasks_per_hour'] / 3600:,.2f} tasks/s per {pr['unit']}, ${pr['price_per_hour']:g} per "
+                f"{pr['unit']}-hour = ${pr['per_task_usd']:.6f} per task; replaces {sv.get('replaced')}"
+                if sv.get("mode") == "measured" else f"assumed: {sv.get('assumption')}" + (f" ({sv['note']})" if sv.get("note") else ""))
+        parts.append(f"<p>decide priced serving as {esc(line)}.</p>")
+    return "".join(parts)
+
+
 _BUILDERS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "summary": ("Summary", sec_summary), "funnel": ("Data funnel", sec_funnel),
     "distribution": ("Label / strategy distribution", sec_distribution),
     "coverage": ("Coverage map", sec_coverage), "training": ("Training curves", sec_training),
     "eval": ("Evaluation on the locked held-out set", sec_eval),
+    "serving": ("Serving the student", sec_serving),
     "generation": ("Generation tokens and cost", sec_generation),
     "economics": ("Decision: fine-tune vs stay hosted", sec_economics),
 }

@@ -105,3 +105,18 @@ def test_abtest_cli(tmp_path):
     assert "p = 0.03549" in res.output and "needed per arm for mde 0.02 at power 0.8: 3841" in res.output
     assert "WARNING peeking" in res.output
     assert json.loads(out.read_text())["required_n_per_arm"] == 3841
+
+
+def test_shadow_inputs_are_checked_line_by_line(tmp_path):
+    from heldout.abtest import ABTestError, load_inputs, shadow
+
+    p = tmp_path / "in.jsonl"
+    p.write_text('{"text": "card not here", "label": "card_arrival"}\n"a bare string"\n\n{"id": 7, "text": "x"}\n')
+    rows = load_inputs(p)
+    assert [r["id"] for r in rows] == ["line-1", "line-2", "7"] and rows[0]["label"] == "card_arrival"
+    p.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
+    with pytest.raises(ABTestError, match=r"in.jsonl:line 2: field 'text'"):
+        load_inputs(p)
+    p.write_text('{"text": "ok"}\n{"text": "fine"}\n')
+    with pytest.raises(ABTestError, match="arm A: shadow mode needs an endpoint URL"):
+        shadow(p, "a.jsonl", "http://127.0.0.1:9/v1", system_prompt="s", labels=["a"], log=tmp_path / "l.jsonl")

@@ -187,3 +187,59 @@ def test_config_error_is_one_line_naming_the_field(tmp_path):
     res = CliRunner().invoke(app, ["decide", str(run), "--config", str(cfg)])
     assert res.exit_code == 2
     assert "decide.yaml: field 'hosted.prise_out_per_m'" in res.output
+
+
+# ------------------------------------------------ measured serving (issue 18)
+
+def test_measured_throughput_replaces_the_always_on_box():
+    """By hand: 5 tasks/s per core = 18,000 tasks per core-hour; $0.036 per core-hour -> $0.000002 a task.
+    Fixed cost drops the $500 box: F = 20 + 10 = $30; break-even 30 / (0.000540 - 0.000002) = 55,762.08."""
+    d = decide(base(core_hour_usd=0.036, tasks_per_core_hour=18_000,
+                    serving_measured={"source": "RUN/serve/benchmark.json", "quant": "q8_0"}))
+    c = d["costs"]
+    assert c["finetune_per_task_usd"] == pytest.approx(0.000002)
+    assert c["serving_fixed_usd"] == 0 and c["finetune_fixed_usd"] == pytest.approx(30.0)
+    assert c["break_even_tasks"] == pytest.approx(30 / 0.000538, abs=0.01)
+    s = d["serving"]
+    assert s["mode"] == "measured" and s["priced"]["unit"] == "core"
+    assert s["replaced"] == "$0.5/h for 1,000 h = $500.00 over the horizon + $0.1 per 1M tokens"
+    assert "serving measured: 5.00 tasks/s per core at $0.036/core-hour = $0.000002/task" in d["verdict_line"]
+    assert "replaces $0.5/h" in d["verdict_line"]
+
+
+def test_cheaper_unit_wins_and_price_without_measurement_keeps_the_assumption():
+    # by hand: core $0.04 / 3,600 = $0.0000111 a task; GPU $2 / 360,000 = $0.0000056 a task: the GPU wins
+    d = decide(base(core_hour_usd=0.04, tasks_per_core_hour=3_600, serving_gpu_hour_usd=2.0, tasks_per_gpu_hour=360_000))
+    assert d["serving"]["priced"]["unit"] == "gpu"
+    assert d["costs"]["finetune_per_task_usd"] == pytest.approx(2.0 / 360_000)
+    d = decide(base(core_hour_usd=0.04))  # a price, nothing measured: the assumed box stays, and it says so
+    assert d["serving"]["mode"] == "assumed" and "no serving throughput was measured" in d["serving"]["note"]
+    assert d["costs"]["serving_fixed_usd"] == pytest.approx(500.0)
+    with pytest.raises(EconomicsError, match="tasks_per_core_hour"):
+        decide(base(core_hour_usd=0.04, tasks_per_core_hour=0))
+
+
+def test_decide_reads_the_serve_benchmark_of_this_adapter_only(tmp_path):
+    from distilforge.manifest import atomic_write_json
+    from heldout.decide_cli import DecideConfig, decide_run
+
+    run = _mini_run(tmp_path, "cpu")
+    m = json.loads((run / "train" / "manifest.json").read_text())
+    atomic_write_json(run / "train" / "manifest.json", {**m, "adapter_sha256": "a" * 64})
+    rows = [{"model": "student", "quant": "q8_0", "device": "cpu", "replicas": r, "tasks_per_s": 4.0 * r * f,
+             "tasks_per_s_per_core": 4.0 * f} for r, f in ((1, 1.0), (2, 0.9))]
+    rows.append({"model": "student", "quant": "f16", "device": "cpu", "replicas": 1, "tasks_per_s": 9.0,
+                 "tasks_per_s_per_core": 9.0})
+    atomic_write_json(run / "serve" / "benchmark.json", {"adapter_sha256": "a" * 64, "results": rows})
+    cfg = DecideConfig.model_validate({"hosted": {"price_in_per_m": 1.0, "price_out_per_m": 4.0},
+                                       "volume": {"tasks_per_month": 1e6, "months": 12},
+                                       "training": {"gpu_per_hour": 2.0, "gpu_hours": 1},
+                                       "serving": {"per_hour": 0.1, "core_hour_usd": 0.036}})
+    d = decide_run(run, cfg)
+    # q8_0 (the configured quant, not the faster f16), best per-core row: 4 tasks/s -> 14,400 per core-hour
+    assert d["inputs"]["tasks_per_core_hour"] == pytest.approx(14_400)
+    assert d["costs"]["finetune_per_task_usd"] == pytest.approx(0.036 / 14_400)
+    assert d["serving"]["measured"]["quant"] == "q8_0" and d["serving"]["replaced"].startswith("$0.1/h always-on")
+    atomic_write_json(run / "serve" / "benchmark.json", {"adapter_sha256": "b" * 64, "results": rows})
+    d = decide_run(run, cfg)  # a benchmark of another student prices nothing
+    assert d["serving"]["mode"] == "assumed" and d["inputs"]["tasks_per_core_hour"] is None
