@@ -97,12 +97,6 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                 generate_stage(s, run, ep, max_cost=max_cost, max_tokens=max_tokens)
     except (SpecError, TeacherError, TargetsError, FileNotFoundError, GenerationError) as e:
         fail(str(e))
-    except Exception as e:  # noqa: BLE001 - transport errors during calibration: one line, no traceback
-        import openai
-
-        if isinstance(e, openai.OpenAIError):
-            fail(f"teacher request failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        raise
 
 
 def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,

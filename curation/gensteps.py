@@ -23,7 +23,7 @@ from distilabel.steps.tasks import TextGeneration
 
 from curation import budget, formats
 from distilforge.spec import TaskSpec
-from distilforge.secrets import reveal
+from distilforge.secrets import redact, reveal
 
 SHARDS = "shards"
 
@@ -46,6 +46,10 @@ class TimedOpenAILLM(OpenAILLM):
     def load(self) -> None:
         super().load()
         from openai import AsyncOpenAI
+
+        from distilforge.secrets import register
+
+        register(self.api_key.get_secret_value())  # this worker scrubs it from reasons it records
 
         self._clients = [(self.base_url, self._aclient)] + [
             (u, AsyncOpenAI(base_url=u, api_key=self.api_key.get_secret_value(), max_retries=self.max_retries,
@@ -71,7 +75,7 @@ class TimedOpenAILLM(OpenAILLM):
             n = int(kwargs.get("num_generations") or 1)
             out = {"generations": [None] * n,
                    "statistics": {"input_tokens": [0] * n, "output_tokens": [0] * n,
-                                  "error": [request_error(e, self.timeout, self.max_retries)] * n}}
+                                  "error": [redact(request_error(e, self.timeout, self.max_retries))] * n}}
         finally:
             if i >= 0:
                 self._inflight[i] -= 1

@@ -150,8 +150,10 @@ def main() -> None:
             import traceback
 
             traceback.print_exc()
-        if type(e).__module__.split(".")[0] == "openai":
-            _die(f"teacher request failed: {type(e).__name__}: {one_line(e)[:300]}", EXIT_RUNTIME)
+        if type(e).__module__.split(".")[0] == "openai":  # a transport error (calibration, judge): rc 1
+            cause = e.__cause__ or e.__context__
+            why = f" ({type(cause).__name__}: {one_line(cause)[:200]})" if cause is not None else ""
+            _die(f"teacher request failed: {type(e).__name__}: {one_line(e)[:200]}{why}", EXIT_RUNTIME)
         saved = _save_traceback(e)
         _die(f"unexpected {type(e).__name__}: {one_line(e)[:300]}"
              + (f" (traceback in {saved})" if saved else ""), EXIT_RUNTIME)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from distilforge.errors import RuntimeFailure
 from distilforge.secrets import reveal
 
 
@@ -228,6 +229,8 @@ def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[s
             model=endpoint.model, temperature=0, max_tokens=24,
             messages=[{"role": "system", "content": system_prompt + ' Reply as JSON: {"label": "<label>"}'},
                       {"role": "user", "content": text}], **kw)
+        if not getattr(r, "choices", None):  # an error body behind a 200 (some proxies): say what came back
+            raise RuntimeFailure(f"teacher at {endpoint.base_url} answered without choices: {str(r)[:200]}")
         raw = r.choices[0].message.content or ""
         try:
             pred = json.loads(raw).get("label", "")

@@ -29,6 +29,7 @@ def remote_spec(tmp: Path, base_url: str, *, timeout: float = 20, retries: int =
     raw = yaml.safe_load(TASK.read_text())
     raw["teacher"] = {"endpoint": "openai", "base_url": base_url, "model": "qwen2.5-coder-0.5b",
                       "api_key_env": KEY_ENV, "timeout_s": timeout, "max_retries": retries, "max_tokens": 48,
+                      "structured_output": "llama_cpp",  # a llama.cpp server is behind the proxy
                       "price_in_per_m": 1.0, "price_out_per_m": 2.0}
     raw["heldout"]["source"] = str(BANKING77 / "test.csv")
     if not profile_spec:
