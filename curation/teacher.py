@@ -145,14 +145,17 @@ def serve(model: str, *, port: int | None = None, log_path: str | Path | None = 
     numbers this call started) and `adopted` (left by a dead run, now this caller's): the caller
     stops only those. `owned`: the servers belong to this process (a run), see the module doc."""
     adopted = _adopt_or_stop(model, replicas) if owned else []
-    # A busy server can miss the quick health check: give a live one a longer look before
-    # deciding it is gone (starting a second server on the same replica slot would orphan it).
-    running = {st.get("replica", 0): st for st in status(model) if st["healthy"] or healthy(st["base_url"], 20)}
-    gguf = gguf_path(model) if any(i not in running for i in range(replicas)) else None  # (a replica
+    # A busy server (one request at a time, two loaded cores) can miss health checks for a long
+    # while. A live one is never replaced: a second server in its slot would overwrite its state
+    # file and leave it running unseen. It is waited for like a starting one.
+    live = {st.get("replica", 0): st for st in status(model)}
+    running = {i: st for i, st in live.items() if st["healthy"] or healthy(st["base_url"], 5)}
+    busy = {i: (None, st) for i, st in live.items() if i not in running and i < replicas}
+    gguf = gguf_path(model) if any(i not in live for i in range(replicas)) else None  # (a replica
     # above `replicas`, e.g. another run's @1, does not fill slot 0)
-    launched: dict[int, tuple[subprocess.Popen, dict]] = {}
+    launched: dict[int, tuple[subprocess.Popen | None, dict]] = {}
     for i in range(replicas):
-        if i in running:
+        if i in live:
             continue
         p = (port + i if port else None) or _free_port()
         log = Path(log_path or cache_dir() / "teacher" / f"{_key(model)}.log")
@@ -171,10 +174,13 @@ def serve(model: str, *, port: int | None = None, log_path: str | Path | None = 
         _state_path(model, i).write_text(json.dumps(st))
         launched[i] = (proc, st)
     deadline = time.time() + wait_s
-    pending = dict(launched)
+    pending = {**busy, **launched}
     while pending and time.time() < deadline:
         for i, (proc, st) in list(pending.items()):
-            if proc.poll() is not None:
+            if proc is None and not _alive(st["pid"]):
+                raise TeacherError(f"teacher server for {model} (replica {i}, pid {st['pid']}) exited while "
+                                   "busy; rerun to start a new one")
+            if proc is not None and proc.poll() is not None:
                 for j in launched:
                     stop(model, replica=j)
                 tail = Path(st["log"]).read_text(errors="replace")[-800:]
