@@ -181,6 +181,36 @@ def test_gate_reads_every_trained_column_and_names_it():
     assert len(texts) == 2 * 4  # per row: system + user, the answer, the text
 
 
+def test_gate_does_not_flag_label_answers_but_flags_held_out_answers(tmp_path):
+    """A label name as the answer is the task's vocabulary: on the demo's 10 intents with all 400
+    locked rows, `lost_or_stolen_card` sits at MiniLM cosine ~0.90 from real held-out messages, and the
+    gate refused every row. The same column holding a held-out message is still refused."""
+    from curation.decontam import ContaminationError
+    from curation.embed import Embedder
+    from curation.decontam import heldout_vectors
+    from training.stages import contamination_gate
+
+    raw = yaml.safe_load(TASK.read_text())
+    raw["student"] = {"base": "tiny-random"}
+    raw["heldout"]["source"] = str(BANKING77 / "test.csv")
+    raw["curation"] = {**raw.get("curation", {}), "decontam_cosine": 0.90}  # the threshold it failed at
+    spec = parse_spec(raw)
+    run = tmp_path / "run"
+    lock(spec.heldout, spec.label_names, run / "heldout")
+    held = load_locked(run / "heldout")
+    # the premise: some label name is as close to a held-out row as the cosine threshold
+    emb = Embedder(spec.curation.embedding_model)
+    sims = emb.encode(spec.label_names) @ heldout_vectors(held, emb).T
+    assert sims.max() >= 0.90
+    rows = [{"id": f"r{i}", "label": lab, "text": f"question number {i} about my account, please help",
+             "prompt": spec.student_prompt(f"question number {i} about my account, please help"),
+             "completion": [{"role": "assistant", "content": lab}]} for i, lab in enumerate(spec.label_names)]
+    contamination_gate(spec, run, ("training", datasets.Dataset.from_list(rows)))  # label answers pass
+    rows[3]["completion"] = [{"role": "assistant", "content": held["text"][7]}]
+    with pytest.raises(ContaminationError, match=r"r3 \[completion\]"):
+        contamination_gate(spec, run, ("training", datasets.Dataset.from_list(rows)))
+
+
 def test_preference_pairs_use_confusable_labels():
     from curation.preferences import classification_pairs, confusable_labels
 
