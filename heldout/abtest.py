@@ -68,6 +68,17 @@ def _number(v, where: str) -> float:
     return x
 
 
+def _jsonl(p: Path):
+    """(line number, parsed value) for each non-blank line; a bad line is one error naming it."""
+    for i, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ABTestError(f"{p}:line {i}: invalid JSON ({e.msg})") from None
+
+
 def load_arm(path: str | Path, metric: str = "outcome") -> list[float]:
     """Values of column `metric` in a JSONL or CSV log (CSV by extension, else JSONL)."""
     p = Path(path)
@@ -82,13 +93,7 @@ def load_arm(path: str | Path, metric: str = "outcome") -> list[float]:
             for i, row in enumerate(reader, start=2):
                 values.append(_number(row[metric], f"{p}:row {i}: field '{metric}'"))
     else:
-        for i, line in enumerate(p.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ABTestError(f"{p}:line {i}: invalid JSON ({e.msg})") from None
+        for i, obj in _jsonl(p):
             if isinstance(obj, dict):
                 if metric not in obj:
                     raise ABTestError(f"{p}:line {i}: no field '{metric}'")
@@ -261,13 +266,7 @@ def load_inputs(path: str | Path) -> list[dict]:
     if not p.exists():
         raise ABTestError(f"{p}: no such file")
     rows = []
-    for i, line in enumerate(p.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ABTestError(f"{p}:line {i}: invalid JSON ({e.msg})") from None
+    for i, obj in _jsonl(p):
         if isinstance(obj, str):
             obj = {"text": obj}
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
