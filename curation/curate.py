@@ -5,7 +5,9 @@ The funnel, in this order, each step recorded with rows in/out, kept rows per la
 1. validation — generation failed, schema broken, label not in the task;
 2. heuristics — too short/long, non-printable, repetitive, wrong language, refusal, meta
    commentary, prompt echo, label name leaking into the text (filters.py);
-3. judge score threshold (when the rows carry `judge_score`);
+3. judge score threshold (when the rows carry `judge_score`), then teacher agreement: rows whose
+   blind teacher label differs from the intended one are dropped (`teacher_disagrees`), or were
+   relabelled before the funnel (agreement.py; the rate per label is in `info`);
 4. embed (drops nothing; its own step so encode time shows), then held-out decontamination —
    n-gram and embedding (decontam.py). Before dedup, so a leaked row never represents a group;
 5. dedup — exact, MinHash, semantic, each keeping the best row of a group (dedup.py);
@@ -26,7 +28,7 @@ from typing import Callable
 import datasets
 import numpy as np
 
-from curation import decontam, dedup, filters
+from curation import agreement, decontam, dedup, filters
 from distilforge.spec import TaskSpec
 
 normalize = dedup.normalize  # kept importable from here: other stages used curate.normalize
@@ -121,6 +123,7 @@ def curate(
     """Run the funnel over the generate stage's rows. `heldout`: the locked rows (id, text, label);
     `embedder`: a `curation.embed.Embedder` to share (default: one for `spec.curation.embedding_model`)."""
     cfg = spec.curation
+    raw, agree = agreement.prepare(raw, spec)  # relabel mode: labels fixed before any step sees them
     f = _Funnel([{**r, "_k": k} for k, r in enumerate(raw)], spec.label_names)  # _k: row key, ids may repeat
     info: dict = {}
     label_set = set(spec.label_names)
@@ -143,6 +146,10 @@ def curate(
             return f"judge score {s:g} < {cfg.judge_min_score:g}" if s < cfg.judge_min_score else None
 
         f.step("judge_score", _per_row("low_judge_score", judged))
+    for step, reason, check in agreement.checks(spec):
+        f.step(step, _per_row(reason, check))
+    if agree:
+        info["teacher_agreement"] = agree
 
     # Embeddings: once, for decontamination and semantic dedup, for the rows still in play. A
     # funnel step of its own (dropping nothing) so its time is visible next to the others.
@@ -252,6 +259,7 @@ def curate(
     for r in f.rejected:
         r["dedup_cluster_size"] = 0
         del r["_k"]
+    agreement.annotate(f.steps, agree)
     return CurateResult(*_datasets(raw, f.rows, f.rejected), f.steps, under, info)
 
 
@@ -288,9 +296,17 @@ def render_funnel(funnel: list[dict], under_filled: dict[str, int] | None = None
             f"[red]{s['dropped']}[/red]" if s["dropped"] else "0", pct,
             f"{thin[1]} ({thin[0]})" if thin else "-", f"{s['seconds']:.2f}",
         )
+    notes = []
+    teacher = next((s["teacher"] for s in funnel if s.get("teacher")), None)
+    if teacher and teacher["checked"]:
+        what = {"drop": "dropped", "relabel": "relabelled", "keep": "kept"}[teacher["mode"]]
+        notes.append(f"teacher disagreed with {teacher['disagree']} of {teacher['checked']} labels "
+                     f"({100 * teacher['rate']:.1f} %, {what}; per label in the manifest)")
     if under_filled:
         names = ", ".join(f"{k}={v}" for k, v in sorted(under_filled.items(), key=lambda kv: kv[1]))
-        table.caption = f"[yellow]under-filled labels: {names}[/yellow]"
+        notes.append(f"[yellow]under-filled labels: {names}[/yellow]")
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

@@ -74,6 +74,10 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
     ds = collect(spec, st.dir)
     failed_all = failure_line(ds, endpoint, stats["stopped_by"])
     extra: dict = {}
+    from curation import agreement  # blind teacher labels for curate's teacher_disagrees check
+
+    if agreement.enabled(spec) and not stats["stopped_by"]:  # a cap stops requests, this one too
+        ds, extra["teacher_agreement"] = agreement.label_rows(spec, endpoint, ds, st.dir)
     if spec.generation.preferences.enabled:
         from curation.judge import collect_prefs
 

@@ -203,7 +203,8 @@ def test_heldout_text_never_leaves_the_lock_only_its_id(planted):
     assert leaks == {
         PLANTED[9][1]: "held-out row h00003-dddd (n-gram overlap 1.00); held-out row h00003-dddd (cosine 1.00)",
         PLANTED[10][1]: "held-out row h00000-aaaa (cosine 0.99)",
-        PLANTED[11][1]: "held-out row h00004-eeee (n-gram overlap 0.57); held-out row h00004-eeee (cosine 0.96)",
+        # cosine 0.96: under the default threshold (0.985, docs/decontamination.md); the n-gram check catches it
+        PLANTED[11][1]: "held-out row h00004-eeee (n-gram overlap 0.57)",
     }
     dumped = json.dumps([r["detail"] for r in res.rejected] + [res.summary()], default=str).casefold()
     for _, t in HELDOUT:
@@ -225,16 +226,46 @@ def test_find_contamination_names_rows_kinds_and_heldout_ids(embedder):
     assert kinds == [
         ("verbatim", "h00003-dddd", "ngram"), ("verbatim", "h00003-dddd", "embedding"),
         ("edited", "h00000-aaaa", "embedding"),
-        ("quoted", "h00004-eeee", "ngram"), ("quoted", "h00004-eeee", "embedding"),
+        ("quoted", "h00004-eeee", "ngram"),  # its cosine (0.96) is under the default 0.985
     ]
     assert got[0]["score"] == 1.0 and 0.5 < got[3]["score"] < 1.0
-    assert all(d["score"] >= 0.9 for d in got if d["kind"] == "embedding")
+    assert all(d["score"] >= 0.985 for d in got if d["kind"] == "embedding")
+    at90 = decontam.find_contamination(texts, ids, heldout_ds(), spec_for(decontam_cosine=0.9).curation, embedder)
+    assert [(d["row_id"], d["kind"]) for d in at90] == [
+        ("verbatim", "ngram"), ("verbatim", "embedding"), ("edited", "embedding"), ("quoted", "ngram"),
+        ("quoted", "embedding")]
+    assert all(d["score"] >= 0.9 for d in at90 if d["kind"] == "embedding")
     # 8-grams catch the edited copy too (its longest shared run is 10 words); n-gram-only mode
     eight = decontam.find_contamination(texts, ids, heldout_ds(), spec_for(decontam_ngram=8, decontam_cosine=None).curation)
     assert [(d["row_id"], d["kind"]) for d in eight] == [("verbatim", "ngram"), ("edited", "ngram"), ("quoted", "ngram")]
     with pytest.raises(decontam.ContaminationError, match="3 training row"):
         decontam.assert_clean(texts, ids, heldout_ds(), spec_for().curation, embedder)
     decontam.assert_clean(texts[3:], ids[3:], heldout_ds(), spec_for().curation, embedder)
+
+
+def test_default_threshold_keeps_independent_rewordings_and_still_catches_copies(embedder):
+    """The default cosine (0.985) was chosen on Banking77 (docs/decontamination.md): at 0.90 a third
+    of independent real train rows were flagged. A realistic row that asks what a held-out row asks,
+    in its own words (cosine 0.92-0.95 here), is kept now and was dropped at 0.90; copies are caught."""
+    assert spec_for().curation.decontam_cosine == 0.985
+    independent = ["How many days until a card gets delivered to Ireland?",  # h00001 at cosine ~0.92
+                   "How long will my card take to arrive if I live in Ireland?"]  # ~0.94
+    copies = ["how long does it take for a card to arrive in IRELAND??",  # casing/punctuation: n-gram
+              "How long does a card take to arrive in Ireland?"]  # reworded two words: cosine ~0.99
+    texts = independent + copies
+    ids = ["ind-1", "ind-2", "copy-1", "copy-2"]
+    now = decontam.find_contamination(texts, ids, heldout_ds(), spec_for().curation, embedder)
+    assert sorted({d["row_id"] for d in now}) == ["copy-1", "copy-2"]
+    assert {(d["row_id"], d["kind"]) for d in now} >= {("copy-1", "ngram"), ("copy-2", "embedding")}
+    old = decontam.find_contamination(texts, ids, heldout_ds(), spec_for(decontam_cosine=0.9).curation, embedder)
+    flagged_old = {d["row_id"]: d for d in old if d["kind"] == "embedding"}
+    assert {"ind-1", "ind-2"} <= set(flagged_old)  # between the old and the new threshold
+    assert all(0.9 <= flagged_old[i]["score"] < 0.985 and flagged_old[i]["heldout_id"] == "h00001-bbbb"
+               for i in ("ind-1", "ind-2"))
+    raw = datasets.Dataset.from_list([make_row("card_delivery", t, 300 + i) for i, t in enumerate(texts)])
+    res = curate(raw, spec_for(semantic_dedup=False, minhash_dedup=False), heldout_ds(), embedder=embedder)
+    assert res.kept["text"] == independent
+    assert res.rejected["text"] == copies and set(res.rejected["reason"]) == {"heldout_contamination"}
 
 
 def test_switching_stages_off_moves_or_keeps_rows(embedder):

@@ -20,6 +20,8 @@ KEY_ENV = "DF_TEST_TEACHER_KEY"
 
 def proxied_spec(tmp: Path, base_url: str, extra: str = "", per_label: int = 1, retries: int = 5,
                  timeout: int = 4) -> Path:
+    # teacher_agreement off: these tests count and match generation requests one by one (the
+    # agreement check's own requests and faults are tested in tests/test_agreement.py)
     p = tmp / "spec.yaml"
     p.write_text(f"""\
 name: faults
@@ -31,7 +33,7 @@ labels:
 teacher: {{endpoint: openai, base_url: "{base_url}", model: qwen2.5-coder-0.5b, api_key_env: {KEY_ENV},
           structured_output: llama_cpp, max_tokens: 40, timeout_s: {timeout}, max_retries: {retries},
           price_in_per_m: 1.0, price_out_per_m: 2.0}}
-generation: {{per_label: {per_label}, shard_size: 1, seed: 3, invalid_retries: 0,
+generation: {{per_label: {per_label}, shard_size: 1, seed: 3, invalid_retries: 0, teacher_agreement: false,
              input_description: a bank customer writing to the support chat{extra}}}
 heldout: {{source: ../shared/data/banking77/test.csv, label_column: category}}
 """)

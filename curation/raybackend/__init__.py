@@ -88,8 +88,15 @@ def curate_ray(raw, spec, heldout=None, *, backend=None, cache_root=None):
     `backend`: a `distilforge.spec.Backend` (default `spec.backend`): cluster address, CPUs for a
     local start, encode actors, semantic cluster size and probes. `cache_root`: the embedding cache
     folder on every worker (default: each node's `~/.cache/distilforge/embeddings`)."""
+    from curation import agreement
+
     backend = backend if backend is not None else getattr(spec, "backend", None)
+    raw, agree = agreement.prepare(raw, spec)  # as the local funnel: relabel before any step
     with ray_session(backend):
         from curation.raybackend.driver import Run
 
-        return Run(raw, spec, heldout, backend, cache_root).run()
+        res = Run(raw, spec, heldout, backend, cache_root).run()
+    if agree:
+        res.info["teacher_agreement"] = agree
+    agreement.annotate(res.funnel, agree)
+    return res

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation import dedup, filters
+from curation import agreement, dedup, filters
 
 Check = tuple[str, str, Callable[[dict], "str | None"]]  # (funnel step, reason, row -> detail|None)
 
@@ -49,6 +49,7 @@ def row_checks(spec, has_judge_column: bool) -> list[Check]:
             return f"judge score {s:g} < {cfg.judge_min_score:g}" if s < cfg.judge_min_score else None
 
         out.append(("judge_score", "low_judge_score", judged))
+    out += agreement.checks(spec)  # teacher_disagrees: the local funnel's step, same function
     return out
 
 
