@@ -150,7 +150,9 @@ class Generation(_Strict):
     # the teacher eval uses), one short request per row, into the column `teacher_label`; `curate`
     # then drops or relabels rows it disagrees with (curation.teacher_disagreement,
     # curation/agreement.py). Ignored for extraction, instruction and multi-label tasks.
-    teacher_agreement: bool = True
+    # Opt-in for now: its requests are not yet counted by the cost caps or `--dry-run`, and its
+    # effect on the demo's time and accuracy is not measured yet (issue 16).
+    teacher_agreement: bool = False
 
     @field_validator("strategies")
     @classmethod

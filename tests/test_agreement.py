@@ -44,7 +44,7 @@ labels:
 {labels}
 teacher: {{endpoint: openai, base_url: "{base_url}", model: qwen2.5-coder-0.5b, api_key_env: {KEY_ENV},
           structured_output: llama_cpp, max_tokens: 60, timeout_s: 120}}
-generation: {{per_label: 1, shard_size: 1, seed: 5, invalid_retries: 0}}
+generation: {{per_label: 1, shard_size: 1, seed: 5, invalid_retries: 0, teacher_agreement: true}}
 curation: {{teacher_disagreement: {mode}}}
 heldout: {{source: ../shared/data/banking77/test.csv, label_column: category}}
 """)
@@ -129,7 +129,8 @@ def test_relabel_and_keep_modes_on_the_same_rows(generated, embedder):
 def _spec(**curation):
     return parse_spec({"name": "agree-unit", "instruction": "Classify the customer's banking message by its intent.",
                        "labels": [{"name": k, "description": v} for k, v in LABELS.items()],
-                       "heldout": {"source": "unused.csv"}, "curation": {"semantic_dedup": False, **curation}})
+                       "heldout": {"source": "unused.csv"}, "generation": {"teacher_agreement": True},
+                       "curation": {"semantic_dedup": False, **curation}})
 
 
 def _row(i: int, label: str, text: str, teacher, status: str = "ok") -> dict:
