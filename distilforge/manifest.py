@@ -108,6 +108,18 @@ def load_dataset_dir(path: str | Path) -> datasets.Dataset:
     return datasets.load_from_disk(str(path))
 
 
+def read_json(path: str | Path, error: type[Exception] = ValueError, hint: str = "") -> Any:
+    """An optional JSON file a stage or the user wrote: None when absent; a broken one is one
+    error line naming the file (`error` is the caller's error class, `hint` what to do)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON (line {e.lineno}: {e.msg}){hint}") from None
+
+
 def read_manifest(stage_dir: str | Path) -> dict | None:
     p = Path(stage_dir) / MANIFEST
     if not p.exists():

@@ -19,7 +19,7 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distilforge.manifest import atomic_write_json, read_manifest
+from distilforge.manifest import atomic_write_json, read_json, read_manifest
 from heldout import abtest as ab
 from heldout.economics import EconInputs, EconomicsError, PreCheck, decide
 
@@ -107,12 +107,7 @@ def load_config(path: str | Path | None) -> DecideConfig:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EconomicsError(f"{path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+    return read_json(path, EconomicsError)
 
 
 def _manifest(stage_dir: Path) -> dict:

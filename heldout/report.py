@@ -13,12 +13,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from distilforge.manifest import atomic_write_text, read_manifest
+from distilforge.manifest import atomic_write_text, read_json, read_manifest
 
 SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "serving", "generation", "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
@@ -87,12 +86,7 @@ def img(fig, alt: str) -> str:
 
 
 def _json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON (line {e.lineno}: {e.msg})") from None
+    return read_json(path)
 
 
 def _columns(path: Path, cols: list[str]) -> dict[str, list]:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
-from distilforge.manifest import atomic_write_json, read_manifest, sha256_file
+from distilforge.manifest import atomic_write_json, read_json, read_manifest, sha256_file
 
 LLAMA_VER = "0.3.36"
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
@@ -52,13 +52,7 @@ class ConvertError(RuntimeFailure, RuntimeError):
 
 
 def _metrics(run: Path) -> dict | None:
-    p = run / "eval" / "metrics.json"
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{p}: invalid JSON (line {e.lineno}): re-run `distilforge eval RUN`") from None
+    return read_json(run / "eval" / "metrics.json", ExportError, ": re-run `distilforge eval RUN`")
 
 
 def vouch(run: Path, spec) -> dict:

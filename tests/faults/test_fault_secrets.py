@@ -12,7 +12,6 @@ import logging
 import pickle
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
