@@ -288,5 +288,7 @@ def collect_prefs(spec, endpoint, rows: datasets.Dataset, out_dir: Path) -> tupl
     pairs, agree = judged_pairs(spec, rows, Path(out_dir), judge_kind(spec, endpoint))
     if spec.generation.preferences.hard_negatives:
         pairs += hard_negatives(spec, rows)
-    return datasets.Dataset.from_list([{k: p.get(k) for k in PAIR_FEATURES} for p in pairs],
-                                      features=PAIR_FEATURES), agree
+    # from_dict: `from_list([])` with fixed features raises "Keys mismatch" when no pair came out
+    # (every candidate invalid, or no judged row): no pairs is a result, not a crash
+    cols = {k: [p.get(k) for p in pairs] for k in PAIR_FEATURES}
+    return datasets.Dataset.from_dict(cols, features=PAIR_FEATURES), agree

@@ -19,7 +19,7 @@ KEY_ENV = "DF_TEST_TEACHER_KEY"
 
 
 def proxied_spec(tmp: Path, base_url: str, extra: str = "", per_label: int = 1, retries: int = 5,
-                 timeout: int = 4) -> Path:
+                 timeout: int = 4, max_tokens: int = 40) -> Path:
     # teacher_agreement off: these tests count and match generation requests one by one (the
     # agreement check's own requests and faults are tested in tests/test_agreement.py)
     p = tmp / "spec.yaml"
@@ -31,7 +31,7 @@ labels:
   - {{name: card_arrival, description: the customer's new card has not arrived yet}}
   - {{name: exchange_rate, description: the customer asks what exchange rate is used}}
 teacher: {{endpoint: openai, base_url: "{base_url}", model: qwen2.5-coder-0.5b, api_key_env: {KEY_ENV},
-          structured_output: llama_cpp, max_tokens: 40, timeout_s: {timeout}, max_retries: {retries},
+          structured_output: llama_cpp, max_tokens: {max_tokens}, timeout_s: {timeout}, max_retries: {retries},
           price_in_per_m: 1.0, price_out_per_m: 2.0}}
 generation: {{per_label: {per_label}, shard_size: 1, seed: 3, invalid_retries: 0, teacher_agreement: false,
              input_description: a bank customer writing to the support chat{extra}}}
@@ -86,7 +86,9 @@ def test_transport_faults_are_retried_with_backoff_and_the_key_never_leaks(tmp_p
 def test_exhausted_retries_leave_the_shard_pending_and_a_rerun_finishes_it(tmp_path, fast_teacher):
     with FaultProxy(fast_teacher["base_url"], [{"fault": "500", "times": 2}], expect_key=FAKE_KEY) as px:
         run = tmp_path / "run"
-        spec = proxied_spec(tmp_path, px.base_url, retries=1)
+        # room for a whole answer: the one shard that gets through must give a usable row (a run
+        # with no usable row fails, rc 1), and the 0.5B teacher sometimes writes past 40 tokens
+        spec = proxied_spec(tmp_path, px.base_url, retries=1, max_tokens=120)
         r = run_gen(run, spec)
         assert r.returncode == 0, r.stderr[-3000:]
         m = manifest(run)
@@ -126,3 +128,20 @@ def test_garbage_answers_become_failed_rows_with_reasons(tmp_path, fast_teacher)
     bad = [c for c in cands if not c["valid"]]
     assert len(bad) >= 1 and any("wrong label" in c["error"] and c["score"] == 0 for c in bad)
     assert "judge_score" in ds.column_names  # classification: agreement of candidates with the row's label
+
+
+def test_no_preference_pairs_is_an_empty_dataset_not_a_crash(tmp_path):
+    """Every candidate invalid (or nothing judged) leaves no pair: an empty `prefs` with the pair
+    columns, not datasets' "Keys mismatch" (seen when the 0.5B teacher's candidates all failed)."""
+    from curation.generate import ROW_FEATURES
+    from curation.judge import PAIR_FEATURES, collect_prefs
+    from curation.teacher import Endpoint
+    from distilforge.secrets import Secret
+    from distilforge.spec import load_spec
+
+    extra = ",\n             preferences: {enabled: true, candidates: 2, max_rows: 1, hard_negatives: true}"
+    spec = load_spec(proxied_spec(tmp_path, "http://127.0.0.1:9/v1", extra=extra))
+    rows = datasets.Dataset.from_dict({k: [] for k in ROW_FEATURES}, features=ROW_FEATURES)
+    ep = Endpoint("http://127.0.0.1:9/v1", "m", Secret("none"), "openai")
+    prefs, agree = collect_prefs(spec, ep, rows, tmp_path)
+    assert len(prefs) == 0 and prefs.features == PAIR_FEATURES and agree == {}
