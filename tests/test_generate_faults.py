@@ -19,7 +19,7 @@ KEY_ENV = "DF_TEST_TEACHER_KEY"
 
 
 def proxied_spec(tmp: Path, base_url: str, extra: str = "", per_label: int = 1, retries: int = 5,
-                 timeout: int = 4, max_tokens: int = 40) -> Path:
+                 timeout: int = 4, max_tokens: int = 40, temperature: float = 0.9) -> Path:
     # teacher_agreement off: these tests count and match generation requests one by one (the
     # agreement check's own requests and faults are tested in tests/test_agreement.py)
     p = tmp / "spec.yaml"
@@ -32,6 +32,7 @@ labels:
   - {{name: exchange_rate, description: the customer asks what exchange rate is used}}
 teacher: {{endpoint: openai, base_url: "{base_url}", model: qwen2.5-coder-0.5b, api_key_env: {KEY_ENV},
           structured_output: llama_cpp, max_tokens: {max_tokens}, timeout_s: {timeout}, max_retries: {retries},
+          temperature: {temperature},
           price_in_per_m: 1.0, price_out_per_m: 2.0}}
 generation: {{per_label: {per_label}, shard_size: 1, seed: 3, invalid_retries: 0, teacher_agreement: false,
              input_description: a bank customer writing to the support chat{extra}}}
@@ -66,7 +67,7 @@ def test_transport_faults_are_retried_with_backoff_and_the_key_never_leaks(tmp_p
     rules = [{"fault": "429", "retry_after": 2}, {"fault": "drop"}, {"fault": "503"}, {"fault": "hang", "seconds": 8}]
     with FaultProxy(fast_teacher["base_url"], rules, expect_key=FAKE_KEY) as px:
         run = tmp_path / "run"
-        r = run_gen(run, proxied_spec(tmp_path, px.base_url))
+        r = run_gen(run, proxied_spec(tmp_path, px.base_url, max_tokens=120))  # whole answers: see below
         assert r.returncode == 0, r.stderr[-3000:]
         log = list(px.log)
     m = manifest(run)
@@ -117,7 +118,10 @@ def test_garbage_answers_become_failed_rows_with_reasons(tmp_path, fast_teacher)
     extra = ",\n             preferences: {enabled: true, candidates: 2, max_rows: 1, hard_negatives: false}"
     with FaultProxy(fast_teacher["base_url"], rules, expect_key=FAKE_KEY) as px:
         run = tmp_path / "run"
-        r = run_gen(run, proxied_spec(tmp_path, px.base_url, extra=extra, per_label=2, timeout=60))
+        # temperature 0, max_tokens 120: the one genuine answer must be usable (three injected failures
+        # + a fourth the 0.5B teacher rambled past its cap = no usable row = rc 1, seen at 0.9)
+        r = run_gen(run, proxied_spec(tmp_path, px.base_url, extra=extra, per_label=2, timeout=60, max_tokens=120,
+                                      temperature=0))
         assert r.returncode == 0, r.stderr[-3000:]
     ds, m = rows(run), manifest(run)
     errors = sorted(e for e in ds["error"] if e)
