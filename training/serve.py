@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from curation.teacher import _alive  # one liveness rule for every server we start
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
 from distilforge.manifest import atomic_write_json
@@ -64,21 +65,19 @@ def output_constraint(spec: dict) -> dict:
     return {}
 
 
+def _states():
+    """(state file, state) for each served student; unreadable files are skipped."""
+    for p in sorted(_state_dir().glob("*.json")):
+        try:
+            yield p, json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+
+
 def _state_dir() -> Path:
     d = cache_dir() / "serve"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _free_port() -> int:
@@ -195,11 +194,7 @@ def _state_path(name: str) -> Path:
 def status() -> list[dict]:
     """Served students (stale state files, whose front is gone, are cleaned up with their servers)."""
     out = []
-    for p in sorted(_state_dir().glob("*.json")):
-        try:
-            st = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for p, st in _states():
         if _alive(st.get("pid", -1)):
             st["healthy"] = _healthy(st["base_url"])
             out.append(st)
@@ -270,11 +265,7 @@ def serve(run: Path, spec, *, quant: str = "q8_0", port: int | None = None, repl
 def stop(name: str | None = None) -> list[str]:
     """Stop one served student (by task name) or all; returns the names stopped."""
     stopped = []
-    for p in sorted(_state_dir().glob("*.json")):
-        try:
-            st = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for p, st in _states():
         if name is not None and st.get("name") != name:
             continue
         pid = st.get("pid")
