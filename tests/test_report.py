@@ -192,6 +192,18 @@ def test_empty_run_says_stages_did_not_run(tmp_path):
     assert res.exit_code == 0 and res.output.startswith("VERDICT: needs input"), res.output
 
 
+def test_report_shows_measured_serving_and_the_assumption_it_replaced(tmp_path):
+    """With a serving measurement, the report says the measured rate and which assumed box it replaced."""
+    run = tmp_path / "served"
+    atomic_write_json(run / "spec.json", {"name": "t", "labels": [{"name": "a"}, {"name": "b"}]})
+    atomic_write_json(run / "decide" / "decision.json", {"verdict": "stay hosted", "serving": {
+        "mode": "measured", "replaced": "$0.08/h always-on = $700.80 over the horizon",
+        "priced": {"unit": "core", "price_per_hour": 0.04, "tasks_per_hour": 7581.6, "per_task_usd": 5.2759e-06}}})
+    html = render_report(run).read_text()
+    assert "measured: 2.11 tasks/s per core, $0.04 per core-hour = $0.000005 per task" in html
+    assert "replaces $0.08/h always-on = $700.80 over the horizon" in html
+
+
 def test_broken_stage_file_shows_error_line_not_crash(tmp_path):
     run = tmp_path / "r"
     (run / "eval").mkdir(parents=True)
