@@ -150,9 +150,8 @@ heldout: {{source: ../shared/data/banking77/test.csv, label_column: category}}
     return p
 
 
-def key_rows(ds: datasets.Dataset, ids: set[str] | None = None, text: bool = True) -> list[tuple]:
-    return sorted((i, t if text else "", lab, st) for i, t, lab, st in zip(ds["id"], ds["text"], ds["label"], ds["status"])
-                  if ids is None or i in ids)
+def key_rows(ds: datasets.Dataset) -> list[tuple]:
+    return sorted(zip(ds["id"], ds["text"], ds["label"], ds["status"]))
 
 
 def shard_rows(run: Path, shards: set[str]) -> set[str]:
@@ -208,15 +207,13 @@ def test_kill9_mid_generation_leaves_no_writer_and_the_rerun_is_exactly_once(tmp
     duplicated = (len(ids) - len(set(ids))) + (len(committed) - len(set(committed)))
     p.rows(lost=lost, duplicated=duplicated)
     assert sorted(committed) == sorted(set(committed)) and len(committed) == 4  # one committed entry per shard
-    # The same rows as the uninterrupted run: ids, labels and statuses of all 8; texts too for every
-    # shard the killed run committed (both runs asked them in the same order from a fresh server),
-    # and those shard files are untouched by the rerun. The rerun's first request reads its prompt
-    # without the prefix cache the uninterrupted run had at that point; llama.cpp's logits then
-    # differ in the last bits and greedy decoding can flip a token (seen here in 1 of 8 rows, as in
-    # tests/test_ray_generation.py), so rows generated after the restart are compared without text.
-    assert key_rows(ds, text=False) == key_rows(ref, text=False)
+    # The same rows as the uninterrupted run, texts included: the shards the killed run committed
+    # stay as they were, and those asked again after the restart get the same answers from a fresh
+    # server (prompts are read in fixed blocks, curation/llama_server.py, so an answer does not
+    # depend on what the server had read before).
+    assert key_rows(ds) == key_rows(ref)
     before = shard_rows(run, committed_at_kill)
-    assert key_rows(ds, before) == key_rows(ref, before) and len(before) >= 2
+    assert len(before) >= 2 and len(set(ds["id"]) - before) >= 2  # rows on both sides of the kill
     assert {s: (run / "generate" / "shards" / f"{s}.jsonl").read_bytes() for s in committed_at_kill} == bytes_at_kill
     st = cli("teacher", "status", env=env)
     assert st.returncode == 0 and "no embedded teacher running" in st.stdout, st.stdout
