@@ -139,7 +139,7 @@ def paraphrases(rows: list[dict], base_url: str | None, model: str, seed: int, c
 # ---------------------------------------------------------------- measuring
 
 def teacher_url(model: str) -> str:
-    from curation.teacher import status
+    from distilforge.teacher import status
 
     for st in status(model):
         if st.get("healthy"):

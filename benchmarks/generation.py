@@ -82,7 +82,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from curation.generate import plan_all
-    from curation.teacher import Endpoint, serve, stop
+    from distilforge.teacher import Endpoint, serve, stop
     from distilforge.secrets import Secret
 
     st = serve(a.model)

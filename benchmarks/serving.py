@@ -30,7 +30,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distilforge.manifest import atomic_write_json, read_manifest  # noqa: E402
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import read_manifest  # noqa: E402
 from distilforge.runctx import prepare  # noqa: E402
 
 
@@ -110,7 +111,7 @@ def summarize(kind: str, name: str, quant: str | None, replicas: int, concurrenc
 
 
 def bench_student(run: Path, spec, quant: str, replicas: int, texts: list[str], gold: list[str]) -> dict:
-    from curation.teacher import status as llama_status
+    from distilforge.teacher import status as llama_status
     from training import serve as sv
     from training.export import find_gguf
 
@@ -129,9 +130,9 @@ def bench_student(run: Path, spec, quant: str, replicas: int, texts: list[str], 
 
 
 def bench_teacher(spec, model: str, replicas: int, texts: list[str], gold: list[str]) -> dict:
-    from curation.teacher import serve as serve_llama
-    from curation.teacher import status as llama_status
-    from curation.teacher import stop as stop_llama
+    from distilforge.teacher import serve as serve_llama
+    from distilforge.teacher import status as llama_status
+    from distilforge.teacher import stop as stop_llama
     from distilforge.assets import gguf_path
 
     st = serve_llama(model, replicas=replicas)

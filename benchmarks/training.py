@@ -63,7 +63,7 @@ def run_plain(ds, out: Path, gc: bool) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from training.common import dataset_tokens
-    from training.models import student_base_dir
+    from distilforge.models import student_base_dir
 
     base = student_base_dir("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(base)
@@ -84,7 +84,7 @@ def run_plain(ds, out: Path, gc: bool) -> dict:
 
 def run_distilforge(ds, out: Path, packing: bool) -> dict:
     from distilforge.spec import Training
-    from training.models import student_base_dir
+    from distilforge.models import student_base_dir
     from training.sft import LoraSFTConfig, train_sft
 
     t = Training(**{k: v for k, v in HP.items()}, packing=packing)

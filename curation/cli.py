@@ -25,7 +25,7 @@ def serve_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded mod
               port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one; replicas take the next ones)."),
               replicas: int = typer.Option(1, min=1, help="Single-thread server processes (one per free core).")):
     """Start the embedded teacher (or report the one already running)."""
-    from curation.teacher import TeacherError, serve
+    from distilforge.teacher import TeacherError, serve
 
     try:
         st = serve(model, port=port, replicas=replicas)
@@ -37,7 +37,7 @@ def serve_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded mod
 @teacher_app.command("status")
 def status_cmd():
     """List running embedded teachers."""
-    from curation.teacher import status
+    from distilforge.teacher import status
 
     rows = status()
     if not rows:
@@ -49,7 +49,7 @@ def status_cmd():
 @teacher_app.command("stop")
 def stop_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded model name.")):
     """Stop an embedded teacher (every replica)."""
-    from curation.teacher import stop
+    from distilforge.teacher import stop
 
     typer.echo("stopped" if stop(model) else "not running")
 
@@ -69,10 +69,10 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                  backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
                                                        "backend.kind); ray: distilabel's RayPipeline, same rows")):
     """Ask the teacher for task rows (resumable: committed shards are never redone)."""
-    from curation.generate import GenerationError
+    from curation.runner import GenerationError
     from curation.plan import TargetsError, load_targets
     from curation.stages import forecast_stage, generate_stage
-    from curation.teacher import TeacherError, teacher_endpoint
+    from distilforge.teacher import TeacherError, teacher_endpoint
 
     if backend not in (None, "local", "ray"):
         fail(f"--backend: '{backend}' is not one of: local, ray")

@@ -278,13 +278,12 @@ class CommitShards(Step):
         yield inputs
 
     def output_keys(self) -> list[str]:
-        return ["candidate", "judgement"] if self.phase == "prefs" else ["generation"]
+        """The answer columns a row needs before its shard can be committed."""
+        return ["generation"]
 
     def build(self, spec, x: dict, stats: list[dict], price) -> dict:
-        if self.phase == "prefs":
-            from curation.judge import candidate_record
-
-            return candidate_record(spec, x, stats, self.model_name, price)
+        """The committed row for one answered request (curation/judge.py's CommitCandidates builds
+        candidate records instead)."""
         return to_row(spec, x, x["generation"], stats[0], self.model_name, self.base_url, price,
                       int(x.get("attempts") or 1))
 

@@ -25,7 +25,8 @@ from distilabel.steps import StepInput
 from distilabel.steps.tasks import Task
 
 from curation import budget, formats, plan
-from curation.gensteps import AnswerGeneration, SentinelAware
+from curation.gensteps import AnswerGeneration, CommitShards, SentinelAware, committed_shards, llm, read_shard
+from curation.runner import run_pipeline
 
 PAIR_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
@@ -136,6 +137,16 @@ def candidate_record(spec, x: dict, stats: list[dict], model: str, price) -> dic
             "cost_usd": round(budget.cost(p, c, price), 8)}
 
 
+class CommitCandidates(CommitShards):
+    """Commits judged candidate answers (the `prefs` phase) instead of task rows."""
+
+    def output_keys(self) -> list[str]:
+        return ["candidate", "judgement"]
+
+    def build(self, spec, x: dict, stats: list[dict], price) -> dict:
+        return candidate_record(spec, x, stats, self.model_name, price)
+
+
 def plan_candidates(spec, rows: datasets.Dataset, kind: str) -> list[dict]:
     pr = spec.generation.preferences
     ok = [r for r in rows if r["status"] == "ok"]
@@ -159,9 +170,6 @@ def plan_candidates(spec, rows: datasets.Dataset, kind: str) -> list[dict]:
 
 
 def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps: dict) -> tuple[dict, str | None]:
-    from curation.generate import run_pipeline
-    from curation.gensteps import committed_shards, llm
-
     pr, t = spec.generation.preferences, spec.teacher
     kind = judge_kind(spec, endpoint)
     reqs = plan_candidates(spec, rows, kind)
@@ -184,14 +192,13 @@ def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps:
                 Judge(name="judge", kind=kind, llm=llm(endpoint, t, 0.0, j_tokens, j_extra), input_batch_size=c,
                       add_raw_output=False, add_raw_input=False)]
 
-    stopped = run_pipeline(spec, endpoint, todo, out_dir, "prefs", middle, ["answer", "judge"], caps) if todo else None
+    stopped = run_pipeline(spec, endpoint, todo, out_dir, "prefs", middle, ["answer", "judge"], caps,
+                           commit=CommitCandidates) if todo else None
     pending = len({r["shard_id"] for r in reqs} - committed_shards(out_dir))
     return {"candidate_requests": len(reqs), "judge": kind, "pending_shards": pending}, stopped
 
 
 def _candidates(out_dir: Path, reqs: list[dict]) -> dict[str, list[dict]]:
-    from curation.gensteps import committed_shards, read_shard
-
     by_src: dict[str, list[dict]] = {}
     for sid in sorted({r["shard_id"] for r in reqs} & committed_shards(out_dir)):
         for c in read_shard(out_dir, sid):

@@ -6,12 +6,9 @@ from pathlib import Path
 from rich.console import Console
 
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
-from distilforge.spec import TaskSpec
+from distilforge.spec import TaskSpec, semantic_dump
 
 console = Console(stderr=True)
-
-
-NOT_SEMANTIC = {"concurrency", "max_cost_usd", "max_total_tokens"}  # how fast / how far, not what
 
 
 def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
@@ -19,7 +16,7 @@ def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
     from curation.generate import saved_targets
 
     t = spec.teacher
-    gen = {k: v for k, v in spec.generation.model_dump(mode="json").items() if k not in NOT_SEMANTIC}
+    gen = semantic_dump(spec.generation)
     return {"name": spec.name, "type": spec.type, "labels": [lab.model_dump() for lab in spec.labels],
             "instruction": spec.instruction, "multi_label": spec.multi_label, "output_schema": spec.output_schema,
             "style_guide": spec.style_guide, "examples": [e.model_dump(mode="json") for e in spec.examples],
@@ -35,7 +32,7 @@ def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> d
 
     from curation import budget
     from curation.generate import committed_shards, plan_all
-    from distilforge.manifest import atomic_write_json
+    from distilforge.atomic import atomic_write_json
 
     out = run / "generate"
     base, evolve = plan_all(spec, out)
@@ -57,7 +54,8 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
     """Teacher → RUN/generate/rows. Failed rows are results (status/error); a run where no row is
     usable still writes its rows and manifest, then raises GenerationFailed (one line, rc 1)."""
     from curation import budget
-    from curation.generate import GenerationFailed, collect, generate
+    from curation.generate import collect, generate
+    from curation.runner import GenerationFailed
 
     st = Stage(run / "generate", "generate", {}, generation_config(spec, run))
     m = read_manifest(st.dir)
@@ -138,7 +136,7 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     gen_hash = output_hash(run / "generate", "rows")
     lock_info = read_lock(run / "heldout")
     st = Stage(run / "curate", "curate", {"generate": gen_hash, "heldout": lock_info["sha256"]},
-               {"curation": spec.curation.model_dump(), "labels": spec.label_names})
+               {"curation": semantic_dump(spec.curation), "labels": spec.label_names})
     if st.is_current():
         console.print("curate: inputs unchanged, skipped")
         return read_manifest(st.dir)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from distilforge.atomic import atomic_path, atomic_write_json
 from distilforge.errors import UserError
 from distilforge.secrets import has_secrets, redact
 
@@ -50,33 +49,11 @@ def dataset_hash(ds: datasets.Dataset) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(redact(text))  # a key that slipped into a message never reaches the run dir
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n")
-
-
 def save_dataset(ds: datasets.Dataset, path: str | Path) -> str:
     """Save `ds` at `path` atomically (temp dir, then swap); returns its content hash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     ds = _scrubbed(ds)
-    ds.save_to_disk(str(tmp))
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_path(path, is_dir=True) as tmp:
+        ds.save_to_disk(str(tmp))
     return dataset_hash(ds)
 
 

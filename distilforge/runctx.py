@@ -23,18 +23,17 @@ import typer
 from rich.console import Console
 
 from distilforge.errors import UserError
-from distilforge.manifest import atomic_write_json, sha256_json
-from distilforge.spec import SpecError, TaskSpec, load_spec
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import sha256_json
+from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec
 
 console = Console(stderr=True)
 
 STAGES = ("heldout", "generate", "curate", "train", "eval")
 
-# Spec fields that change how a stage runs (speed, caps, logging, where), never what it produces;
-# the stage fingerprints leave the same ones out (curation/stages.py, training/stages.py).
-COSMETIC = {"generation.concurrency", "generation.max_cost_usd", "generation.max_total_tokens",
-            "training.save_steps", "training.save_total_limit", "training.logging_steps", "training.tensorboard",
-            "teacher.timeout_s", "teacher.max_retries", "backend"}
+# Spec fields that change how a stage runs (speed, caps, logging, where), never what it produces:
+# marked `Cosmetic` in the spec model; the stage fingerprints leave the same ones out (semantic_dump).
+COSMETIC = cosmetic_paths(TaskSpec)
 
 # The first stage a top-level spec block feeds (everything from there on reruns when it changes).
 FIRST_STAGE = {"heldout": "heldout", "curation": "curate", "student": "train", "training": "train",

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from distilforge.errors import UserError
+from distilforge.yamlfile import read_yaml, validated
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -43,6 +43,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def Cosmetic(default: Any, **kw: Any) -> Any:  # noqa: N802 - used like pydantic's Field
+    """A field that changes how a stage runs (speed, caps, logging, where), never what it produces.
+
+    Marked here, in the model, so that the run binding (distilforge/runctx.py) and every stage's
+    fingerprint leave the same fields out without a hand-kept list: changing one never reruns a
+    stage nor counts as a different spec."""
+    return Field(default, json_schema_extra={"cosmetic": True}, **kw)
+
+
+def _is_cosmetic(info: Any) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("cosmetic"))
+
+
+def semantic_dump(model: BaseModel) -> dict[str, Any]:
+    """`model.model_dump(mode="json")` without cosmetic fields, at any depth: what a stage's
+    fingerprint is computed over."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        if _is_cosmetic(info):
+            continue
+        value = getattr(model, name)
+        out[name] = semantic_dump(value) if isinstance(value, BaseModel) else \
+            model.model_dump(mode="json", include={name})[name]
+    return out
+
+
+def cosmetic_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted names of every cosmetic field under `model` ("generation.concurrency", "backend")."""
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        if _is_cosmetic(info):
+            out.add(prefix + name)
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out |= cosmetic_paths(info.annotation, f"{prefix}{name}.")
+    return out
+
+
 class Label(_Strict):
     name: str = Field(min_length=1)
     description: str = Field(min_length=1)
@@ -61,13 +99,13 @@ class Teacher(_Strict):
     api_key_env: str | None = None
     temperature: float = Field(0.9, ge=0, le=2)
     max_tokens: int = Field(80, gt=0)
-    timeout_s: float = Field(120, gt=0)
+    timeout_s: float = Cosmetic(120, gt=0)
     # Transport retries (429 / 5xx / timeouts / dropped connections) done by the openai client:
     # exponential backoff 0.5 s·2^n (max 8 s) minus up to 25 % jitter, Retry-After honoured (<= 2 min).
-    max_retries: int = Field(4, ge=0)
+    max_retries: int = Cosmetic(4, ge=0)
     # "llama.cpp" takes {"type":"json_object","schema":...}; OpenAI takes json_schema.
     structured_output: Literal["auto", "llama_cpp", "openai", "none"] = "auto"
-    # Prices per 1M tokens. None: look the model up in curation/pricing.py (unknown model: 0, warned).
+    # Prices per 1M tokens. None: look the model up in curation/budget.py's PRICES (unknown model: 0, warned).
     price_in_per_m: float | None = Field(None, ge=0)
     price_out_per_m: float | None = Field(None, ge=0)
     # Spreading requests over several servers of the same model. A llama.cpp server answers one
@@ -125,7 +163,7 @@ class Generation(_Strict):
     num_rows: int = Field(20, gt=0)  # extraction / instruction
     shard_size: int = Field(10, gt=0)
     seed: int = 0
-    concurrency: int = Field(1, gt=0)  # requests in flight (the embedded server serves one at a time)
+    concurrency: int = Cosmetic(1, gt=0)  # requests in flight (the embedded server serves one at a time)
     input_description: str = "a user writing to a support assistant"
     prompt_template: str = "auto"  # auto: the newest <type>_vN in curation/prompts (formats.DEFAULT_TEMPLATE)
     attributes: dict[str, list[str]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_ATTRIBUTES))
@@ -143,8 +181,8 @@ class Generation(_Strict):
     # parsed leniently and the rare unparsable one is re-asked (invalid_retries) or kept as a
     # failed row with its reason.
     structured_output: Literal["teacher", "auto", "llama_cpp", "openai", "none"] = "teacher"
-    max_cost_usd: float | None = Field(None, ge=0)  # cumulative cap for this run dir (CLI --max-cost)
-    max_total_tokens: int | None = Field(None, gt=0)  # cumulative cap (CLI --max-tokens)
+    max_cost_usd: float | None = Cosmetic(None, ge=0)  # cumulative cap for this run dir (CLI --max-cost)
+    max_total_tokens: int | None = Cosmetic(None, gt=0)  # cumulative cap (CLI --max-tokens)
     preferences: Preferences = Preferences()
     # Classification (single-label): the teacher also classifies each ok input blind (the request
     # the teacher eval uses), one short request per row, into the column `teacher_label`; `curate`
@@ -211,7 +249,7 @@ class Curation(_Strict):
     dedup_across_labels: bool = True  # False: rows only duplicate rows of their own label
     embedding_model: str = "all-MiniLM-L6-v2"  # packaged default; or a local folder / hub id
     embed_batch_size: int = Field(64, gt=0)
-    embed_threads: int | None = Field(None, gt=0)  # None: half the cores, at least one
+    embed_threads: int | None = Cosmetic(None, gt=0)  # None: half the cores, at least one
     # held-out decontamination
     decontaminate: bool = True
     decontam_ngram: int = Field(13, ge=8)
@@ -284,10 +322,10 @@ class Training(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA + bf16 when present, else fp32 CPU
     gradient_checkpointing: bool = False
-    save_steps: int = Field(50, gt=0)  # checkpoint interval (for --resume)
-    save_total_limit: int = Field(2, gt=0)
-    logging_steps: int = Field(1, gt=0)
-    tensorboard: bool = True
+    save_steps: int = Cosmetic(50, gt=0)  # checkpoint interval (for --resume)
+    save_total_limit: int = Cosmetic(2, gt=0)
+    logging_steps: int = Cosmetic(1, gt=0)
+    tensorboard: bool = Cosmetic(True)
     merge: bool = False  # also write a merged (adapter folded in) model
     dpo: TrainingDPO = TrainingDPO()
 
@@ -353,7 +391,7 @@ class TaskSpec(_Strict):
     training: Training = Training()
     heldout: Heldout
     eval: Eval = Eval()
-    backend: Backend = Backend()
+    backend: Backend = Cosmetic(Backend())
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("labels")
@@ -434,10 +472,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 def parse_spec(raw: Any, *, source: str = "<spec>", profile: str | None = None) -> TaskSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: the task spec must be a YAML mapping, got {type(raw).__name__}")
@@ -448,29 +482,15 @@ def parse_spec(raw: Any, *, source: str = "<spec>", profile: str | None = None) 
             raise SpecError(f"{source}: profiles.{profile}: no such profile (known: {known})")
         raw = _merge({k: v for k, v in raw.items()}, profiles[profile] or {})
     try:
-        return TaskSpec.model_validate(raw)
+        return validated(TaskSpec, raw, source, SpecError)
     except SpecError as e:
-        raise SpecError(f"{source}: {e}") from None
-    except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise SpecError(f"{source}: field '{_field_path(err['loc'])}': {msg}{more}") from None
+        msg = str(e)
+        raise SpecError(msg if msg.startswith(f"{source}: ") else f"{source}: {msg}") from None
 
 
 def load_spec(path: str | Path, profile: str | None = None) -> TaskSpec:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise SpecError(f"{p}: cannot read task spec ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_spec(raw, source=str(p), profile=profile)
+    raw = read_yaml(path, "task spec", SpecError, mapping=False)
+    return parse_spec(raw, source=str(path), profile=profile)
 
 
 def spec_dict(spec: TaskSpec) -> dict:

@@ -62,7 +62,7 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
              max_per_label: Optional[int] = typer.Option(None, "--max-per-label", min=1,
                                                          help="Endpoint: score only the first N locked rows of each label.")):
     """Score base, student and teacher on the verified held-out set (eval/metrics.json)."""
-    from curation.teacher import TeacherError, teacher_endpoint
+    from distilforge.teacher import TeacherError, teacher_endpoint
     from heldout.stages import eval_stage
 
     try:

@@ -119,7 +119,7 @@ def score_local(model_path: str, adapter: str | None, prompts: list[list[dict]],
     import torch
     from transformers import AutoModelForCausalLM
 
-    from training.models import load_tokenizer
+    from distilforge.models import load_tokenizer
 
     tok = load_tokenizer(adapter or model_path)
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # fp32 everywhere: scores comparable across devices
@@ -287,7 +287,7 @@ def sample_rows(n: int, max_rows: int | None, seed: int = 0) -> list[int]:
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
-    from distilforge.manifest import atomic_write_json
+    from distilforge.atomic import atomic_write_json
 
     atomic_write_json(path, metrics)
 
@@ -348,8 +348,9 @@ def endpoint_eval(spec, run: Path, url: str, *, name: str = "served", model: str
     the side-by-side carries a paired bootstrap), same scorer as the teacher (`score_teacher`).
     Writes RUN/eval/endpoints/<name>.json and a `served` block in eval/metrics.json; returns the result.
     """
-    from curation.teacher import Endpoint
-    from distilforge.manifest import atomic_write_json, read_manifest, sha256_json
+    from distilforge.teacher import Endpoint
+    from distilforge.atomic import atomic_write_json
+    from distilforge.manifest import read_manifest, sha256_json
     from distilforge.secrets import Secret
     from heldout.lock import HeldoutError, load_locked, verify
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import datasets
 
-from distilforge.manifest import atomic_write_json, save_dataset, sha256_file
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import save_dataset, sha256_file
 from distilforge.errors import UserError
 
 LOCK = "lock.json"

@@ -6,7 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from distilforge.manifest import Stage, atomic_write_json, read_manifest, sha256_json
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import Stage, read_manifest, sha256_json
 from distilforge.spec import TaskSpec
 from heldout import evaluate as ev
 from heldout.lock import HeldoutError, load_locked, lock, read_lock, verify
@@ -40,8 +41,8 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
     With DPO, SFT and SFT+DPO are both scored; `student` is the adapter the train stage kept
     (chosen on its validation rows, never here), with a `kept` field saying which and why.
     """
-    from training.card import write_card
-    from training.models import student_base_dir
+    from distilforge.card import write_card
+    from distilforge.models import student_base_dir
 
     d = run / "heldout"
     info = verify(spec.heldout, spec.label_names, d)  # refuses on any change

@@ -120,7 +120,7 @@ def analyse(hc: HeldoutClusters, syn_vecs: np.ndarray, metrics: dict | None = No
 
 
 def write_outputs(out_dir: Path, result: dict) -> None:
-    from distilforge.manifest import atomic_write_json, atomic_write_text
+    from distilforge.atomic import atomic_write_json, atomic_write_text
 
     atomic_write_json(out_dir / "blindspots.json", result)
     header = ("# Generation targets from `distilforge blindspots`: real held-out regions the synthetic data\n"
@@ -193,7 +193,7 @@ def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
     curated = load_dataset_dir(run / "curate" / "curated")  # every pushed row, approved or not
     cvec = np.asarray(emb.encode(list(curated["text"])), dtype=np.float32)
     where = row_clusters(hc, result["coverage"]["gaps"], list(curated["id"]), cvec)
-    from distilforge.manifest import atomic_write_json
+    from distilforge.atomic import atomic_write_json
 
     atomic_write_json(st.dir / "row_clusters.json", where)
     review = review_section(run, {rid: v["cluster"] for rid, v in where["rows"].items()})

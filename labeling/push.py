@@ -28,7 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from distilforge.manifest import atomic_write_json, load_dataset_dir, read_manifest
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import load_dataset_dir, read_manifest
 from distilforge.errors import UserError
 
 DECISION, LABEL, RATING, CORRECTED, REASONS = "decision", "correct_label", "rating", "corrected", "reject_reason"

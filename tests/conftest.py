@@ -27,14 +27,14 @@ FAST_TEACHER = "qwen2.5-coder-0.5b"
 
 def cli(*args, env: dict | None = None, cwd: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real `distilforge` CLI in a subprocess (the way users run it)."""
-    return subprocess.run([sys.executable, "-m", "distilforge.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=cwd,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def fast_teacher():
     """The embedded 0.5B teacher, started once (reused if already running, stopped if we started it)."""
-    from curation.teacher import serve, stop
+    from distilforge.teacher import serve, stop
 
     st = serve(FAST_TEACHER)
     yield st

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from heldout.abtest import (ABTestError, compare_means, compare_proportions, load_arm, readout, readout_files,
+from decision.abtest import (ABTestError, compare_means, compare_proportions, load_arm, readout, readout_files,
                             sample_size_means, sample_size_proportions)
 
 
@@ -91,7 +91,7 @@ def test_abtest_cli(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from heldout.decide_cli import abtest_cmd
+    from decision.cli import abtest_cmd
 
     pa, pb = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     pa.write_text("\n".join(json.dumps({"outcome": int(i < 100)}) for i in range(1000)))
@@ -108,7 +108,7 @@ def test_abtest_cli(tmp_path):
 
 
 def test_shadow_inputs_are_checked_line_by_line(tmp_path):
-    from heldout.abtest import ABTestError, load_inputs, shadow
+    from decision.abtest import ABTestError, load_inputs, shadow
 
     p = tmp_path / "in.jsonl"
     p.write_text('{"text": "card not here", "label": "card_arrival"}\n"a bare string"\n\n{"id": 7, "text": "x"}\n')

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from heldout.economics import (FINE_TUNE, MORE, NEEDS_INPUT, STAY, EconInputs, EconomicsError, PreCheck,
+from decision.economics import (FINE_TUNE, MORE, NEEDS_INPUT, STAY, EconInputs, EconomicsError, PreCheck,
                                break_even_volume, cost_lines, decide)
 
 
@@ -136,7 +136,7 @@ def test_bad_input_names_the_field():
 # ------------------------------------------------ gathering inputs from a run (decide_cli)
 
 def _mini_run(tmp_path, device: str):
-    from distilforge.manifest import atomic_write_json
+    from distilforge.atomic import atomic_write_json
 
     run = tmp_path / "run"
     atomic_write_json(run / "train" / "manifest.json", {"stage": "train", "seconds": 1800.0, "device": device,
@@ -150,7 +150,7 @@ def _mini_run(tmp_path, device: str):
 
 
 def test_cpu_train_time_is_never_turned_into_gpu_hours(tmp_path):
-    from heldout.decide_cli import DecideConfig, decide_run
+    from decision.cli import DecideConfig, decide_run
 
     run = _mini_run(tmp_path, "cpu")
     cfg = DecideConfig.model_validate({"hosted": {"price_in_per_m": 1.0, "price_out_per_m": 4.0},
@@ -176,7 +176,7 @@ def test_config_error_is_one_line_naming_the_field(tmp_path):
     from typer.testing import CliRunner
     import typer
 
-    from heldout.decide_cli import decide_cmd
+    from decision.cli import decide_cmd
 
     run = _mini_run(tmp_path, "cpu")
     cfg = tmp_path / "decide.yaml"
@@ -220,8 +220,8 @@ def test_cheaper_unit_wins_and_price_without_measurement_keeps_the_assumption():
 
 
 def test_decide_reads_the_serve_benchmark_of_this_adapter_only(tmp_path):
-    from distilforge.manifest import atomic_write_json
-    from heldout.decide_cli import DecideConfig, decide_run
+    from distilforge.atomic import atomic_write_json
+    from decision.cli import DecideConfig, decide_run
 
     run = _mini_run(tmp_path, "cpu")
     m = json.loads((run / "train" / "manifest.json").read_text())

@@ -7,7 +7,7 @@ import torch
 
 from distilforge.spec import load_spec
 from heldout import evaluate as ev
-from training.models import load_tokenizer, student_base_dir
+from distilforge.models import load_tokenizer, student_base_dir
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from conftest import BANKING77, TASK, cli
-from distilforge.manifest import Stage, atomic_write_json, read_manifest
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import Stage, read_manifest
 from distilforge.spec import parse_spec
 
 LABELS = ["card_arrival", "pin_blocked", "exchange_rate"]
@@ -96,7 +97,7 @@ def test_export_of_a_student_evaluated_for_another_adapter_is_refused(evaluated,
 def test_model_card_is_a_valid_hf_card_without_machine_paths(evaluated):
     from huggingface_hub import ModelCard
 
-    from training.card import hub_base
+    from distilforge.card import hub_base
 
     spec, run = evaluated
     text = (run / "train" / "README.md").read_text()
@@ -151,7 +152,7 @@ def test_export_hf_matches_adapter_and_bakes_the_training_prompt(evaluated):
 
 
 def _pids(state: dict) -> list[int]:
-    from curation.teacher import status as llama_status
+    from distilforge.teacher import status as llama_status
 
     return [state["pid"]] + [s["pid"] for s in llama_status(state["gguf"])]
 

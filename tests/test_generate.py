@@ -85,7 +85,7 @@ def test_classification_rows_are_trl_ready_and_accounted(uninterrupted):
 def test_kill9_mid_run_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     run = tmp_path / "run"
     spec = tiny_spec(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "distilforge.cli", "generate", str(run), "--spec", str(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "generate", str(run), "--spec", str(spec)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     shards = run / "generate" / "shards"
     deadline = time.time() + 400
@@ -183,7 +183,7 @@ def test_replicas_share_the_requests_and_give_the_same_rows(tmp_path, uninterrup
     """`teacher.replicas: 2`: a second single-thread server is started for the run, requests are
     spread over both, the rows (ids, labels, prompts) are the ones a single server produces, and
     only the replica this run started is stopped afterwards."""
-    from curation.teacher import status
+    from distilforge.teacher import status
 
     run = tmp_path / "run"
     spec = tiny_spec(tmp_path, TINY.replace("temperature: 0.9}", "temperature: 0.9, replicas: 2}"))

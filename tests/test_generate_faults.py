@@ -139,7 +139,7 @@ def test_no_preference_pairs_is_an_empty_dataset_not_a_crash(tmp_path):
     columns, not datasets' "Keys mismatch" (seen when the 0.5B teacher's candidates all failed)."""
     from curation.generate import ROW_FEATURES
     from curation.judge import PAIR_FEATURES, collect_prefs
-    from curation.teacher import Endpoint
+    from distilforge.teacher import Endpoint
     from distilforge.secrets import Secret
     from distilforge.spec import load_spec
 

@@ -221,7 +221,7 @@ def test_spec_block_and_cli_flag_give_the_local_stage_outputs(tmp_path, local_ra
 
 def test_the_local_path_never_imports_ray():
     code = ("import sys, datasets\n"
-            "import curation.stages, curation.cli, distilforge.cli, distilforge.pipeline\n"
+            "import curation.stages, curation.cli, app.cli, app.pipeline\n"
             "from curation.curate import curate\n"
             "from test_ray_curation import banking_rows, make_spec\n"
             "spec = make_spec(curation={'semantic_dedup': False, 'decontaminate': False})\n"

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from distilforge.manifest import Stage, atomic_write_json
-from heldout.report import SECTIONS, esc, render_report
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import Stage
+from decision.report import SECTIONS, esc, render_report
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed"]
 STRATEGIES = ["paraphrase", "persona", "edge_case"]
@@ -101,7 +102,7 @@ def make_run(root: Path) -> Path:
 def decide_app():
     import typer
 
-    from heldout.decide_cli import abtest_cmd, decide_cmd, report_cmd
+    from decision.cli import abtest_cmd, decide_cmd, report_cmd
 
     app = typer.Typer()
     app.command("decide")(decide_cmd)

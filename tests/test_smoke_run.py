@@ -10,7 +10,7 @@ import yaml
 from conftest import TASK, cli
 from distilforge.manifest import dataset_hash, read_manifest
 from heldout.lock import load_locked, row_sha
-from heldout.report import SECTIONS, esc
+from decision.report import SECTIONS, esc
 from training.common import dir_hash
 
 STAGE_OUTPUTS = {"generate": ["rows"], "curate": ["curated", "rejected"]}

@@ -2,7 +2,7 @@
 
 llama-cpp-python reuses the KV cache of the longest prefix shared with the previous request and
 reads the rest as one batch; a different batch split rounds differently and can flip a greedy
-token. curation/llama_server.py reads prompts in fixed blocks instead. Here each generation-style
+token. distilforge/llama_server.py reads prompts in fixed blocks instead. Here each generation-style
 prompt is asked twice at temperature 0 on the same server: once right after its neighbour (which
 shares the system prompt and the start of the user turn, so most of it is reused) and once after
 an unrelated request (nothing reused, read from position 0). Unpatched, 2 of these 8 answers differ

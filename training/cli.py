@@ -23,13 +23,13 @@ def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/dem
     """LoRA SFT (+ optional DPO) of the student on the approved export (or the curated set)."""
     from heldout.lock import HeldoutError
     from training.common import ResumeError
-    from training.models import ModelError
+    from distilforge.models import ModelError
     from training.stages import ContaminationError, train_stage
 
     try:
         s = prepare(run, spec, profile, respec=respec)
         if config is not None:
-            from distilforge.manifest import atomic_write_json
+            from distilforge.atomic import atomic_write_json
             from training.config import load_training_config, with_training
 
             s = with_training(s, load_training_config(config, s.training))

@@ -20,7 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
-from distilforge.manifest import atomic_write_json, sha256_file, sha256_json
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import sha256_file, sha256_json
 from distilforge.errors import UserError
 
 

@@ -22,36 +22,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
-from distilforge.spec import SpecError, Training, _field_path, _merge
+from distilforge.spec import SpecError, Training, _merge
+from distilforge.yamlfile import read_yaml, validated
 
 
 def load_training_config(path: str | Path, base: Training | None = None) -> Training:
     """The `training` block from `path`, merged over `base` (the spec's block; defaults if None)."""
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise SpecError(f"{p}: cannot read training config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"{p}: a training config must be a YAML mapping, got {type(raw).__name__}")
+    raw = read_yaml(path, "training config", SpecError)
     if set(raw) == {"training"} and isinstance(raw["training"], dict):
         raw = raw["training"]
     merged = _merge((base or Training()).model_dump(mode="json"), raw)
-    try:
-        return Training.model_validate(merged)
-    except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        raise SpecError(f"{p}: field '{_field_path(err['loc'])}': {msg}") from None
+    return validated(Training, merged, str(path), SpecError)
 
 
 def with_training(spec, training: Training):

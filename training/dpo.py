@@ -54,7 +54,7 @@ def train_dpo(cfg: LoraDPOConfig, pairs: datasets.Dataset, out_dir: str | Path, 
     from transformers import AutoModelForCausalLM, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from training.models import load_tokenizer
+    from distilforge.models import load_tokenizer
 
     out_dir = Path(out_dir)
     start = common.prepare_checkpoints(out_dir, fingerprint or "unversioned", resume)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
-from distilforge.manifest import atomic_write_json, read_json, read_manifest, sha256_file
+from distilforge.atomic import atomic_write_json
+from distilforge.manifest import read_json, read_manifest, sha256_file
 
 LLAMA_VER = "0.3.36"
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
@@ -121,8 +122,8 @@ def training_chat_template(template: str, system: str) -> str:
 
 def export_hf(run: Path, spec, info: dict, out: Path | None = None) -> Path:
     """Merged HF folder with the training prompt baked into its chat template, card, export.json."""
-    from training.card import render_card
-    from training.models import load_tokenizer, merge_adapter, student_base_dir
+    from distilforge.card import render_card
+    from distilforge.models import load_tokenizer, merge_adapter, student_base_dir
 
     tm = read_manifest(run / "train")
     base = tm.get("base_dir") if Path(tm.get("base_dir") or "/nonexistent").exists() else student_base_dir(tm["base_model"])

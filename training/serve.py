@@ -2,7 +2,7 @@
 
 Two processes per served student, both on 127.0.0.1 only:
 * llama.cpp servers for the student's GGUF, started by the teacher's launcher
-  (`curation.teacher.serve`: one thread each, `--replicas N`, state files, health checks);
+  (`distilforge.teacher.serve`: one thread each, `--replicas N`, state files, health checks);
 * a thin front (this module, stdlib `http.server`) on the public port, which serves the model
   under the task's name and does the two things llama.cpp's server cannot be told to do for
   every request: constrain the output to the task format (classification -> a GBNF grammar of
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import httpx
 
-from curation.teacher import _alive  # one liveness rule for every server we start
+from distilforge.teacher import _alive  # one liveness rule for every server we start
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
-from distilforge.manifest import atomic_write_json
+from distilforge.atomic import atomic_write_json
 
 
 class ServeError(UserError, ValueError):
@@ -205,7 +205,7 @@ def status() -> list[dict]:
 
 
 def _stop_servers(st: dict) -> None:
-    from curation.teacher import stop as stop_llama
+    from distilforge.teacher import stop as stop_llama
 
     for i in st.get("launched") or []:
         stop_llama(st["gguf"], replica=i)
@@ -214,8 +214,8 @@ def _stop_servers(st: dict) -> None:
 def serve(run: Path, spec, *, quant: str = "q8_0", port: int | None = None, replicas: int = 1,
           wait_s: float = 180) -> dict:
     """Start (or find) the student's llama.cpp replicas and the front; returns the state."""
-    from curation.teacher import TeacherError
-    from curation.teacher import serve as serve_llama
+    from distilforge.teacher import TeacherError
+    from distilforge.teacher import serve as serve_llama
     from training.export import find_gguf
 
     if replicas < 1:

@@ -25,17 +25,12 @@ from pathlib import Path
 import datasets
 from rich.console import Console
 
+from curation.decontam import ContaminationError  # one class for the gate
 from distilforge.manifest import Stage, dataset_hash, output_hash, read_manifest, sha256_json, verified_output
-from distilforge.spec import TaskSpec
+from distilforge.spec import TaskSpec, semantic_dump
 from training import common
 
 console = Console(stderr=True)
-
-# Fields that change how a run is logged or checkpointed, never what it learns.
-NOT_SEMANTIC = {"save_steps", "save_total_limit", "logging_steps", "tensorboard"}
-
-
-from curation.decontam import ContaminationError  # noqa: E402  one class for the gate
 
 
 def training_source(run: Path) -> tuple[str, Path, str]:
@@ -156,7 +151,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     """Train (or skip when inputs are unchanged). `resume`: continue finished sub-stages and checkpoints."""
     from heldout.lock import read_lock
     from training.dpo import LoraDPOConfig, train_dpo
-    from training.models import merge_adapter, student_base_dir
+    from distilforge.models import merge_adapter, student_base_dir
     from training.sft import LoraSFTConfig, train_sft
 
     t = spec.training
@@ -169,7 +164,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     if t.dpo.enabled and teacher_prefs(run):
         prefs, ph = verified_output(run / "generate", "prefs", f"distilforge generate {run}")
     inputs = {src: h, "heldout": lock["sha256"], **({"prefs": ph} if ph else {})}
-    semantic = {k: v for k, v in t.model_dump(mode="json").items() if k not in NOT_SEMANTIC}
+    semantic = semantic_dump(t)
     st = Stage(run / "train", "train", inputs, {**semantic, "base_model": base_name})
     if st.is_current() and not force:
         console.print("train: inputs unchanged, skipped")
@@ -227,7 +222,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
                        "tokens": sft.get("tokens"), "tokens_per_second": sft.get("tokens_per_second"),
                        "resumed_from": sft.get("resumed_from")},
                   dpo=dpo_info, kept=kept, training=t.model_dump(mode="json"), peak_rss_mb=common.peak_rss_mb())
-    from training.card import write_card
+    from distilforge.card import write_card
 
     write_card(run)
     msg = f"train: SFT {sft['steps']} steps on {len(train)} rows in {sft['seconds']:.0f}s, loss {sft['train_loss']:.3f}"

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 def cli(*args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The real `distilforge` command in a subprocess (as tests/conftest.py's `cli`; imported by
     name, `conftest` may resolve to tests/faults/conftest.py, which has no runner)."""
-    return subprocess.run([sys.executable, "-m", "distilforge.cli", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 FAKE_KEY = "sk-distilforge-FAKE-gen-5d1e9b0c77a34f18"
@@ -170,7 +170,7 @@ def test_kill9_mid_generation_leaves_no_writer_and_the_rerun_is_exactly_once(tmp
     assert len(ref) == 8
 
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "distilforge.cli", "generate", str(run), "--spec", str(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "generate", str(run), "--spec", str(spec)],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     deadline = time.time() + 400
     while time.time() < deadline and not any(e["committed"] for e in ledger(run)):
@@ -209,7 +209,7 @@ def test_kill9_mid_generation_leaves_no_writer_and_the_rerun_is_exactly_once(tmp
     assert sorted(committed) == sorted(set(committed)) and len(committed) == 4  # one committed entry per shard
     # The same rows as the uninterrupted run, texts included: the shards the killed run committed
     # stay as they were, and those asked again after the restart get the same answers from a fresh
-    # server (prompts are read in fixed blocks, curation/llama_server.py, so an answer does not
+    # server (prompts are read in fixed blocks, distilforge/llama_server.py, so an answer does not
     # depend on what the server had read before).
     assert key_rows(ds) == key_rows(ref)
     before = shard_rows(run, committed_at_kill)

@@ -95,7 +95,7 @@ def test_train_config_overlay_keeps_the_binding(tmp_path):
     r = cli("heldout", "lock", run, "--spec", a)
     assert r.returncode == 0, r.stderr[-2000:]
     raw = json.loads((run / "spec.json").read_text())
-    from distilforge.manifest import atomic_write_json
+    from distilforge.atomic import atomic_write_json
 
     # what `train --config` records (without training: the overlay is what is under test)
     atomic_write_json(run / "spec.json", {**raw, "training": {**raw["training"], "epochs": 5},
@@ -157,7 +157,7 @@ def test_run_under_a_regular_file(probe, tmp_path):
 def _readonly_cli(ro_dir, *args):
     """The CLI with `ro_dir` bind-mounted read-only in a private mount namespace (root-proof)."""
     inner = ('mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"')
-    cmd = ["unshare", "-rm", "sh", "-c", inner, str(ro_dir), sys.executable, "-m", "distilforge.cli", *map(str, args)]
+    cmd = ["unshare", "-rm", "sh", "-c", inner, str(ro_dir), sys.executable, "-m", "app.cli", *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
 
 

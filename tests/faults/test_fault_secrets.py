@@ -46,7 +46,7 @@ def remote_spec(tmp: Path, base_url: str, *, timeout: float = 20, retries: int =
 def test_secret_values_are_masked_in_reprs_logs_and_streams(capsys):
     import io
 
-    from curation.teacher import Endpoint
+    from distilforge.teacher import Endpoint
     from distilforge.secrets import RedactingFilter, RedactingStream, Secret, redact
 
     s = Secret(KEY)

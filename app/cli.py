@@ -21,7 +21,7 @@ from curation.cli import curate_cmd, generate_cmd, teacher_app  # noqa: E402
 from distilforge.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USER, DistilforgeError, one_line  # noqa: E402
 from distilforge.runctx import fail  # noqa: E402
 from heldout.cli import eval_cmd, heldout_app  # noqa: E402
-from heldout.decide_cli import abtest_cmd, decide_cmd, report_cmd  # noqa: E402
+from decision.cli import abtest_cmd, decide_cmd, report_cmd  # noqa: E402
 from training.cli import export_cmd, serve_cmd, train_cmd  # noqa: E402
 
 app = typer.Typer(help="distilforge: teacher → curated data → LoRA student → locked held-out score → decision.",
@@ -63,7 +63,7 @@ def run_cmd(task: Path = typer.Argument(..., help="Task spec YAML."),
             respec: bool = typer.Option(False, "--respec", help="Rebind an existing run dir to this spec/profile "
                                         "when they differ from the ones it was made with (changed stages rerun).")):
     """Run every stage; stages whose inputs and config are unchanged are skipped."""
-    from distilforge.pipeline import run_all
+    from app.pipeline import run_all
     from distilforge.spec import SpecError, load_spec
 
     try:

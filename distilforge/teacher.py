@@ -1,7 +1,7 @@
 """The embedded teacher: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
 
 One thread per process (`--n_threads 1`: two threads collapse under load on a 2-core box), the
-GGUF's own chat template, prompts read in fixed blocks (curation/llama_server.py) so that an answer
+GGUF's own chat template, prompts read in fixed blocks (distilforge/llama_server.py) so that an answer
 depends on the request alone, never on what the server served before. `replicas` starts several such processes of one model (they share the
 weights through the page cache) and clients spread requests over them: decode speed here is
 bound by one core's memory bandwidth, so two single-thread replicas on two cores give ~2x where
@@ -162,7 +162,7 @@ def serve(model: str, *, port: int | None = None, log_path: str | Path | None = 
         log = Path(log_path or cache_dir() / "teacher" / f"{_key(model)}.log")
         log = log if i == 0 else log.with_name(f"{log.stem}@{i}{log.suffix}")
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "curation.llama_server", "--model", str(gguf), "--model_alias", model,
+        cmd = [sys.executable, "-m", "distilforge.llama_server", "--model", str(gguf), "--model_alias", model,
                "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", str(n_ctx),
                "--host", "127.0.0.1", "--port", str(p)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

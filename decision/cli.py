@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from distilforge.manifest import atomic_write_json, read_json, read_manifest
-from heldout import abtest as ab
-from heldout.economics import EconInputs, EconomicsError, PreCheck, decide
+from distilforge.atomic import atomic_write_json
+from distilforge.yamlfile import read_yaml, validated
+from distilforge.manifest import read_json, read_manifest
+from decision import abtest as ab
+from decision.economics import EconInputs, EconomicsError, PreCheck, decide
 
 STUDENT_KEYS = ("student", "student_dpo", "student_sft")
 
@@ -91,19 +92,8 @@ class DecideConfig(_Strict):
 def load_config(path: str | Path | None) -> DecideConfig:
     if path is None:
         return DecideConfig()
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise EconomicsError(f"{p}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise EconomicsError(f"{p}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    try:
-        return DecideConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise EconomicsError(f"{p}: field '{where}': {err['msg']}") from None
+    raw = read_yaml(path, "decide config", EconomicsError)
+    return validated(DecideConfig, raw, str(path), EconomicsError)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -277,7 +267,7 @@ def decide_run(run: str | Path, config: str | Path | DecideConfig | None = None,
     out.mkdir(parents=True, exist_ok=True)
     if d["costs"]["finetune_fixed_usd"] is not None and d["costs"]["hosted_per_task_usd"] is not None \
             and d["costs"]["finetune_per_task_usd"] is not None:
-        from heldout.report import plot_cost_vs_volume
+        from decision.report import plot_cost_vs_volume
 
         png = out / "cost_vs_volume.png"
         tmp = png.with_name(f".{png.name}.tmp{os.getpid()}")
@@ -330,7 +320,7 @@ def decide_cmd(
 def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Render RUN/report.html: one self-contained page that opens offline."""
     from distilforge.runctx import check_run
-    from heldout.report import render_report
+    from decision.report import render_report
 
     check_run(run)  # a missing RUN, or a file, is refused before anything is written
     try:
@@ -397,7 +387,7 @@ def _shadow(a: str, b: str, inputs: Path, run: Optional[Path], log: Optional[Pat
     typer.echo(f"wrote {log} and {target}")
 
 
-if __name__ == "__main__":  # python -m heldout.decide_cli decide|report|abtest ...
+if __name__ == "__main__":  # python -m decision.cli decide|report|abtest ...
     _app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
     _app.command("decide")(decide_cmd)
     _app.command("report")(report_cmd)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from distilforge.manifest import atomic_write_text, read_manifest
+from distilforge.atomic import atomic_write_text
+from distilforge.manifest import read_manifest
 
 _ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
 # Embedded student bases and the public model each one is a copy of (the GGUF in the wheel).

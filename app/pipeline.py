@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distilforge import runlock
-from distilforge.manifest import atomic_write_json
+from distilforge.atomic import atomic_write_json
 from distilforge.runctx import fail, prepare, set_threads
 
 console = Console(stderr=True)
@@ -20,12 +20,12 @@ console = Console(stderr=True)
 
 def run_all(task: Path, profile: str | None, run: Path, report: bool = True, respec: bool = False) -> dict:
     from curation.stages import curate_stage, generate_stage
-    from curation.generate import GenerationError
-    from curation.teacher import TeacherError, teacher_endpoint
+    from curation.runner import GenerationError
+    from distilforge.teacher import TeacherError, teacher_endpoint
     from distilforge.spec import SpecError
     from heldout.lock import HeldoutError
     from heldout.stages import eval_stage, lock_stage
-    from training.models import ModelError
+    from distilforge.models import ModelError
     from training.common import ResumeError
     from training.stages import ContaminationError, train_stage
 
@@ -67,8 +67,8 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True, res
 
 def _report(run: Path, task: Path) -> None:
     """Decision + HTML report; economics inputs come from `decide.yaml` beside the task spec."""
-    from heldout.decide_cli import decide_run
-    from heldout.report import render_report
+    from decision.cli import decide_run
+    from decision.report import render_report
 
     cfg = Path(task).parent / "decide.yaml"
     d = decide_run(run, cfg if cfg.exists() else None)

@@ -14,7 +14,7 @@ only whole blocks that were read that way. The state before each block is then a
 prompt alone, so the answer is too, whatever the server served before. The cost is at most
 `BLOCK - 1` re-read tokens per request.
 
-Run as `python -m curation.llama_server <llama_cpp.server arguments>`; the launcher does.
+Run as `python -m distilforge.llama_server <llama_cpp.server arguments>`; the launcher does.
 """
 from __future__ import annotations
 

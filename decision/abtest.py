@@ -297,7 +297,7 @@ def shadow(inputs: str | Path, a_url: str, b_url: str, *, system_prompt: str, la
     """
     from openai import OpenAI
 
-    from distilforge.manifest import atomic_write_text
+    from distilforge.atomic import atomic_write_text
     from distilforge.secrets import Secret, reveal
     from heldout.evaluate import ask_timed, endpoint_model
 

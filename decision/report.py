@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from distilforge.manifest import atomic_write_text, read_json, read_manifest
+from distilforge.atomic import atomic_write_text
+from distilforge.manifest import read_json, read_manifest
 
 SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "serving", "generation", "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
@@ -379,7 +380,7 @@ def sec_generation(run: Path) -> str:
 
 def plot_cost_vs_volume(d: dict) -> bytes:
     """PNG: hosted vs fine-tune lifetime cost over volume, break-even and planned volume marked."""
-    from heldout.economics import cost_lines
+    from decision.economics import cost_lines
 
     c = d["costs"]
     be, vol = c.get("break_even_tasks"), c.get("lifetime_tasks")
