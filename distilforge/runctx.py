@@ -14,15 +14,16 @@ and only commands that start a run (`heldout lock`, `generate`, `run`) may creat
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
 
-from distilforge.errors import UserError
+from distilforge.errors import DistilforgeError, UserError, one_line
 from distilforge.atomic import atomic_write_json
 from distilforge.manifest import sha256_json
 from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec
@@ -151,6 +152,21 @@ def fail(msg: str, code: int = 2) -> None:
 
     console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Wrap a typer command: any DistilforgeError it raises ends in one line on stderr and the
+    class's exit code (distilforge/errors.py). app/cli.py's `main` does the same at the top; this
+    keeps a command honest when it runs without `main` (typer's CliRunner, a sub-app used on its
+    own), and replaces hand-written `except (A, B, C): fail(...)` lists."""
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DistilforgeError as e:
+            fail(one_line(e), e.exit_code)
+
+    return command
 
 
 def set_threads() -> None:
