@@ -17,6 +17,7 @@ os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")  # our progress bar rep
 # distilabel's pydantic models trip this on import; it says nothing about the user's run.
 warnings.filterwarnings("ignore", message="The 'default' attribute with value None")
 
+from app.registry import stages  # noqa: E402
 from curation.cli import curate_cmd, generate_cmd, teacher_app  # noqa: E402
 from distilforge.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USER, DistilforgeError, one_line  # noqa: E402
 from distilforge.runctx import fail  # noqa: E402
@@ -28,11 +29,12 @@ app = typer.Typer(help="distilforge: teacher → curated data → LoRA student �
                   no_args_is_help=True, pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
                   add_completion=False)
 app.add_typer(teacher_app, name="teacher")
-app.add_typer(heldout_app, name="heldout")
-app.command("generate")(generate_cmd)
-app.command("curate")(curate_cmd)
-app.command("train")(train_cmd)
-app.command("eval")(eval_cmd)
+app.add_typer(heldout_app, name="heldout")  # the heldout stage: `heldout lock|verify`
+# Stage commands in pipeline order, from the one registry `run` walks too (app/registry.py).
+STAGE_COMMANDS = {"generate": generate_cmd, "curate": curate_cmd, "train": train_cmd, "eval": eval_cmd}
+for _info, _ in stages():
+    if _info.name in STAGE_COMMANDS:
+        app.command(_info.name)(STAGE_COMMANDS[_info.name])
 app.command("decide")(decide_cmd)
 app.command("report")(report_cmd)
 app.command("abtest")(abtest_cmd)
@@ -44,6 +46,20 @@ try:  # the review sub-app talks to Argilla; it is optional at import time
     app.add_typer(review_app, name="review")
 except ImportError:  # pragma: no cover
     pass
+
+
+@app.command("stages")
+def stages_cmd():
+    """The stages `run` walks, in order: what each reads and which spec blocks feed it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="distilforge stages (distilforge/stage.py)")
+    for col in ("stage", "reads", "spec blocks", "teacher"):
+        t.add_column(col)
+    for info, _ in stages():
+        t.add_row(info.name, ", ".join(info.reads) or "-", ", ".join(info.config) or "-", "yes" if info.teacher else "")
+    Console().print(t)
 
 
 @app.command("blindspots")

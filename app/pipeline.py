@@ -1,11 +1,14 @@
 """`distilforge run`: every stage in order, in one run directory, with per-stage timings.
 
-The teacher is started once for the stages that need it (generate, eval) and stopped at the
-end if this run started it. Each stage decides for itself whether its inputs changed.
+The stages and their order come from the one registry (app/registry.py over the core's
+distilforge/stage.py PIPELINE). The teacher is started once for the stages that need it
+(generate .. eval) and stopped after the last of them if this run started it. Each stage decides
+for itself whether its inputs changed.
 """
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -13,49 +16,42 @@ from rich.table import Table
 
 from distilforge import runlock
 from distilforge.atomic import atomic_write_json
-from distilforge.runctx import fail, prepare, set_threads
+from app.registry import stages
+from distilforge.runctx import prepare, set_threads
 
 console = Console(stderr=True)
 
 
 def run_all(task: Path, profile: str | None, run: Path, report: bool = True, respec: bool = False) -> dict:
-    from curation.stages import curate_stage, generate_stage
-    from curation.runner import GenerationError
-    from distilforge.teacher import TeacherError, teacher_endpoint
-    from distilforge.spec import SpecError
-    from heldout.lock import HeldoutError
-    from heldout.stages import eval_stage, lock_stage
-    from distilforge.models import ModelError
-    from training.common import ResumeError
-    from training.stages import ContaminationError, train_stage
+    """Walk the stage registry in order. A known failure propagates as its DistilforgeError (one
+    line and its exit code, app/cli.py); the teacher is up from the first stage that needs it to
+    the last."""
+    from distilforge.teacher import teacher_endpoint
 
     timings: dict[str, float] = {}
-
-    def timed(name, fn, *a, **kw):
+    spec = prepare(run, task, profile, respec=respec, create=True)
+    lock = runlock.acquire(run, "run")  # noqa: F841 - one writer per RUN until run_all returns
+    set_threads()
+    walk = stages()
+    teacher_from = next(i for i, (s, _) in enumerate(walk) if s.teacher)
+    teacher_to = max(i for i, (s, _) in enumerate(walk) if s.teacher)
+    with ExitStack() as stack:
+        ep = None
+        for i, (info, fn) in enumerate(walk):
+            if i == teacher_from:
+                ep = stack.enter_context(teacher_endpoint(spec.teacher, run))
+            t0 = time.time()
+            console.rule(f"[bold]{info.name}")
+            fn(spec, run, ep)
+            timings[info.name] = round(time.time() - t0, 1)
+            if i == teacher_to:
+                stack.close()  # stops the teacher if this run started it
+                ep = None
+    if report:
         t0 = time.time()
-        console.rule(f"[bold]{name}")
-        out = fn(*a, **kw)
-        timings[name] = round(time.time() - t0, 1)
-        return out
-
-    try:
-        spec = prepare(run, task, profile, respec=respec, create=True)
-        lock = runlock.acquire(run, "run")  # noqa: F841 - one writer per RUN until run_all returns
-        set_threads()
-        timed("heldout", lock_stage, spec, run)
-        with teacher_endpoint(spec.teacher, run) as ep:
-            timed("generate", generate_stage, spec, run, ep)
-            timed("curate", curate_stage, spec, run)
-            timed("train", train_stage, spec, run)
-            timed("eval", eval_stage, spec, run, ep if spec.eval.teacher else None)
-        from labeling.blindspots import blindspots_stage
-
-        timed("blindspots", blindspots_stage, spec, run)
-        if report:
-            timed("report", _report, run, task)
-    except (SpecError, HeldoutError, TeacherError, ModelError, ContaminationError, ResumeError, ValueError,
-            FileNotFoundError, GenerationError) as e:
-        fail(str(e))
+        console.rule("[bold]report")
+        _report(run, task)
+        timings["report"] = round(time.time() - t0, 1)
     atomic_write_json(run / "timings.json", timings)
     t = Table(title="stage wall time (s)")
     for k in timings:

@@ -26,19 +26,14 @@ from rich.console import Console
 from distilforge.errors import DistilforgeError, UserError, one_line
 from distilforge.atomic import atomic_write_json
 from distilforge.manifest import sha256_json
+from distilforge.stage import STAGE_NAMES, first_stage_reading
 from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec
 
 console = Console(stderr=True)
 
-STAGES = ("heldout", "generate", "curate", "train", "eval")
-
 # Spec fields that change how a stage runs (speed, caps, logging, where), never what it produces:
 # marked `Cosmetic` in the spec model; the stage fingerprints leave the same ones out (semantic_dump).
 COSMETIC = cosmetic_paths(TaskSpec)
-
-# The first stage a top-level spec block feeds (everything from there on reruns when it changes).
-FIRST_STAGE = {"heldout": "heldout", "curation": "curate", "student": "train", "training": "train",
-               "eval": "eval"}  # anything else (task, labels, teacher, generation) feeds generate
 
 
 class RunDirError(UserError):
@@ -97,8 +92,8 @@ def spec_differences(old: dict, new: dict) -> list[str]:
 
 
 def first_affected(fields: list[str]) -> str:
-    stages = {FIRST_STAGE.get(f.split(".")[0], "generate") for f in fields}
-    return next(s for s in STAGES if s in stages)
+    stages = {first_stage_reading(f.split(".")[0]) for f in fields}
+    return next(s for s in STAGE_NAMES if s in stages)
 
 
 def bind_spec(run: Path, spec: TaskSpec, spec_path: Path, profile: str | None, respec: bool) -> None:
