@@ -152,3 +152,24 @@ class Run:
     @property
     def decision(self) -> Path:
         return self.decide / "decision.json"
+
+    # --- inside train/ and export/ (training package) -----------------------------------------
+    @property
+    def sft(self) -> Path:  # sft/{checkpoints,adapter,done.json}
+        return self.train / "sft"
+
+    @property
+    def dpo(self) -> Path:  # dpo/{checkpoints,adapter,done.json}
+        return self.train / "dpo"
+
+    @property
+    def train_tb(self) -> Path:  # TensorBoard logs, tb/{sft,dpo}
+        return self.train / "tb"
+
+    @property
+    def export_hf(self) -> Path:
+        return self.export / "hf"
+
+    @property
+    def export_gguf(self) -> Path:
+        return self.export / "gguf"
