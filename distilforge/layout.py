@@ -173,3 +173,16 @@ class Run:
     @property
     def export_gguf(self) -> Path:
         return self.export / "gguf"
+
+    # --- inside review/ (labeling package) ------------------------------------------------------
+    @property
+    def push_json(self) -> Path:  # what `review push` sent where (dataset names, ids, api_url)
+        return self.review / "push.json"
+
+    @property
+    def reviews(self) -> Path:  # every pulled response, one row per (record, user)
+        return self.review / "reviews"
+
+    @property
+    def approved(self) -> Path:  # the approved rows of `review export`: what train uses once they exist
+        return self.review_export / "approved"
