@@ -186,3 +186,16 @@ class Run:
     @property
     def approved(self) -> Path:  # the approved rows of `review export`: what train uses once they exist
         return self.review_export / "approved"
+
+    # --- inside serve/, decide/ and abtest/ (decision package) ---------------------------------
+    @property
+    def serve_benchmark(self) -> Path:  # benchmarks/serving.py: measured tasks/s per quantization
+        return self.serve / "benchmark.json"
+
+    @property
+    def cost_plot(self) -> Path:  # decide's cost vs volume chart (only when every cost is known)
+        return self.decide / "cost_vs_volume.png"
+
+    @property
+    def shadow_log(self) -> Path:  # `abtest --shadow`: both arms' answers, one JSON line per input
+        return self.abtest / "shadow.jsonl"
