@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from distilforge.layout import Run
+from distilforge.runctx import cli_errors, fail, prepare
 from heldout.coverage import HeldoutClusters
 
 
@@ -141,10 +143,6 @@ def summary_line(result: dict) -> str:
     return f"blindspots: {len(gaps)} gap cluster(s): {top}"
 
 
-def dumps(result: dict) -> str:
-    return json.dumps(result, indent=2)
-
-
 def row_clusters(hc: HeldoutClusters, gaps: list[dict], ids: list[str], vecs: np.ndarray) -> dict:
     """Nearest held-out cluster (and its gap flag) per synthetic row: ids and numbers only.
 
@@ -161,7 +159,7 @@ def review_section(run: Path, clusters: dict[str, int] | None = None) -> dict | 
     from distilforge.manifest import load_dataset_dir
     from labeling.review_analysis import analyse as analyse_reviews
 
-    p = run / "review" / "reviews"
+    p = Run(run).reviews
     return analyse_reviews(list(load_dataset_dir(p)), clusters) if p.exists() else None
 
 
@@ -174,28 +172,29 @@ def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
     from heldout.lock import load_locked, verify
     from training.stages import training_source
 
-    info = verify(spec.heldout, spec.label_names, run / "heldout")
+    r = Run(run)
+    info = verify(spec.heldout, spec.label_names, r.heldout)
     src, path, h = training_source(run)
     inputs = {src: h, "heldout": info["sha256"]}
-    reviews_out = ((read_manifest(run / "review") or {}).get("outputs") or {}).get("reviews")
+    reviews_out = ((read_manifest(r.review) or {}).get("outputs") or {}).get("reviews")
     if reviews_out:
         inputs["reviews"] = reviews_out["sha256"]
-    st = Stage(run / "blindspots", "blindspots", inputs,
-               {"k": k, "eval": (read_manifest(run / "eval") or {}).get("fingerprint")})
+    st = Stage(r.blindspots, "blindspots", inputs,
+               {"k": k, "eval": (read_manifest(r.eval) or {}).get("fingerprint")})
     st.begin()
     rows = load_dataset_dir(path)
     emb = Embedder()
-    hc = cluster_heldout(load_locked(run / "heldout"), emb, k=k)
+    hc = cluster_heldout(load_locked(r.heldout), emb, k=k)
     syn = np.asarray(emb.encode(list(rows["text"])), dtype=np.float32)
-    metrics_p = run / "eval" / "metrics.json"
+    metrics_p = r.metrics
     result = analyse(hc, syn, json.loads(metrics_p.read_text()) if metrics_p.exists() else None)
     result["source"] = {"synthetic": src, "synthetic_sha256": h, "heldout_sha256": info["sha256"]}
-    curated = load_dataset_dir(run / "curate" / "curated")  # every pushed row, approved or not
+    curated = load_dataset_dir(r.curated)  # every pushed row, approved or not
     cvec = np.asarray(emb.encode(list(curated["text"])), dtype=np.float32)
     where = row_clusters(hc, result["coverage"]["gaps"], list(curated["id"]), cvec)
     from distilforge.atomic import atomic_write_json
 
-    atomic_write_json(st.dir / "row_clusters.json", where)
+    atomic_write_json(r.row_clusters, where)
     review = review_section(run, {rid: v["cluster"] for rid, v in where["rows"].items()})
     if review is not None:
         result["review"] = review
@@ -204,25 +203,22 @@ def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
     return st.finish(gaps=len(gaps), clusters=len(result["coverage"]["gaps"]), targets=len(result["targets"]))
 
 
+@cli_errors  # a bad spec, a tampered or missing held-out lock: one line, rc 2
 def blindspots_cmd(run: Path, k: int | None = None) -> None:
     """Rank real held-out regions the synthetic data does not cover; write targets.yaml."""
-    from distilforge.runctx import fail, prepare
-    from distilforge.spec import SpecError
-    from heldout.lock import HeldoutError
-
     try:
         spec = prepare(run)
         blindspots_stage(spec, run, k)
-    except (SpecError, HeldoutError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # a stage output missing on disk: one line, rc 2 like a bad spec
         fail(str(e))
-    result = json.loads((run / "blindspots" / "blindspots.json").read_text())
+    result = json.loads(Run(run).blindspots_json.read_text())
     print(summary_line(result))
     if result.get("review"):
         from labeling.review_analysis import summary_line as review_line
 
         print(review_line(result["review"]))
-    print(f"targets: {run / 'blindspots' / 'targets.yaml'}")
-    if (run / "review" / "push.json").exists():
+    print(f"targets: {Run(run).targets_yaml}")
+    if Run(run).push_json.exists():
         update_argilla_metadata(spec, run)
 
 

@@ -1,16 +1,21 @@
 """`distilforge review ...`: the embedded Argilla server (serve/status/stop) and the review round trip
 (push → curators answer in Argilla → pull → export).
 
-`review_app` is mounted by distilforge's main CLI; later commands (push/pull/export) attach to
+`review_app` is mounted by the `distilforge` CLI (app/cli.py); later commands (push/pull/export) attach to
 the same app. The server itself runs from `.venv-argilla` (see labeling/server/control.py).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
+from distilforge.layout import Run
+from distilforge.runctx import cli_errors, fail, prepare
+from distilforge.spec import SpecError
+from labeling.push import ReviewError
 from labeling.server import control
 
 review_app = typer.Typer(help="Human review in Argilla (embedded server on SQLite, or a hosted one).",
@@ -20,12 +25,24 @@ DataDirOption = typer.Option(None, "--data-dir", envvar="DISTILFORGE_ARGILLA_DIR
                              help="Server data dir [default: ~/.local/share/distilforge/argilla].")
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+def _review_errors(fn: Callable) -> Callable:
+    """A review command's refusals (ReviewError, a bad recorded spec) end in one line and exit code 1,
+    as review commands always have (tests/test_review.py pins it), not the UserError class's 2; any
+    other DistilforgeError (a missing RUN or a file given as RUN: `prepare`'s RunDirError, rc 2) gets
+    its class's code."""
+    @cli_errors
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ReviewError, SpecError) as exc:
+            fail(str(exc), 1)
+
+    return command
 
 
 @review_app.command()
+@cli_errors
 def serve(
     data_dir: Optional[Path] = DataDirOption,
     host: str = typer.Option(control.DEFAULT_HOST, help="Bind address (loopback by default)."),
@@ -36,11 +53,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: binding {host}: the server is reachable from other machines",
                     fg=typer.colors.YELLOW, err=True)
-    try:
-        info = control.start(data_dir, host=host, port=port)
-    except control.ReviewServerError as exc:
-        _fail(str(exc))
-        return
+    info = control.start(data_dir, host=host, port=port)  # ReviewServerError: one line, rc 1
     typer.echo(f"Argilla running at {info['url']} (data: {info['data_dir']})")
     creds = info.get("new_credentials")
     if creds:
@@ -56,7 +69,7 @@ def serve(
         try:
             while control.status(data_dir)["running"]:
                 time.sleep(1)
-            _fail("server stopped unexpectedly; see logs in the data dir")
+            fail("server stopped unexpectedly; see logs in the data dir", 1)
         except KeyboardInterrupt:
             control.stop(data_dir)
             typer.echo("stopped")
@@ -96,31 +109,21 @@ WorkspaceOption = typer.Option(None, "--workspace", help="Argilla workspace [def
 PrefixOption = typer.Option(None, "--dataset", help="Dataset name prefix [default: <task>-<run dir>].")
 
 
-def _spec(run: Path):
-    from distilforge.runctx import prepare
-    from distilforge.spec import SpecError
-
-    try:
-        return prepare(run)  # a missing RUN, or a file, is refused there (rc 2)
-    except SpecError as exc:
-        _fail(str(exc))
-
-
 @review_app.command()
+@_review_errors
 def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
          data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
          dataset: Optional[str] = PrefixOption,
          batch_size: int = typer.Option(50, "--batch-size", help="Records per upsert request.")) -> None:
     """Push curated rows (and preference pairs) to Argilla for review; safe to rerun."""
-    from labeling.push import ReviewError, push_run
+    from labeling.push import push_run
 
-    spec = _spec(run)
+    spec = prepare(run)
     try:
         report = push_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
                           prefix=dataset, batch_size=batch_size)
-    except (ReviewError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
+    except FileNotFoundError as exc:  # a stage output missing on disk
+        fail(str(exc), 1)
     for fmt, r in report.items():
         typer.echo(f"{fmt}: {r['records']} records -> '{r['dataset']}' ({r['created']} new, {r['updated']} updated, "
                    f"{r['in_dataset']} in the dataset"
@@ -129,44 +132,39 @@ def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Option
 
 
 @review_app.command()
+@_review_errors
 def pull(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
          data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
          dataset: Optional[str] = PrefixOption) -> None:
     """Pull every response (all users, all statuses) into RUN/review/reviews."""
     from labeling.pull import pull_run
-    from labeling.push import ReviewError
 
-    spec = _spec(run)
-    try:
-        counts = pull_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
-                          prefix=dataset)
-    except ReviewError as exc:
-        _fail(str(exc))
-        return
+    spec = prepare(run)
+    counts = pull_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
+                      prefix=dataset)
     for fmt, c in counts.items():
         statuses = ", ".join(f"{v} {k}" for k, v in sorted(c["by_status"].items())) or "none yet"
         typer.echo(f"{fmt}: {c['responses']} responses from {c['users']} user(s) on {c['records']} records "
                    f"({statuses}); {c['reviewed_records']} records reviewed")
-    typer.echo(f"reviews: {run / 'review' / 'reviews'}")
+    typer.echo(f"reviews: {Run(run).reviews}")
 
 
 @review_app.command("export")
+@_review_errors
 def export_cmd(run: Path = RunArg,
                policy: str = typer.Option("one", help="one | majority | unanimous (accepts needed to approve)."),
                min_reviewers: int = typer.Option(1, "--min-reviewers",
                                                  help="Rows with fewer submitted decisions stay undecided.")) -> None:
     """Approved rows (corrections applied) for training, rejected rows with reasons."""
     from labeling.export import export_run
-    from labeling.push import ReviewError
 
-    spec = _spec(run)
+    spec = prepare(run)
     try:
         m = export_run(run, spec, policy=policy, min_reviewers=min_reviewers)
-    except (ReviewError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
+    except FileNotFoundError as exc:  # a stage output missing on disk
+        fail(str(exc), 1)
     ag = m["agreement"]
     kappa = f", reviewer {ag['method']} kappa {ag['kappa']}" if ag.get("kappa") is not None else ""
     typer.echo(f"export ({policy}): {m.get('approved', 0)} approved ({m.get('corrected', 0)} corrected), "
                f"{m.get('rejected', 0)} rejected, {m.get('undecided', 0)} undecided{kappa}")
-    typer.echo(f"approved: {run / 'review' / 'export' / 'approved'} (train uses it from now on)")
+    typer.echo(f"approved: {Run(run).approved} (train uses it from now on)")

@@ -24,6 +24,7 @@ from typing import Optional
 
 import datasets
 
+from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
 from labeling.push import ReviewError, _content, record_id, row_fields, update_review_manifest
 from labeling.review_analysis import judge_vs_human, rater_agreement
@@ -150,24 +151,25 @@ def export_rows(spec, fmt: str, rows: list[dict], reviews: list[dict], policy: s
 def export_run(run: Path, spec, policy: str = "one", min_reviewers: int = 1) -> dict:
     """Write RUN/review/export (approved / rejected [/ prefs_approved]) and its manifest."""
     run = Path(run)
+    r = Run(run)
     if min_reviewers < 1:
         raise ReviewError(f"--min-reviewers must be >= 1 (got {min_reviewers})")
     decide([], policy)  # validates the policy name before any work
-    rev_m = read_manifest(run / "review") or {}
-    if "reviews" not in rev_m.get("outputs", {}) or not (run / "review" / "reviews").exists():
-        raise ReviewError(f"no pulled reviews in {run / 'review'}: run `distilforge review pull {run}` first")
-    reviews = list(load_dataset_dir(run / "review" / "reviews"))
-    curated = load_dataset_dir(run / "curate" / "curated")
+    rev_m = read_manifest(r.review) or {}
+    if "reviews" not in rev_m.get("outputs", {}) or not r.reviews.exists():
+        raise ReviewError(f"no pulled reviews in {r.review}: run `distilforge review pull {run}` first")
+    reviews = list(load_dataset_dir(r.reviews))
+    curated = load_dataset_dir(r.curated)
     res = export_rows(spec, "sft", list(curated), reviews, policy, min_reviewers)
     if not res["approved"]:
         raise ReviewError(f"no row is approved under policy '{policy}' (min reviewers {min_reviewers}): nothing "
                           f"exported, training keeps using the curated set ({res['counts']})")
-    inputs = {"reviews": rev_m["outputs"]["reviews"]["sha256"], "curate": output_hash(run / "curate", "curated")}
+    inputs = {"reviews": rev_m["outputs"]["reviews"]["sha256"], "curate": output_hash(r.curate, "curated")}
     prefs = None
-    if any(r["format"] == "prefs" for r in reviews) and (run / "generate" / "prefs").exists():
-        prefs_ds = load_dataset_dir(run / "generate" / "prefs")
+    if any(x["format"] == "prefs" for x in reviews) and r.generated_prefs.exists():
+        prefs_ds = load_dataset_dir(r.generated_prefs)
         prefs = (prefs_ds, export_rows(spec, "prefs", list(prefs_ds), reviews, policy, min_reviewers))
-    st = Stage(run / "review" / "export", "review_export", inputs, {"policy": policy, "min_reviewers": min_reviewers})
+    st = Stage(r.review_export, "review_export", inputs, {"policy": policy, "min_reviewers": min_reviewers})
     st.begin()
     approved_f = _features(curated.features, {**PROVENANCE, "corrected": datasets.Value("bool"),
                                               "original_completion": datasets.Value("string"),

@@ -17,6 +17,7 @@ from typing import Optional
 
 import datasets
 
+from distilforge.layout import Run
 from distilforge.manifest import save_dataset
 from labeling.push import (CORRECTED, DECISION, FORMATS, LABEL, RATING, REASONS, ReviewError, _first_line,
                            connect_checked, dataset_name, read_push_state, row_id, update_review_manifest)
@@ -138,7 +139,7 @@ def pull_run(run: Path, spec, *, api_url: Optional[str] = None, api_key: Optiona
                        "users": len({r["user_id"] for r in got}), "by_status": by_status}
     ds_out = datasets.Dataset.from_list(rows, features=FEATURES) if rows else \
         datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)
-    h = save_dataset(ds_out, run / "review" / "reviews")
+    h = save_dataset(ds_out, Run(run).reviews)
     sft = counts.get("sft", {})
     update_review_manifest(run, outputs={"reviews": {"path": "reviews", "rows": len(ds_out), "sha256": h}},
                            reviewed=sft.get("reviewed_records"), pull=counts)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from distilforge.atomic import atomic_write_json
+from distilforge.layout import Run
 from distilforge.manifest import load_dataset_dir, read_manifest
 from distilforge.errors import UserError
 
@@ -36,7 +37,6 @@ DECISION, LABEL, RATING, CORRECTED, REASONS = "decision", "correct_label", "rati
 REJECT_REASONS = {"wrong_label": "Wrong label", "off_topic": "Off-topic", "unnatural": "Unnatural",
                   "duplicate": "Duplicate", "unsafe": "Unsafe", "other": "Other"}
 FORMATS = ("sft", "prefs")
-PUSH_STATE = "push.json"
 
 
 class ReviewError(UserError, RuntimeError):
@@ -52,13 +52,13 @@ def dataset_name(spec, run: Path, fmt: str, prefix: Optional[str] = None) -> str
 
 
 def read_push_state(run: Path) -> dict:
-    p = Path(run) / "review" / PUSH_STATE
+    p = Run(run).push_json
     return json.loads(p.read_text()) if p.exists() else {}
 
 
 def update_review_manifest(run: Path, **keys) -> dict:
     """Read-modify-write RUN/review/manifest.json (the report reads pushed/reviewed/approved/rejected)."""
-    d = Path(run) / "review"
+    d = Run(run).review
     m = read_manifest(d) or {"stage": "review", "outputs": {}, "pushed": None, "reviewed": None,
                              "approved": None, "rejected": None}
     m.update(keys)
@@ -180,7 +180,7 @@ def _content(msgs) -> str:
 
 def _clusters(run: Path) -> dict[str, dict]:
     """Per synthetic row id: {'cluster', 'gap'} from `blindspots` (empty before it ran)."""
-    p = Path(run) / "blindspots" / "row_clusters.json"
+    p = Run(run).row_clusters
     return json.loads(p.read_text()).get("rows", {}) if p.exists() else {}
 
 
@@ -251,14 +251,15 @@ def build_records(spec, fmt: str, rows, vectors, where: dict) -> list:
 def load_rows(run: Path) -> dict[str, list[dict]]:
     """{format: rows}: curated rows (required) and teacher preference pairs (when generated)."""
     run = Path(run)
-    if not read_manifest(run / "curate"):
-        raise ReviewError(f"{run / 'curate' / 'manifest.json'} not found: run `distilforge curate {run}` first")
-    out = {"sft": list(load_dataset_dir(run / "curate" / "curated"))}
-    gen = read_manifest(run / "generate") or {}
-    if "prefs" in gen.get("outputs", {}) and (run / "generate" / "prefs").exists():
-        out["prefs"] = list(load_dataset_dir(run / "generate" / "prefs"))
+    r = Run(run)
+    if not read_manifest(r.curate):
+        raise ReviewError(f"{r.curate / 'manifest.json'} not found: run `distilforge curate {run}` first")
+    out = {"sft": list(load_dataset_dir(r.curated))}
+    gen = read_manifest(r.generate) or {}
+    if "prefs" in gen.get("outputs", {}) and r.generated_prefs.exists():
+        out["prefs"] = list(load_dataset_dir(r.generated_prefs))
     if not out["sft"]:
-        raise ReviewError(f"{run / 'curate' / 'curated'} has no rows: nothing to review")
+        raise ReviewError(f"{r.curated} has no rows: nothing to review")
     return out
 
 
@@ -426,10 +427,10 @@ def push_run(run: Path, spec, *, api_url: Optional[str] = None, api_key: Optiona
     for fmt, frows, vecs, settings, name in plans:
         dataset, created = ensure_dataset(client, name, ws, settings)
         state["datasets"][fmt] = {"name": name, "id": str(dataset.id), "rows": len(frows), "complete": False}
-        atomic_write_json(run / "review" / PUSH_STATE, state)  # before records: pull can find a half push
+        atomic_write_json(Run(run).push_json, state)  # before records: pull can find a half push
         res = upsert(client, dataset, build_records(spec, fmt, frows, vecs, where), batch_size, url, on_batch, progress)
         state["datasets"][fmt].update(complete=True, pushed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        atomic_write_json(run / "review" / PUSH_STATE, state)
+        atomic_write_json(Run(run).push_json, state)
         report[fmt] = {"dataset": name, "created_dataset": created, **res}
     if "sft" in report:
         update_review_manifest(run, pushed=report["sft"]["records"], datasets=state["datasets"], api_url=url)

@@ -30,15 +30,11 @@ from argilla_server.search_engine import (
 from argilla_server.search_engine import Filter
 
 from labeling.server import ENGINE_NAME
-from labeling.server.query import SQLBuilder, fts_expression, hexid, json_path
+from labeling.server.query import SQLBuilder, fts_expression, json_path
 from labeling.server.store import STORE, Store, term_text
 
 MAX_TERMS = 2**14  # ES engine's max_terms_size
 MAX_SIMILARITY_RESULTS = 1000
-
-
-def _status_value(value: Any) -> str:
-    return str(getattr(value, "value", value))
 
 
 @SearchEngine.register(engine_name=ENGINE_NAME)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from distilforge.atomic import atomic_path
 from labeling.server.control import Paths
 
 OWNER = "owner"
@@ -36,12 +37,12 @@ def _paths() -> Paths:
 
 
 def _write_private(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """JSON readable by its owner only (0600, set before the rename: never visible with other modes)."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask
 
 
 async def _ensure_owner(username: str, password: str, api_key: str) -> bool:

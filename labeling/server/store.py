@@ -112,12 +112,6 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, lambda: fn(self.conn(), *args))
 
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
     # -- FTS index ---------------------------------------------------------------------------
     @staticmethod
     def fts_table(dataset_hex: str) -> str:
