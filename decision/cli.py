@@ -9,7 +9,6 @@ an input found nowhere stays unknown and the verdict says `needs input`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,9 +17,12 @@ from typing import Annotated, Any, Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
-from distilforge.atomic import atomic_write_json
-from distilforge.yamlfile import read_yaml, validated
+from distilforge.atomic import atomic_path, atomic_write_json
+from distilforge.layout import Run
 from distilforge.manifest import read_json, read_manifest
+from distilforge.records import Decision, Metrics, ModelScore
+from distilforge.runctx import check_run, cli_errors, fail, prepare
+from distilforge.yamlfile import read_yaml, validated
 from decision import abtest as ab
 from decision.economics import EconInputs, EconomicsError, PreCheck, decide
 
@@ -115,8 +117,8 @@ def pick_student(models: dict, wanted: str | None = None) -> str | None:
     return next((k for k in STUDENT_KEYS if k in models), None)
 
 
-def _ci(m: dict, where: str) -> tuple[float, float] | None:
-    ci = m.get("accuracy_ci")
+def _ci(m: ModelScore, where: str) -> tuple[float, float] | None:
+    ci = m.accuracy_ci
     if ci is None:
         return None
     if not isinstance(ci, (list, tuple)) or len(ci) != 2:
@@ -126,7 +128,7 @@ def _ci(m: dict, where: str) -> tuple[float, float] | None:
 
 def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] | None = None) -> EconInputs:
     """Collect the economics inputs for `run` (flags in `overrides` win; None = not given)."""
-    run = Path(run)
+    r = Run(run)
     ov = {k: v for k, v in (overrides or {}).items() if v is not None}
     src: dict[str, str] = {}
     inp = EconInputs(margin=cfg.margin, quality_tolerance=cfg.quality_tolerance,
@@ -140,7 +142,7 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
                 src[name] = where
                 return
 
-    spec = _read_json(run / "spec.json") or {}
+    spec = _read_json(r.spec_json) or {}
     teacher = spec.get("teacher") or {}
     sp_in, sp_out = teacher.get("price_in_per_m"), teacher.get("price_out_per_m")
     spec_priced = bool(sp_in or sp_out)
@@ -149,20 +151,20 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
     put("hosted_out_per_m", cfg.hosted.price_out_per_m, "hosted.price_out_per_m",
         sp_out if spec_priced else None, "spec.json teacher.price_out_per_m")
 
-    metrics = _read_json(run / "eval" / "metrics.json") or {}
-    models = metrics.get("models") or {}
-    tok = (models.get("teacher") or {}).get("tokens") or {}
-    calls = tok.get("calls") or metrics.get("n")
+    metrics = Metrics.read(r, EconomicsError) or Metrics()
+    models = metrics.models
+    tok = models["teacher"].tokens if "teacher" in models else None
+    calls = (tok and tok.calls) or metrics.n
     m_in = m_out = None
-    if calls and tok.get("prompt") is not None and tok.get("completion") is not None:
-        m_in, m_out = tok["prompt"] / calls, tok["completion"] / calls
+    if calls and tok and tok.prompt is not None and tok.completion is not None:
+        m_in, m_out = tok.prompt / calls, tok.completion / calls
     where = f"measured: eval/metrics.json models.teacher.tokens over {calls} calls"
     put("tokens_in_per_task", cfg.tokens_per_task.input, "tokens_per_task.input", m_in, where)
     put("tokens_out_per_task", cfg.tokens_per_task.output, "tokens_per_task.output", m_out, where)
     put("tasks_per_month", cfg.volume.tasks_per_month, "volume.tasks_per_month")
     put("months", cfg.volume.months, "volume.months")
 
-    gen = _manifest(run / "generate")
+    gen = _manifest(r.generate)
     g_cost, g_where = None, ""
     if gen.get("cost_usd"):
         g_cost, g_where = gen["cost_usd"], "measured: generate/manifest.json cost_usd"
@@ -172,7 +174,7 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
         g_where = "generate/manifest.json tokens priced at the hosted rates (the teacher ran at $0)"
     put("generation_cost_usd", cfg.generation_cost_usd, "generation_cost_usd", g_cost, g_where)
 
-    train = _manifest(run / "train")
+    train = _manifest(r.train)
     device = str(train.get("device") or "").lower()
     gpu_measured = None
     if train.get("seconds") is not None and ("cuda" in device or "gpu" in device):
@@ -185,7 +187,7 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
     put("serving_per_m_tokens", cfg.serving.per_m_tokens, "serving.per_m_tokens")
     put("core_hour_usd", cfg.serving.core_hour_usd, "serving.core_hour_usd")
     put("serving_gpu_hour_usd", cfg.serving.gpu_hour_usd, "serving.gpu_hour_usd")
-    measured = measured_throughput(run, cfg, train.get("adapter_sha256"))
+    measured = measured_throughput(r.root, cfg, train.get("adapter_sha256"))
     if measured:
         inp.tasks_per_core_hour = measured.get("tasks_per_core_hour")
         inp.tasks_per_gpu_hour = measured.get("tasks_per_gpu_hour")
@@ -197,13 +199,12 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
             src[name] = f"flag --{name.replace('_', '-')}"
 
     key = pick_student(models, ov.get("student_model") or cfg.student_model)
-    mpath = run / "eval" / "metrics.json"
     if key and "teacher" in models:
         s, t = models[key], models["teacher"]
         inp.student_model = key
-        inp.student_accuracy, inp.student_ci = s.get("accuracy"), _ci(s, f"{mpath}: models.{key}")
-        inp.teacher_accuracy, inp.teacher_ci = t.get("accuracy"), _ci(t, f"{mpath}: models.teacher")
-        inp.n_heldout = metrics.get("n")
+        inp.student_accuracy, inp.student_ci = s.accuracy, _ci(s, f"{r.metrics}: models.{key}")
+        inp.teacher_accuracy, inp.teacher_ci = t.accuracy, _ci(t, f"{r.metrics}: models.teacher")
+        inp.n_heldout = metrics.n
         src["quality"] = f"measured: eval/metrics.json models.{key} vs models.teacher"
 
     for k, ans in cfg.precheck.model_dump().items():
@@ -222,7 +223,7 @@ def measured_throughput(run: Path, cfg: DecideConfig, adapter: str | None) -> di
     the wrong model). From a benchmark: the wanted quantization (else q8_0, q4_k_m, f16), its best
     tasks/s per core over the concurrency levels measured. From a served eval: tasks/s of its one
     sequential client over the front's cores (a lower bound: one client never fills N replicas)."""
-    p = Path(cfg.serving.benchmark) if cfg.serving.benchmark else run / "serve" / "benchmark.json"
+    p = Path(cfg.serving.benchmark) if cfg.serving.benchmark else Run(run).serve_benchmark
     b = _read_json(p)
     if b and (adapter is None or b.get("adapter_sha256") == adapter):
         rows = [r for r in b.get("results") or [] if r.get("model") == "student" and r.get("tasks_per_s")]
@@ -240,7 +241,7 @@ def measured_throughput(run: Path, cfg: DecideConfig, adapter: str | None) -> di
                     out.update(tasks_per_gpu_hour=best["tasks_per_s"] * 3600, gpu=best)
                 if cpu or gpu:
                     return out
-    for ep in sorted((run / "eval" / "endpoints").glob("*.json")):
+    for ep in sorted(Run(run).endpoint_results.glob("*.json")):
         e = _read_json(ep) or {}
         tp = e.get("throughput") or {}
         if e.get("adapter_sha256") == adapter and tp.get("tasks_per_s") and tp.get("cores"):
@@ -263,26 +264,20 @@ def decide_run(run: str | Path, config: str | Path | DecideConfig | None = None,
     d["config_file"] = None if config is None or isinstance(config, DecideConfig) else str(config)
     d["hosted_model"] = cfg.hosted.model
     d["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out = run / "decide"
-    out.mkdir(parents=True, exist_ok=True)
+    r = Run(run)
+    r.decide.mkdir(parents=True, exist_ok=True)
     if d["costs"]["finetune_fixed_usd"] is not None and d["costs"]["hosted_per_task_usd"] is not None \
             and d["costs"]["finetune_per_task_usd"] is not None:
         from decision.report import plot_cost_vs_volume
 
-        png = out / "cost_vs_volume.png"
-        tmp = png.with_name(f".{png.name}.tmp{os.getpid()}")
-        tmp.write_bytes(plot_cost_vs_volume(d))
-        os.replace(tmp, png)
-        d["plot"] = "decide/cost_vs_volume.png"
-    atomic_write_json(out / "decision.json", d)
+        with atomic_path(r.cost_plot) as tmp:
+            tmp.write_bytes(plot_cost_vs_volume(Decision.model_validate(d)))
+        d["plot"] = r.cost_plot.relative_to(r.root).as_posix()
+    atomic_write_json(r.decision, d)
     return d
 
 
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
-
-
+@cli_errors
 def decide_cmd(
     run: Annotated[Path, typer.Argument(help="run directory")],
     config: Annotated[Optional[Path], typer.Option("--config", help="decide.yaml with the economics inputs")] = None,
@@ -304,32 +299,31 @@ def decide_cmd(
 ) -> None:
     """Decide fine-tune vs stay hosted; writes RUN/decide/decision.json and prints the verdict line."""
     overrides = {k: v for k, v in locals().items() if k not in ("run", "config")}
-    from distilforge.runctx import check_run
-
     check_run(run)  # a missing RUN, or a file, is refused before anything is written
     try:
         d = decide_run(run, config, overrides)
-    except (EconomicsError, ValueError, OSError) as e:
-        _fail(str(e))
+    except (ValueError, OSError) as e:  # EconomicsError is a ValueError; a library's too: one line, rc 2
+        fail(str(e))
     typer.echo(d["verdict_line"])
     for r in d["reasons"]:
         typer.echo(f"  - {r}")
-    typer.echo(f"wrote {Path(run) / 'decide' / 'decision.json'}")
+    typer.echo(f"wrote {Run(run).decision}")
 
 
+@cli_errors
 def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Render RUN/report.html: one self-contained page that opens offline."""
-    from distilforge.runctx import check_run
     from decision.report import render_report
 
     check_run(run)  # a missing RUN, or a file, is refused before anything is written
     try:
         out = render_report(run)
-    except (ValueError, OSError) as e:
-        _fail(str(e))
+    except (ValueError, OSError) as e:  # not one of ours: still one line, rc 2
+        fail(str(e))
     typer.echo(f"wrote {out}")
 
 
+@cli_errors
 def abtest_cmd(
     a: Annotated[str, typer.Argument(help="arm A log (JSONL or CSV), e.g. hosted; with --shadow: arm A's endpoint URL")],
     b: Annotated[str, typer.Argument(help="arm B log (JSONL or CSV), e.g. fine-tuned; with --shadow: arm B's endpoint URL")],
@@ -354,8 +348,8 @@ def abtest_cmd(
         return
     try:
         r = ab.readout_files(a, b, metric=metric, kind=kind, mde=mde, power=power, alpha=alpha, planned_n=planned_n)
-    except (ab.ABTestError, ValueError, OSError) as e:
-        _fail(str(e))
+    except (ValueError, OSError) as e:  # ABTestError is a ValueError; a library's too: one line, rc 2
+        fail(str(e))
     typer.echo(r["readout_line"])
     if r["required_n_per_arm"] is not None:
         typer.echo(f"  needed per arm for mde {mde:g} at power {power:g}: {r['required_n_per_arm']}")
@@ -368,19 +362,14 @@ def abtest_cmd(
 
 def _shadow(a: str, b: str, inputs: Path, run: Optional[Path], log: Optional[Path], structured: str, alpha: float,
             out: Optional[Path]) -> None:
-    from distilforge.runctx import prepare
-
     if run is None:
-        _fail("--shadow needs --run RUN (the task prompt and labels both arms are asked with)")
+        fail("--shadow needs --run RUN (the task prompt and labels both arms are asked with)")
     spec = prepare(run)
     if spec.type != "classification":
-        _fail(f"--shadow: only classification tasks are compared so far ('{spec.name}' is {spec.type})")
-    log = log or run / "abtest" / "shadow.jsonl"
-    try:
-        r = ab.shadow(inputs, a, b, system_prompt=spec.system_prompt(), labels=spec.label_names, log=log,
-                      structured=structured, alpha=alpha)
-    except ab.ABTestError as e:
-        _fail(str(e))
+        fail(f"--shadow: only classification tasks are compared so far ('{spec.name}' is {spec.type})")
+    log = log or Run(run).shadow_log
+    r = ab.shadow(inputs, a, b, system_prompt=spec.system_prompt(), labels=spec.label_names, log=log,
+                  structured=structured, alpha=alpha)  # an ABTestError ends in one line, rc 2 (cli_errors)
     typer.echo(r["readout_line"])
     target = out or log.with_suffix(".readout.json")
     atomic_write_json(target, r)

@@ -1,7 +1,7 @@
 """Fine-tune vs stay-on-the-hosted-model economics: pure arithmetic, no I/O, no plotting.
 
 Why pure: the verdict is the toolkit's whole point, so every number behind it must be
-reproducible by hand from the recorded inputs (tests do exactly that). `decide_cli` gathers the
+reproducible by hand from the recorded inputs (tests do exactly that). decision/cli.py gathers the
 inputs from a run directory and a config; this module only turns inputs into a decision.
 
 Cost model over the horizon (lifetime volume V = tasks/month x months):

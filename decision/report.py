@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distilforge.atomic import atomic_write_text
-from distilforge.manifest import read_json, read_manifest
+from distilforge.layout import Run
+from distilforge.manifest import MANIFEST, read_json, read_manifest
+from distilforge.records import Decision, Metrics, PricedServing
 
 SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "serving", "generation", "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
@@ -108,12 +110,13 @@ def _counts(values: list) -> dict:
 # ---------------------------------------------------------------- sections
 
 def sec_summary(run: Path) -> str:
-    spec = _json(run / "spec.json")
-    lock = _json(run / "heldout" / "lock.json")
-    dec = _json(run / "decide" / "decision.json")
+    r = Run(run)
+    spec = _json(r.spec_json)
+    lock = _json(r.lock_json)
+    dec = Decision.read(r)
     out = []
     if dec:
-        out.append(f'<p class="verdict">{esc(dec.get("verdict_line"))}</p>')
+        out.append(f'<p class="verdict">{esc(dec.verdict_line)}</p>')
     rows = [["run", str(run)]]
     if spec:
         teacher = spec.get("teacher") or {}
@@ -121,25 +124,26 @@ def sec_summary(run: Path) -> str:
                  ["labels", ", ".join(str(lab.get("name")) for lab in spec.get("labels") or [])],
                  ["teacher", teacher.get("model")], ["student", (spec.get("student") or {}).get("base")]]
     else:
-        out.append(not_run("spec resolution", run / "spec.json"))
+        out.append(not_run("spec resolution", r.spec_json))
     if lock:
         rows += [["held-out rows (locked)", lock.get("n")], ["held-out sha256", lock.get("sha256")]]
     else:
-        out.append(not_run("held-out lock", run / "heldout" / "lock.json"))
-    stages = [s for s in ("generate", "curate", "review", "train") if read_manifest(run / s)]
-    stages += [s for s, f in (("blindspots", "blindspots/blindspots.json"), ("eval", "eval/metrics.json"),
-                              ("decide", "decide/decision.json")) if (run / f).exists()]
+        out.append(not_run("held-out lock", r.lock_json))
+    stages = [s for s, d in (("generate", r.generate), ("curate", r.curate), ("review", r.review), ("train", r.train))
+              if read_manifest(d)]
+    stages += [s for s, f in (("blindspots", r.blindspots_json), ("eval", r.metrics), ("decide", r.decision)) if f.exists()]
     rows.append(["stages present", ", ".join(stages) or "none"])
     return "".join(out) + table(None, rows)
 
 
 def sec_funnel(run: Path) -> str:
-    gen, cur, rev = read_manifest(run / "generate"), read_manifest(run / "curate"), read_manifest(run / "review")
+    r = Run(run)
+    gen, cur, rev = read_manifest(r.generate), read_manifest(r.curate), read_manifest(r.review)
     if not gen and not cur:
-        return not_run("generate / curate", run / "generate" / "manifest.json")
+        return not_run("generate / curate", r.generate / MANIFEST)
     steps: list[tuple[str, int | None, dict]] = []
     if gen:
-        g = _columns(run / "generate" / "rows", ["label", "status"])
+        g = _columns(r.generated_rows, ["label", "status"])
         ok = [lab for lab, st in zip(g["label"], g["status"]) if st == "ok"] if g["status"] else g["label"]
         steps.append(("generated (requested)", len(g["label"]), _counts(g["label"])))
         steps.append(("generated ok", len(ok), _counts(ok)))
@@ -147,10 +151,10 @@ def sec_funnel(run: Path) -> str:
         steps.append((f.get("step", "?"), f.get("out"), f.get("per_label") or {}))
     if rev:
         steps += [("reviewed", rev.get("reviewed"), {}), ("approved", rev.get("approved"), {})]
-    parts = [] if cur else [not_run("curate", run / "curate" / "manifest.json")]
+    parts = [] if cur else [not_run("curate", r.curate / MANIFEST)]
     if not rev:
         parts.append('<p class="not-run">review didn\'t run (no human review recorded): '
-                     f'<code>{esc(run / "review" / "manifest.json")}</code> not found.</p>')
+                     f'<code>{esc(r.review / MANIFEST)}</code> not found.</p>')
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(steps) + 1))
     names = [s[0] for s in steps][::-1]
@@ -173,13 +177,14 @@ def sec_funnel(run: Path) -> str:
 
 
 def sec_distribution(run: Path) -> str:
-    if not read_manifest(run / "generate"):
-        return not_run("generate", run / "generate" / "manifest.json")
-    before = _columns(run / "generate" / "rows", ["label", "strategy", "status"])
+    r = Run(run)
+    if not read_manifest(r.generate):
+        return not_run("generate", r.generate / MANIFEST)
+    before = _columns(r.generated_rows, ["label", "strategy", "status"])
     if before["status"]:
         keep = [st == "ok" for st in before["status"]]
         before = {k: [v for v, ok in zip(vs, keep) if ok] for k, vs in before.items() if vs}
-    after = _columns(run / "curate" / "curated", ["label", "strategy"]) if read_manifest(run / "curate") else None
+    after = _columns(r.curated, ["label", "strategy"]) if read_manifest(r.curate) else None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col in zip(axes, ("label", "strategy")):
@@ -195,12 +200,12 @@ def sec_distribution(run: Path) -> str:
         ax.legend()
     out = img(fig, "label and strategy distribution")
     if not after:
-        out = not_run("curate", run / "curate" / "manifest.json") + out
+        out = not_run("curate", r.curate / MANIFEST) + out
     return out
 
 
 def sec_coverage(run: Path) -> str:
-    p = run / "blindspots" / "blindspots.json"
+    p = Run(run).blindspots_json
     bs = _json(p)
     if not bs or not (bs.get("coverage") or {}).get("points"):
         return not_run("blind-spot analysis (coverage map)", p)
@@ -260,9 +265,9 @@ def _series(log: list[dict], key: str) -> tuple[list, list]:
 
 
 def sec_training(run: Path) -> str:
-    tm = read_manifest(run / "train")
+    tm = read_manifest(Run(run).train)
     if not tm:
-        return not_run("train", run / "train" / "manifest.json")
+        return not_run("train", Run(run).train / MANIFEST)
     log = tm.get("log_history") or []
     dpo = (tm.get("dpo") or {}).get("log_history") if tm.get("dpo") else None
     plt = _plt()
@@ -293,38 +298,38 @@ def sec_training(run: Path) -> str:
 
 
 def sec_eval(run: Path) -> str:
-    p = run / "eval" / "metrics.json"
-    m = _json(p)
-    if not m or not m.get("models"):
-        return not_run("eval", p)
-    models = m["models"]
+    m = Metrics.read(run)
+    if not m or not m.models:
+        return not_run("eval", Metrics.path(run))
+    models = m.models
     keys = [k for k in _MODEL_ORDER if k in models] + [k for k in models if k not in _MODEL_ORDER]
-    labels = m.get("labels") or sorted({lab for k in keys for lab in (models[k].get("per_label") or {})})
+    labels = m.labels or sorted({lab for k in keys for lab in models[k].per_label})
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    acc = [models[k].get("accuracy") or 0 for k in keys]
-    err = [[a - (models[k].get("accuracy_ci") or [a, a])[0] for k, a in zip(keys, acc)],
-           [(models[k].get("accuracy_ci") or [a, a])[1] - a for k, a in zip(keys, acc)]]
+    acc = [models[k].accuracy or 0 for k in keys]
+    err = [[a - (models[k].accuracy_ci or [a, a])[0] for k, a in zip(keys, acc)],
+           [(models[k].accuracy_ci or [a, a])[1] - a for k, a in zip(keys, acc)]]
     ax.bar(keys, acc, yerr=err, capsize=6, color=["#8c8c8c", "#dd8452", "#4c72b0", "#55a868", "#c44e52"][: len(keys)])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% CI)")
-    ax.set_title(f"locked held-out set, n = {m.get('n')}")
+    ax.set_title(f"locked held-out set, n = {m.n}")
     parts = [img(fig, "eval comparison")]
     parts.append(table(["model", "accuracy", "95% CI", "macro F1"],
-                       [[k, _num(models[k].get("accuracy"), "{:.3f}"),
-                         "[" + ", ".join(_num(c, "{:.3f}") for c in models[k].get("accuracy_ci") or []) + "]",
-                         _num(models[k].get("macro_f1"), "{:.3f}")] for k in keys]))
+                       [[k, _num(models[k].accuracy, "{:.3f}"),
+                         "[" + ", ".join(_num(c, "{:.3f}") for c in models[k].accuracy_ci or []) + "]",
+                         _num(models[k].macro_f1, "{:.3f}")] for k in keys]))
     rows = []
     for lab in labels:
         row = [lab]
         for k in keys:
-            pl = (models[k].get("per_label") or {}).get(lab) or {}
+            pl = models[k].per_label.get(lab) or {}
             row.append(f"{_num(pl.get('accuracy'), '{:.2f}')} (n={pl.get('n', '?')})" if pl else "")
         rows.append(row)
     parts.append("<h3>per label</h3>" + table(["label"] + keys, rows))
-    ck = next((k for k in ("student", "student_dpo", "student_sft", "teacher", "base") if models.get(k, {}).get("confusion")), None)
+    ck = next((k for k in ("student", "student_dpo", "student_sft", "teacher", "base") if k in models and models[k].confusion),
+              None)
     if ck:
-        cm = models[ck]["confusion"]
+        cm = models[ck].confusion
         cols = list(labels) + ["(other)"] * (len(cm[0]) - len(labels)) if cm and len(cm[0]) > len(labels) else list(labels)
         fig, ax = plt.subplots(figsize=(0.5 * len(cols) + 3, 0.5 * len(cm) + 2.5))
         ax.imshow(cm, cmap="Blues")
@@ -343,21 +348,23 @@ def sec_eval(run: Path) -> str:
 
 
 def sec_generation(run: Path) -> str:
-    gen = read_manifest(run / "generate")
+    r = Run(run)
+    gen = read_manifest(r.generate)
     if not gen:
-        return not_run("generate", run / "generate" / "manifest.json")
+        return not_run("generate", r.generate / MANIFEST)
     tok = gen.get("tokens") or {}
-    g = _columns(run / "generate" / "rows", ["label", "status", "prompt_tokens", "completion_tokens"])
+    g = _columns(r.generated_rows, ["label", "status", "prompt_tokens", "completion_tokens"])
     failed = sum(1 for s in g["status"] if s != "ok")
     rows = [["teacher model", gen.get("teacher_model")], ["requests", gen.get("requests")],
             ["rows", len(g["label"])], ["failed rows", failed],
             ["prompt tokens", _num(tok.get("prompt"))], ["completion tokens", _num(tok.get("completion"))],
             ["cost (USD, at the teacher's prices)", _num(gen.get("cost_usd"), "${:,.4f}")],
             ["seconds", gen.get("seconds")]]
-    et = (((_json(run / "eval" / "metrics.json") or {}).get("models") or {}).get("teacher") or {}).get("tokens")
+    m = Metrics.read(r)
+    et = m.models["teacher"].tokens if m and "teacher" in m.models else None
     if et:
-        rows += [["eval teacher calls", et.get("calls")], ["eval teacher prompt tokens", _num(et.get("prompt"))],
-                 ["eval teacher completion tokens", _num(et.get("completion"))]]
+        rows += [["eval teacher calls", et.calls], ["eval teacher prompt tokens", _num(et.prompt)],
+                 ["eval teacher completion tokens", _num(et.completion)]]
     per: dict = {}
     for lab, pt, ct in zip(g["label"], g["prompt_tokens"] or [0] * len(g["label"]),
                            g["completion_tokens"] or [0] * len(g["label"])):
@@ -378,22 +385,22 @@ def sec_generation(run: Path) -> str:
     return out
 
 
-def plot_cost_vs_volume(d: dict) -> bytes:
+def plot_cost_vs_volume(d: Decision) -> bytes:
     """PNG: hosted vs fine-tune lifetime cost over volume, break-even and planned volume marked."""
     from decision.economics import cost_lines
 
-    c = d["costs"]
-    be, vol = c.get("break_even_tasks"), c.get("lifetime_tasks")
+    c = d.costs
+    be, vol = c.break_even_tasks, c.lifetime_tasks
     top = max([x for x in (be and 2 * be, vol and 1.5 * vol) if x] or [1000.0])
     xs = [top * i / 50 for i in range(51)]
-    hosted, ft = cost_lines(d, xs)
+    hosted, ft = cost_lines({"costs": c.model_dump()}, xs)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     ax.plot(xs, hosted, label="stay hosted", color="#dd8452", lw=2)
     ax.plot(xs, ft, label="fine-tune (upfront + serving)", color="#4c72b0", lw=2)
     if be is not None:
-        ax.plot([be], [be * c["hosted_per_task_usd"]], "ko", ms=8)
-        ax.annotate(f"break-even {be:,.0f} tasks", (be, be * c["hosted_per_task_usd"]),
+        ax.plot([be], [be * c.hosted_per_task_usd], "ko", ms=8)
+        ax.annotate(f"break-even {be:,.0f} tasks", (be, be * c.hosted_per_task_usd),
                     textcoords="offset points", xytext=(8, -14))
     if vol:
         ax.axvline(vol, ls="--", color="gray", label=f"planned volume {vol:,.0f}")
@@ -412,26 +419,25 @@ def _evidence(e: Any) -> str:
 
 
 def sec_economics(run: Path) -> str:
-    p = run / "decide" / "decision.json"
-    d = _json(p)
+    d = Decision.read(run)
     if not d:
-        return not_run("decide (fine-tune vs hosted economics)", p) + \
+        return not_run("decide (fine-tune vs hosted economics)", Decision.path(run)) + \
             "<p>Run <code>distilforge decide RUN --config decide.yaml</code>, then re-render.</p>"
-    c, q = d.get("costs") or {}, d.get("quality") or {}
-    parts = [f'<p class="verdict">{esc(d.get("verdict_line"))}</p>',
-             "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in d.get("reasons") or []) + "</ul>"]
-    rows = [["hosted cost per task", _usd(c.get("hosted_per_task_usd"), 6)],
-            ["fine-tuned serving cost per task", _usd(c.get("finetune_per_task_usd"), 6)],
-            ["generation", _usd(c.get("generation_usd"))], ["training (GPU)", _usd(c.get("training_usd"))],
-            ["other upfront", _usd(c.get("other_upfront_usd"))],
-            ["serving, fixed over horizon", _usd(c.get("serving_fixed_usd"))],
-            ["lifetime tasks", _num(c.get("lifetime_tasks"))], ["hosted total", _usd(c.get("hosted_total_usd"))],
-            ["fine-tune total", _usd(c.get("finetune_total_usd"))], ["savings", _usd(c.get("savings_usd"))],
-            ["savings fraction", _num(c.get("savings_fraction"), "{:.1%}")],
-            ["break-even tasks", _num(c.get("break_even_tasks"))],
-            ["tasks needed for the margin", _num(c.get("volume_for_margin_tasks"))],
-            ["quality", f"{q.get('status')}: {q.get('student_model')} {_num(q.get('student_accuracy'), '{:.3f}')} "
-                        f"{q.get('student_ci')} vs teacher {_num(q.get('teacher_accuracy'), '{:.3f}')} (n={q.get('n')})"]]
+    c, q = d.costs, d.quality
+    parts = [f'<p class="verdict">{esc(d.verdict_line)}</p>',
+             "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in d.reasons) + "</ul>"]
+    rows = [["hosted cost per task", _usd(c.hosted_per_task_usd, 6)],
+            ["fine-tuned serving cost per task", _usd(c.finetune_per_task_usd, 6)],
+            ["generation", _usd(c.generation_usd)], ["training (GPU)", _usd(c.training_usd)],
+            ["other upfront", _usd(c.other_upfront_usd)],
+            ["serving, fixed over horizon", _usd(c.serving_fixed_usd)],
+            ["lifetime tasks", _num(c.lifetime_tasks)], ["hosted total", _usd(c.hosted_total_usd)],
+            ["fine-tune total", _usd(c.finetune_total_usd)], ["savings", _usd(c.savings_usd)],
+            ["savings fraction", _num(c.savings_fraction, "{:.1%}")],
+            ["break-even tasks", _num(c.break_even_tasks)],
+            ["tasks needed for the margin", _num(c.volume_for_margin_tasks)],
+            ["quality", f"{q.status}: {q.student_model} {_num(q.student_accuracy, '{:.3f}')} "
+                        f"{q.student_ci} vs teacher {_num(q.teacher_accuracy, '{:.3f}')} (n={q.n})"]]
     parts.append(table(None, rows))
     try:
         data = base64.b64encode(plot_cost_vs_volume(d)).decode()
@@ -439,10 +445,10 @@ def sec_economics(run: Path) -> str:
     except ValueError:
         parts.append('<p class="not-run">No cost-vs-volume plot: some costs are unknown (see missing inputs).</p>')
     parts.append("<h3>pre-check</h3><table><tr><th>question</th><th>answer</th><th>source</th><th>evidence</th></tr>"
-                 + "".join(f"<tr><td>{esc(pc.get('question'))}</td><td>{esc(pc.get('answer') or 'unanswered')}</td>"
-                           f"<td>{esc(pc.get('source'))}</td><td>{_evidence(pc.get('evidence'))}</td></tr>"
-                           for pc in d.get("precheck") or []) + "</table>")
-    inputs = d.get("inputs") or {}
+                 + "".join(f"<tr><td>{esc(pc.question)}</td><td>{esc(pc.answer or 'unanswered')}</td>"
+                           f"<td>{esc(pc.source)}</td><td>{_evidence(pc.evidence)}</td></tr>"
+                           for pc in d.precheck) + "</table>")
+    inputs = d.inputs
     src = inputs.get("sources") or {}
     parts.append("<h3>inputs</h3>" + table(["input", "value", "source"],
                                            [[k, v, src.get(k) or (src.get("quality", "") if k in _QUALITY else "")]
@@ -453,13 +459,14 @@ def sec_economics(run: Path) -> str:
 def sec_serving(run: Path) -> str:
     """The exported student served: benchmark (latency, tasks/s/core, RSS per quantization, vs the
     teacher), served vs PyTorch accuracy on the same locked rows, and what decide priced from it."""
-    adapter = (read_manifest(run / "train") or {}).get("adapter_sha256")
+    r = Run(run)
+    adapter = (read_manifest(r.train) or {}).get("adapter_sha256")
     parts = []
-    b = _json(run / "serve" / "benchmark.json")
+    b = _json(r.serve_benchmark)
     if b and b.get("adapter_sha256") == adapter:
-        rows = [[r.get("model"), r.get("quant"), r.get("replicas"), r.get("concurrency"), r.get("p50_ms"), r.get("p95_ms"),
-                 r.get("tasks_per_s"), r.get("tasks_per_s_per_core"), r.get("rss_mb"), r.get("file_mb"),
-                 f"{r.get('valid_labels')}/{r.get('requests')}"] for r in b.get("results") or []]
+        rows = [[x.get("model"), x.get("quant"), x.get("replicas"), x.get("concurrency"), x.get("p50_ms"), x.get("p95_ms"),
+                 x.get("tasks_per_s"), x.get("tasks_per_s_per_core"), x.get("rss_mb"), x.get("file_mb"),
+                 f"{x.get('valid_labels')}/{x.get('requests')}"] for x in b.get("results") or []]
         la, lb = (b.get("box") or {}).get("loadavg_before"), (b.get("box") or {}).get("loadavg_after")
         parts.append(f"<p>{esc(b.get('requests'))} requests per configuration, {esc((b.get('box') or {}).get('cpu_count'))} "
                      f"cores, load average {esc(la and round(la[0], 2))} before / {esc(lb and round(lb[0], 2))} after "
@@ -469,8 +476,8 @@ def sec_serving(run: Path) -> str:
     elif b:
         parts.append('<p class="not-run">serve/benchmark.json measured another adapter: re-run benchmarks/serving.py.</p>')
     else:
-        parts.append(not_run("serving benchmark (python benchmarks/serving.py RUN)", run / "serve" / "benchmark.json"))
-    eps = [e for e in (_json(p) for p in sorted((run / "eval" / "endpoints").glob("*.json"))) if e]
+        parts.append(not_run("serving benchmark (python benchmarks/serving.py RUN)", r.serve_benchmark))
+    eps = [e for e in (_json(p) for p in sorted(r.endpoint_results.glob("*.json"))) if e]
     eps = [e for e in eps if e.get("adapter_sha256") == adapter]
     if eps:
         rows = []
@@ -483,13 +490,13 @@ def sec_serving(run: Path) -> str:
                          f"{v['diff']:+.3f} {v['ci']} p={v['p_value']}" if v else ""])
         parts.append("<h3>served vs PyTorch student (same locked rows)</h3>"
                      + table(["model", "n", "accuracy", "95% CI", "served - PyTorch (paired)"], rows))
-    d = _json(run / "decide" / "decision.json") or {}
-    sv = d.get("serving") or {}
+    d = Decision.read(r)
+    sv = d.serving if d else None
     if sv:
-        pr = sv.get("priced") or {}
-        line = (f"measured: {pr['tasks_per_hour'] / 3600:,.2f} tasks/s per {pr['unit']}, ${pr['price_per_hour']:g} per "
-                f"{pr['unit']}-hour = ${pr['per_task_usd']:.6f} per task; replaces {sv.get('replaced')}"
-                if sv.get("mode") == "measured" else f"assumed: {sv.get('assumption')}" + (f" ({sv['note']})" if sv.get("note") else ""))
+        pr = sv.priced or PricedServing()
+        line = (f"measured: {pr.tasks_per_hour / 3600:,.2f} tasks/s per {pr.unit}, ${pr.price_per_hour:g} per "
+                f"{pr.unit}-hour = ${pr.per_task_usd:.6f} per task; replaces {sv.replaced}"
+                if sv.mode == "measured" else f"assumed: {sv.assumption}" + (f" ({sv.note})" if sv.note else ""))
         parts.append(f"<p>decide priced serving as {esc(line)}.</p>")
     return "".join(parts)
 
@@ -518,7 +525,7 @@ def render_html(run: str | Path) -> str:
             print(f"report: section {sid}: {type(e).__name__}: {e}", file=sys.stderr)
             content = f'<p class="error">Could not render this section: {esc(type(e).__name__)}: {esc(e)}</p>'
         body.append(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>')
-    name = (_json(run / "spec.json") or {}).get("name") or run.name
+    name = (_json(Run(run).spec_json) or {}).get("name") or run.name
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>distilforge report: {esc(name)}</title>'
             f"<style>{_CSS}</style></head><body><h1>distilforge report: {esc(name)}</h1>"
             + "".join(body) + "</body></html>\n")
@@ -527,6 +534,6 @@ def render_html(run: str | Path) -> str:
 def render_report(run: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN/report.html (or `out`) atomically; returns its path."""
     run = Path(run)
-    target = Path(out) if out else run / "report.html"
+    target = Path(out) if out else Run(run).report_html
     atomic_write_text(target, render_html(run))
     return target

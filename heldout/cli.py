@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 
 from distilforge.errors import RuntimeFailure
-from distilforge.runctx import fail, prepare, set_threads
-from distilforge.spec import SpecError
+from distilforge.layout import Run
+from distilforge.runctx import cli_errors, fail, prepare, set_threads
 from heldout.lock import HeldoutError
 
 heldout_app = typer.Typer(help="Lock and verify the real held-out set.", no_args_is_help=True,
@@ -22,6 +22,7 @@ RespecOpt = typer.Option(False, "--respec", help="Rebind RUN to a --spec that di
 
 
 @heldout_app.command("lock")
+@cli_errors
 def lock_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
              respec: bool = RespecOpt,
              force: bool = typer.Option(False, "--force", help="Replace an existing lock (re-baselines the set).")):
@@ -30,23 +31,25 @@ def lock_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
 
     try:
         lock_stage(prepare(run, spec, profile, respec=respec, create=True), run, force=force)
-    except (SpecError, HeldoutError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # not one of ours (a dataset library's): still one line, rc 2
         fail(str(e))
 
 
 @heldout_app.command("verify")
+@cli_errors
 def verify_cmd(run: Path = RunArg):
     """Fail loudly if the held-out source or its locked copy changed in any way."""
     from heldout.lock import verify
 
     try:
         s = prepare(run)
-        info = verify(s.heldout, s.label_names, run / "heldout")
-    except (SpecError, HeldoutError, FileNotFoundError) as e:
+        info = verify(s.heldout, s.label_names, Run(run).heldout)
+    except FileNotFoundError as e:  # not one of ours: still one line, rc 2
         fail(str(e))
     typer.echo(f"ok: {info['n']} rows, sha256 {info['sha256']}")
 
 
+@cli_errors
 def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
              respec: bool = RespecOpt,
              force: bool = typer.Option(False, "--force", help="Re-score even if inputs are unchanged."),
@@ -69,17 +72,17 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
         s = prepare(run, spec, profile, respec=respec)
         from heldout.lock import verify
 
-        verify(s.heldout, s.label_names, run / "heldout")  # refuse before starting anything
+        verify(s.heldout, s.label_names, Run(run).heldout)  # refuse before starting anything
         if endpoint is not None:
             _eval_endpoint(s, run, endpoint, endpoint_name, endpoint_model, endpoint_key_env, structured, max_per_label)
             return
         set_threads()
         if s.eval.teacher:
-            with teacher_endpoint(s.teacher, run / "eval") as ep:
+            with teacher_endpoint(s.teacher, Run(run).eval) as ep:
                 eval_stage(s, run, ep, force=force)
         else:
             eval_stage(s, run, None, force=force)
-    except (SpecError, HeldoutError, TeacherError, FileNotFoundError) as e:
+    except (TeacherError, FileNotFoundError) as e:  # a teacher that fails here is a user-side setup: rc 2, as always
         fail(str(e))
 
 
@@ -115,4 +118,4 @@ def _eval_endpoint(s, run: Path, url: str, name: str, model: Optional[str], key_
             raise
         raise EndpointError(f"endpoint {url}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     ev.print_served(res)
-    typer.echo(f"wrote {run / 'eval' / 'endpoints' / (name + '.json')}")
+    typer.echo(f"wrote {Run(run).endpoint_results / (name + '.json')}")

@@ -286,12 +286,6 @@ def sample_rows(n: int, max_rows: int | None, seed: int = 0) -> list[int]:
     return idx
 
 
-def write_metrics(path: Path, metrics: dict) -> None:
-    from distilforge.atomic import atomic_write_json
-
-    atomic_write_json(path, metrics)
-
-
 # ---------------------------------------------------------------- any OpenAI-compatible endpoint
 
 def parse_label(raw: str, labels: list[str]) -> str:
@@ -350,15 +344,17 @@ def endpoint_eval(spec, run: Path, url: str, *, name: str = "served", model: str
     """
     from distilforge.teacher import Endpoint
     from distilforge.atomic import atomic_write_json
-    from distilforge.manifest import read_manifest, sha256_json
+    from distilforge.layout import Run
+    from distilforge.manifest import MANIFEST, read_manifest, sha256_json
     from distilforge.secrets import Secret
     from heldout.lock import HeldoutError, load_locked, verify
 
     if spec.type != "classification":
         raise HeldoutError(f"eval --endpoint: only classification tasks are scored through an endpoint "
                            f"('{spec.name}' is {spec.type})")
-    info = verify(spec.heldout, spec.label_names, run / "heldout")
-    rows = load_locked(run / "heldout")
+    r = Run(run)
+    info = verify(spec.heldout, spec.label_names, r.heldout)
+    rows = load_locked(r.heldout)
     rows = rows.select(sample_rows(len(rows), spec.eval.max_rows))
     gold_all, texts_all, ids_all = list(rows["label"]), list(rows["text"]), list(rows["id"])
     pos = stratified_rows(gold_all, max_per_label)
@@ -380,9 +376,9 @@ def endpoint_eval(spec, run: Path, url: str, *, name: str = "served", model: str
            "heldout_sha256": info["sha256"], "structured": structured, **s, "tokens": tokens,
            "throughput": {"tasks_per_s": round(len(pos) / secs, 3) if secs else None, "concurrency": 1,
                           "cores": cores, "seconds": secs}}
-    tm = read_manifest(run / "train") or {}
+    tm = read_manifest(r.train) or {}
     res["adapter_sha256"] = tm.get("adapter_sha256")
-    mpath = run / "eval" / "metrics.json"
+    mpath = r.metrics
     metrics = json.loads(mpath.read_text()) if mpath.exists() else None
     ok = (metrics and metrics.get("heldout_sha256") == info["sha256"] and metrics.get("row_ids") == ids_all
           and "student" in (metrics.get("models") or {}))
@@ -392,16 +388,16 @@ def endpoint_eval(spec, run: Path, url: str, *, name: str = "served", model: str
                              "student_accuracy": round(float(np.mean([st["correct"][i] for i in pos])), 4),
                              "student_accuracy_ci": bootstrap_ci([st["correct"][i] for i in pos]),
                              "student_adapter_sha256": metrics.get("adapter_sha256"), "rows": len(pos)}
-    atomic_write_json(run / "eval" / "endpoints" / f"{name}.json", res)
+    atomic_write_json(r.endpoint_results / f"{name}.json", res)
     if ok:
         metrics.setdefault("served", {})[name] = {k: res[k] for k in ("endpoint", "model", "n", "accuracy",
                                                                        "accuracy_ci", "macro_f1", "vs_student")}
         atomic_write_json(mpath, metrics)
-        em = read_manifest(run / "eval")
+        em = read_manifest(r.eval)
         if em:
             em["metrics_sha256"] = sha256_json(metrics)
             em.setdefault("served", {})[name] = res["accuracy"]
-            atomic_write_json(run / "eval" / "manifest.json", em)
+            atomic_write_json(r.eval / MANIFEST, em)
     return res
 
 

@@ -7,18 +7,20 @@ from rich.console import Console
 from rich.table import Table
 
 from distilforge.atomic import atomic_write_json
+from distilforge.layout import Run
 from distilforge.manifest import Stage, read_manifest, sha256_json
 from distilforge.spec import TaskSpec
 from heldout import evaluate as ev
-from heldout.lock import HeldoutError, load_locked, lock, read_lock, verify
+from heldout.lock import HeldoutError, load_locked, lock, verify
 
 console = Console(stderr=True)
 
 
 def lock_stage(spec: TaskSpec, run: Path, force: bool = False) -> dict:
     """Lock once. An existing lock is verified, never silently replaced (that would bless an edit)."""
-    d = run / "heldout"
-    if (d / "lock.json").exists() and not force:
+    r = Run(run)
+    d = r.heldout
+    if r.lock_json.exists() and not force:
         info = verify(spec.heldout, spec.label_names, d)
         console.print(f"held-out: verified {info['n']} locked rows (sha256 {info['sha256'][:12]})")
         return info
@@ -29,7 +31,7 @@ def lock_stage(spec: TaskSpec, run: Path, force: bool = False) -> dict:
 
 def _student_adapters(run: Path, tm: dict) -> dict[str, Path]:
     """{'student_sft': ..., 'student_dpo': ...} when DPO ran, else {'student': kept adapter}."""
-    d = run / "train"
+    d = Run(run).train
     if tm.get("dpo"):
         return {"student_sft": d / tm["sft"]["adapter"], "student_dpo": d / tm["dpo"]["adapter"]}
     return {"student": d / tm.get("adapter", "adapter")}
@@ -44,11 +46,12 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
     from distilforge.card import write_card
     from distilforge.models import student_base_dir
 
-    d = run / "heldout"
+    r = Run(run)
+    d = r.heldout
     info = verify(spec.heldout, spec.label_names, d)  # refuses on any change
-    train_m = read_manifest(run / "train")
+    train_m = read_manifest(r.train)
     if not train_m:
-        raise HeldoutError(f"{run / 'train'}: no trained student (run `distilforge train` first)")
+        raise HeldoutError(f"{r.train}: no trained student (run `distilforge train` first)")
     base_name = train_m.get("base_model") or spec.student.base
     base = train_m.get("base_dir") if Path(train_m.get("base_dir") or "/nonexistent").exists() else None
     base = base or student_base_dir(base_name)  # the base the adapter was trained on, not today's spec
@@ -57,10 +60,10 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
            "labels": spec.label_names, "system": spec.system_prompt(), "student": base_name}
     inputs = {"heldout": info["sha256"], "adapter": train_m["adapter_sha256"],
               **({"dpo_adapter": train_m["dpo"]["adapter_sha256"]} if train_m.get("dpo") else {})}
-    st = Stage(run / "eval", "eval", inputs, cfg)
+    st = Stage(r.eval, "eval", inputs, cfg)
     if st.is_current() and not force:
         console.print("eval: inputs unchanged, skipped")
-        return read_manifest(run / "eval")
+        return read_manifest(r.eval)
     st.begin()
     rows = load_locked(d)
     idx = ev.sample_rows(len(rows), spec.eval.max_rows)
@@ -98,7 +101,7 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) ->
                "per_label": {m: v["per_label"] for m, v in models.items()}}
     for m in models.values():  # predictions stay out of metrics.json; no held-out text anywhere
         m.pop("predictions", None)
-    atomic_write_json(run / "eval" / "metrics.json", metrics)
+    atomic_write_json(r.metrics, metrics)
     out = st.finish(n=len(gold), accuracy={k: v["accuracy"] for k, v in models.items()}, kept=kept,
                     metrics_sha256=sha256_json(metrics))
     write_card(run, metrics)
