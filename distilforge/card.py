@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from distilforge.atomic import atomic_write_text
+from distilforge.layout import Run
 from distilforge.manifest import read_manifest
 
 _ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
@@ -47,8 +48,9 @@ def _provenance(run: Path, tm: dict) -> list[tuple[str, str]]:
                               f"{len(tm.get('val_ids') or [])} held back for validation)"),
             ("training data sha256", str(tm.get("data_sha256") or (tm.get("inputs") or {}).get(tm.get("data_source")))),
             ("held-out lock sha256", str(tm.get("heldout_lock_sha256")))]
-    for stage in ("generate", "curate", "review/export"):
-        m = read_manifest(run / stage)
+    r = Run(run)
+    for stage, d in (("generate", r.generate), ("curate", r.curate), ("review/export", r.review_export)):
+        m = read_manifest(d)
         if m:
             outs = ", ".join(f"{k}: {v.get('rows')} rows sha256 {str(v.get('sha256'))[:16]}…"
                              for k, v in (m.get("outputs") or {}).items())
@@ -84,8 +86,8 @@ def _vouched(tm: dict, metrics: dict | None) -> bool:
 
 def front_matter(run: Path, metrics: dict | None, library: str = "peft") -> dict:
     """The card's YAML metadata (HF model-card keys + a `distilforge` provenance block)."""
-    tm = read_manifest(run / "train") or {}
-    spec = _read_json(run / "spec.json")
+    tm = read_manifest(Run(run).train) or {}
+    spec = _read_json(Run(run).spec_json)
     task = spec.get("name") or run.name
     kind = spec.get("type") or "classification"
     base = hub_base(tm.get("base_model"))
@@ -131,14 +133,14 @@ def _read_json(p: Path) -> dict:
 def render_card(run: Path, metrics: dict | None = None, library: str = "peft") -> str:
     """The whole card: front matter, then what was trained, on what, how, and how well."""
     run = Path(run)
-    tm = read_manifest(run / "train") or {}
+    tm = read_manifest(Run(run).train) or {}
     kept = tm.get("kept") or {}
     hp = tm.get("training") or {}
     meta = front_matter(run, metrics, library)
     base = meta.get("base_model") or f"{tm.get('base_model')} (local base, no Hub id)"
     what = ("LoRA adapter" if library == "peft" else "Merged model (LoRA adapter folded in with `merge_and_unload`)")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# distilforge student: {_read_json(run / 'spec.json').get('name') or run.name}", "",
+             f"# distilforge student: {_read_json(Run(run).spec_json).get('name') or run.name}", "",
              f"{what} for `{base}` trained by distilforge "
              f"(SFT{' + DPO' if tm.get('dpo') else ''}); kept: **{kept.get('which', 'sft')}** — {kept.get('why', '')}.",
              "", "## Base model", "", f"- name: `{tm.get('base_model')}`" + (f" (`{meta['base_model']}`)" if meta.get("base_model") else ""),
@@ -166,7 +168,8 @@ def render_card(run: Path, metrics: dict | None = None, library: str = "peft") -
 def write_card(run: Path, metrics: dict | None = None) -> Path:
     """(Re)write RUN/train/README.md (and merged/README.md when there is a merged model)."""
     run = Path(run)
-    atomic_write_text(run / "train" / "README.md", render_card(run, metrics, "peft"))
-    if (run / "train" / "merged").is_dir():
-        atomic_write_text(run / "train" / "merged" / "README.md", render_card(run, metrics, "transformers"))
-    return run / "train" / "README.md"
+    r = Run(run)
+    atomic_write_text(r.model_card, render_card(run, metrics, "peft"))
+    if r.merged.is_dir():
+        atomic_write_text(r.merged / "README.md", render_card(run, metrics, "transformers"))
+    return r.model_card

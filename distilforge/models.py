@@ -10,10 +10,10 @@ or a hub id used only when online.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from distilforge.assets import cache_dir, gguf_path
+from distilforge.atomic import atomic_path
 from distilforge.errors import UserError
 
 EMBEDDED = ("smollm2-135m", "tiny-random")
@@ -24,7 +24,7 @@ class ModelError(UserError, RuntimeError):
 
 
 def _gguf_to_hf(gguf: Path, out: Path) -> Path:
-    """De-quantize a GGUF file into a plain HF folder once (temp folder + rename)."""
+    """De-quantize a GGUF file into a plain HF folder once (written atomically)."""
     if (out / "config.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,11 +33,9 @@ def _gguf_to_hf(gguf: Path, out: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
     return out
 
 
@@ -71,11 +69,9 @@ def _tiny_dir() -> Path:
                       pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
     return out
 
 
@@ -119,10 +115,7 @@ def merge_adapter(base_dir: str, adapter: str | Path, dest: str | Path) -> Path:
     dest = Path(dest)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp))
-    load_tokenizer(str(adapter)).save_pretrained(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_path(dest, is_dir=True) as tmp:
+        merged.save_pretrained(str(tmp))
+        load_tokenizer(str(adapter)).save_pretrained(str(tmp))
     return dest

@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 
-from distilforge.runctx import fail, prepare, set_threads
-from distilforge.spec import SpecError
+from distilforge.errors import DistilforgeError
+from distilforge.layout import Run
+from distilforge.runctx import cli_errors, fail, prepare, set_threads
 
 
+@cli_errors
 def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/demo)."),
               spec: Optional[Path] = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json."),
               profile: Optional[str] = typer.Option(None, "--profile", help="Profile from the spec."),
@@ -21,10 +23,7 @@ def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/dem
               resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this config."),
               force: bool = typer.Option(False, "--force", help="Retrain even if inputs are unchanged.")):
     """LoRA SFT (+ optional DPO) of the student on the approved export (or the curated set)."""
-    from heldout.lock import HeldoutError
-    from training.common import ResumeError
-    from distilforge.models import ModelError
-    from training.stages import ContaminationError, train_stage
+    from training.stages import train_stage
 
     try:
         s = prepare(run, spec, profile, respec=respec)
@@ -34,14 +33,18 @@ def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/dem
 
             s = with_training(s, load_training_config(config, s.training))
             # record what was trained, so a later `eval RUN` / `train RUN` sees the same block
-            raw = json.loads((run / "spec.json").read_text())
+            raw = json.loads(Run(run).spec_json.read_text())
             # `_spec_training`: the block as the spec had it, what a later --spec is compared with
-            atomic_write_json(run / "spec.json", {**raw, "training": s.training.model_dump(mode="json"),
+            atomic_write_json(Run(run).spec_json, {**raw, "training": s.training.model_dump(mode="json"),
                                                   "_spec_training": raw.get("_spec_training", raw["training"]),
                                                   "_training_config": str(config)})
         set_threads()
         train_stage(s, run, force=force, resume=resume)
-    except (SpecError, HeldoutError, ModelError, ContaminationError, ResumeError, FileNotFoundError, ValueError) as e:
+    except DistilforgeError:
+        raise  # cli_errors: one line, the class's exit code
+    except (FileNotFoundError, ValueError) as e:
+        # not DistilforgeErrors (a missing stage output, bad training data, a library refusing a value):
+        # rc 2 and the message as this command always gave them
         fail(str(e))
 
 
@@ -81,7 +84,7 @@ def serve_cmd(target: str = typer.Argument(..., help="RUN directory to serve, or
         return
     if target == "stop":
         key = name
-        if name and (Path(name) / "spec.json").exists():
+        if name and Run(name).spec_json.exists():
             key = prepare(Path(name)).name
         stopped = sv.stop(key)
         typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")

@@ -1,14 +1,15 @@
 """What every training method shares: device choice, Trainer arguments, checkpoints, adapter saves.
 
-Each method (SFT, DPO) is a `*Config` dataclass plus a `train_*` function, TRL style; this module
-keeps them short and identical where they should be identical:
+Each method (SFT, DPO) is a `train_*` function that builds its TRL config straight from the spec's
+`training` block (distilforge.spec.Training), plus a `*_config` dict of what it trains with (hashed
+into the stage fingerprint); this module keeps them short and identical where they should be:
 
 * device: `auto` is CUDA + bf16 when a GPU is present, else fp32 on CPU with `bf16=False` set
   explicitly (TRL turns bf16 on by default and then fails on CPU);
 * checkpoints live in `<stage>/checkpoints` next to a `fingerprint.json` of the config and data
   that produced them, so `--resume` can never continue a run from a different config;
-* adapters are saved to a temp folder and renamed, only the trained `default` adapter (DPO on a
-  PeftModel also carries a frozen `ref` copy that must not ship).
+* adapters are saved atomically (distilforge/atomic.py), only the trained `default` adapter (DPO
+  on a PeftModel also carries a frozen `ref` copy that must not ship).
 """
 from __future__ import annotations
 
@@ -16,37 +17,24 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
-from distilforge.atomic import atomic_write_json
+from distilforge.atomic import atomic_path, atomic_write_json
 from distilforge.manifest import sha256_file, sha256_json
 from distilforge.errors import UserError
 
 
-@dataclass(kw_only=True)
-class RunSettings:
-    """What SFT and DPO runs share, copied from the spec's `training` block."""
+# The `training` fields every method runs with (its own fields follow; see `run_config`).
+SHARED = ("lr_scheduler", "warmup_ratio", "batch_size", "grad_accum", "max_length", "seed", "device",
+          "gradient_checkpointing", "save_steps", "save_total_limit", "logging_steps", "tensorboard")
 
-    base_model: str
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 256
-    seed: int = 0
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    tensorboard: bool = True
 
-    @classmethod
-    def shared_from(cls, t) -> dict:
-        """The shared fields' values from a `distilforge.spec.Training`."""
-        return {f.name: getattr(t, f.name) for f in fields(RunSettings) if f.name != "base_model"}
+def run_config(t, base_model: str, **method) -> dict:
+    """What one method trains with: `base_model`, the shared fields of the training block `t`
+    (a `distilforge.spec.Training`), then the method's own (`method` may override a shared one in
+    place, e.g. DPO's batch size). Hashed into the stage fingerprint and recorded in done.json."""
+    return {"base_model": base_model, **{k: getattr(t, k) for k in SHARED}, **method}
 
 
 class ResumeError(UserError, RuntimeError):
@@ -67,7 +55,8 @@ def resolve_device(device: str = "auto") -> dict:
 
 
 def trainer_args(cfg, out_dir: Path, *, epochs: float, learning_rate: float, batch_size: int) -> dict:
-    """Keyword arguments common to SFTConfig and DPOConfig (both are TrainingArguments)."""
+    """Keyword arguments common to SFTConfig and DPOConfig (both are TrainingArguments); `cfg`: the
+    training block."""
     dev = resolve_device(cfg.device)
     return dict(
         output_dir=str(out_dir / "checkpoints"),
@@ -146,30 +135,14 @@ def mark_done(stage_dir: Path, fingerprint: str, result: dict) -> None:
 
 def save_adapter(model, tok, dest: Path) -> None:
     """Atomically save only the trained `default` adapter (never DPO's frozen `ref` copy)."""
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    tok.save_pretrained(str(tmp))
-    old = dest.with_name(f".{dest.name}.old{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(dest, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        tok.save_pretrained(str(tmp))
 
 
 def dir_hash(d: Path) -> str:
     """Hash of a model folder's files (names + contents); what eval keys its fingerprint on."""
     return sha256_json({p.name: sha256_file(p) for p in sorted(Path(d).iterdir()) if p.is_file()})
-
-
-def copy_dir(src: Path, dest: Path) -> None:
-    """Atomic folder copy (temp + rename)."""
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
 
 
 def dataset_tokens(ds) -> int:

@@ -14,30 +14,20 @@ keeps SFT unless DPO scores better on validation rows.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 
+from distilforge.spec import Training
 from training import common
 
 
-@dataclass(kw_only=True)
-class LoraDPOConfig(common.RunSettings):
-    """Everything that changes what `train_dpo` produces (hashed into the stage fingerprint)."""
-
-    sft_adapter: str
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    epochs: float = 1
-    learning_rate: float = 2e-5
-
-    @classmethod
-    def from_training(cls, t, base_dir: str, sft_adapter: str) -> "LoraDPOConfig":
-        d = t.dpo
-        shared = {**cls.shared_from(t), "batch_size": d.batch_size or t.batch_size}
-        return cls(base_model=base_dir, sft_adapter=sft_adapter, beta=d.beta, loss_type=d.loss_type,
-                   epochs=d.epochs, learning_rate=d.learning_rate, **shared)
+def dpo_config(t: Training, base_dir: str, sft_adapter: str) -> dict:
+    """Everything that changes what `train_dpo(t, base_dir, sft_adapter, ...)` produces (hashed into
+    the stage fingerprint): `t` is the spec's `training` block, DPO's own fields are `t.dpo`."""
+    d = t.dpo
+    return common.run_config(t, base_dir, batch_size=d.batch_size or t.batch_size, sft_adapter=sft_adapter,
+                             beta=d.beta, loss_type=d.loss_type, epochs=d.epochs, learning_rate=d.learning_rate)
 
 
 def dpo_rows(ds: datasets.Dataset) -> datasets.Dataset:
@@ -47,9 +37,13 @@ def dpo_rows(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.select_columns(["prompt", "chosen", "rejected"])
 
 
-def train_dpo(cfg: LoraDPOConfig, pairs: datasets.Dataset, out_dir: str | Path, *, resume: bool = False,
-              fingerprint: str = "", callbacks: list | None = None, tb_dir: Path | None = None) -> dict:
-    """Train the SFT adapter further with DPO into `out_dir/adapter`; return log history and timings."""
+def train_dpo(cfg: Training, base_dir: str, sft_adapter: str, pairs: datasets.Dataset, out_dir: str | Path, *,
+              resume: bool = False, fingerprint: str = "", callbacks: list | None = None,
+              tb_dir: Path | None = None) -> dict:
+    """Train the SFT adapter further with DPO into `out_dir/adapter`; return log history and timings.
+
+    `cfg`: the spec's `training` block; DPOConfig is built straight from it (`cfg.dpo`).
+    """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, set_seed
     from trl import DPOConfig, DPOTrainer
@@ -60,14 +54,15 @@ def train_dpo(cfg: LoraDPOConfig, pairs: datasets.Dataset, out_dir: str | Path, 
     start = common.prepare_checkpoints(out_dir, fingerprint or "unversioned", resume)
     dev = common.resolve_device(cfg.device)
     set_seed(cfg.seed)
-    tok = load_tokenizer(cfg.sft_adapter)
-    base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dev["dtype"])
-    model = PeftModel.from_pretrained(base, cfg.sft_adapter, is_trainable=True)
+    d = cfg.dpo
+    tok = load_tokenizer(sft_adapter)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dev["dtype"])
+    model = PeftModel.from_pretrained(base, sft_adapter, is_trainable=True)
     args = DPOConfig(
-        **common.trainer_args(cfg, out_dir, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-                              batch_size=cfg.batch_size),
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
+        **common.trainer_args(cfg, out_dir, epochs=d.epochs, learning_rate=d.learning_rate,
+                              batch_size=d.batch_size or cfg.batch_size),
+        beta=d.beta,
+        loss_type=[d.loss_type],
         max_length=cfg.max_length,
     )
     with common.tensorboard_dir(tb_dir if cfg.tensorboard else None):
@@ -78,5 +73,6 @@ def train_dpo(cfg: LoraDPOConfig, pairs: datasets.Dataset, out_dir: str | Path, 
     seconds = time.time() - t0
     common.save_adapter(trainer.model, tok, out_dir / "adapter")
     return {"adapter": str(out_dir / "adapter"), "seconds": round(seconds, 2), "train_loss": result.training_loss,
-            "steps": result.global_step, "log_history": trainer.state.log_history, "config": asdict(cfg),
+            "steps": result.global_step, "log_history": trainer.state.log_history,
+            "config": dpo_config(cfg, base_dir, sft_adapter),
             "pairs": len(pairs), "resumed_from": Path(start).name if start else None, "device": dev["device"]}

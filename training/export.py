@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,8 @@ from pathlib import Path
 
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
-from distilforge.atomic import atomic_write_json
+from distilforge.atomic import atomic_path, atomic_write_json
+from distilforge.layout import Run
 from distilforge.manifest import read_json, read_manifest, sha256_file
 
 LLAMA_VER = "0.3.36"
@@ -53,7 +53,7 @@ class ConvertError(RuntimeFailure, RuntimeError):
 
 
 def _metrics(run: Path) -> dict | None:
-    return read_json(run / "eval" / "metrics.json", ExportError, ": re-run `distilforge eval RUN`")
+    return read_json(Run(run).metrics, ExportError, ": re-run `distilforge eval RUN`")
 
 
 def vouch(run: Path, spec) -> dict:
@@ -62,10 +62,11 @@ def vouch(run: Path, spec) -> dict:
     from training.common import dir_hash
     from training.stages import ContaminationError, contamination_gate, verified_source
 
-    tm = read_manifest(run / "train")
+    r = Run(run)
+    tm = read_manifest(r.train)
     if not tm:
-        raise ExportError(f"{run / 'train'}: no trained student; run `distilforge train {run}` first")
-    adapter = run / "train" / tm.get("adapter", "adapter")
+        raise ExportError(f"{r.train}: no trained student; run `distilforge train {run}` first")
+    adapter = r.train / tm.get("adapter", "adapter")
     if not adapter.is_dir():
         raise ExportError(f"{adapter}: the kept adapter is missing; re-run `distilforge train {run}`")
     on_disk = dir_hash(adapter)
@@ -74,14 +75,14 @@ def vouch(run: Path, spec) -> dict:
                           f"{str(tm.get('adapter_sha256'))[:12]} in train/manifest.json); re-run train and eval")
     m = _metrics(run)
     if not m:
-        raise ExportError(f"refusing to export an unevaluated student: {run / 'eval' / 'metrics.json'} is missing; "
+        raise ExportError(f"refusing to export an unevaluated student: {r.metrics} is missing; "
                           f"run `distilforge eval {run}` first")
     if m.get("adapter_sha256") != tm.get("adapter_sha256"):
         raise ExportError(f"refusing to export: eval/metrics.json scored another adapter "
                           f"({str(m.get('adapter_sha256'))[:12]}, kept is {str(tm.get('adapter_sha256'))[:12]}); "
                           f"run `distilforge eval {run}`")
     try:
-        lock = verify(spec.heldout, spec.label_names, run / "heldout")
+        lock = verify(spec.heldout, spec.label_names, r.heldout)
     except HeldoutError as e:
         raise ExportError(f"refusing to export: {e}") from None
     for what, h in (("eval", m.get("heldout_sha256")), ("train", tm.get("heldout_lock_sha256"))):
@@ -105,7 +106,7 @@ def vouch(run: Path, spec) -> dict:
             "heldout_lock_sha256": lock["sha256"], "heldout_n": m.get("n"),
             "training_data": {"source": src, "sha256": h, "rows": len(ds)},
             "contamination_gate": {"passed": True, "rows_checked": len(ds), "checked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            "eval": {"metrics_sha256": sha256_file(run / "eval" / "metrics.json"), "n": m.get("n"),
+            "eval": {"metrics_sha256": sha256_file(r.metrics), "n": m.get("n"),
                      "student": {k: student.get(k) for k in ("accuracy", "accuracy_ci", "macro_f1")},
                      "kept": (student.get("kept") or {}).get("which")},
             "base_model": tm.get("base_model")}
@@ -125,22 +126,19 @@ def export_hf(run: Path, spec, info: dict, out: Path | None = None) -> Path:
     from distilforge.card import render_card
     from distilforge.models import load_tokenizer, merge_adapter, student_base_dir
 
-    tm = read_manifest(run / "train")
+    r = Run(run)
+    tm = read_manifest(r.train)
     base = tm.get("base_dir") if Path(tm.get("base_dir") or "/nonexistent").exists() else student_base_dir(tm["base_model"])
-    dest = Path(out or run / "export" / "hf")
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merge_adapter(base, run / "train" / tm.get("adapter", "adapter"), tmp)
-    tok = load_tokenizer(str(tmp))
-    if not tok.chat_template:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"{tm['base_model']}: the student's tokenizer has no chat template to serve it with")
-    tok.chat_template = training_chat_template(tok.chat_template, spec.system_prompt())
-    tok.save_pretrained(str(tmp))
-    (tmp / "README.md").write_text(render_card(run, _metrics(run), library="transformers"))
-    atomic_write_json(tmp / "export.json", {**info, "format": "hf", "created": _now()})
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    dest = Path(out or r.export_hf)
+    with atomic_path(dest, is_dir=True) as tmp:  # a refusal below leaves an earlier export as it was
+        merge_adapter(base, r.train / tm.get("adapter", "adapter"), tmp)
+        tok = load_tokenizer(str(tmp))
+        if not tok.chat_template:
+            raise ExportError(f"{tm['base_model']}: the student's tokenizer has no chat template to serve it with")
+        tok.chat_template = training_chat_template(tok.chat_template, spec.system_prompt())
+        tok.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(render_card(run, _metrics(run), library="transformers"))
+        atomic_write_json(tmp / "export.json", {**info, "format": "hf", "created": _now()})
     return dest
 
 
@@ -160,19 +158,18 @@ def converter_dir() -> Path:
 def convert_to_gguf(hf_dir: Path, dest: Path, name: str) -> dict:
     """HF folder -> f16 GGUF with llama.cpp's convert_hf_to_gguf.py (vendored gguf-py first)."""
     conv = converter_dir()
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(conv / "gguf-py"), str(conv)]
                                                      + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
            "NO_LOCAL_GGUF": "1"}  # the PYTHONPATH above already puts the vendored gguf-py first
-    cmd = [sys.executable, str(conv / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(tmp),
-           "--outtype", "f16", "--model-name", name]
     t0 = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
-        raise ConvertError(f"convert_hf_to_gguf.py failed (exit {r.returncode}): {lines[-1] if lines else 'no output'}")
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        cmd = [sys.executable, str(conv / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(tmp),
+               "--outtype", "f16", "--model-name", name]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0 or not tmp.exists():
+            lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+            raise ConvertError(f"convert_hf_to_gguf.py failed (exit {r.returncode}): "
+                               f"{lines[-1] if lines else 'no output'}")
     return {"seconds": round(time.time() - t0, 2), "converter": (conv / "SOURCE").read_text().strip().splitlines()}
 
 
@@ -183,14 +180,12 @@ def quantize(src: Path, dest: Path, quant: str) -> dict:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTS[quant]
     params.nthread = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     t0 = time.time()
-    with _stderr_to(dest.with_name("quantize.log")):  # llama.cpp prints every tensor on fd 2
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        raise ConvertError(f"llama_model_quantize {src.name} -> {quant} failed (code {rc})")
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        with _stderr_to(dest.with_name("quantize.log")):  # llama.cpp prints every tensor on fd 2
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            raise ConvertError(f"llama_model_quantize {src.name} -> {quant} failed (code {rc})")
     return {"seconds": round(time.time() - t0, 2)}
 
 
@@ -214,9 +209,9 @@ def gguf_name(info: dict, quant: str) -> str:
 
 def export_gguf(run: Path, spec, info: dict, quant: str = "f16") -> Path:
     """f16 GGUF from the merged export (made first if needed), then the quantized file."""
-    out = run / "export" / "gguf"
+    out = Run(run).export_gguf
     out.mkdir(parents=True, exist_ok=True)
-    hf = run / "export" / "hf"
+    hf = Run(run).export_hf
     if _vouched_by(hf / "export.json") != info["adapter_sha256"]:
         export_hf(run, spec, info)
     f16 = out / gguf_name(info, "f16")
@@ -266,14 +261,15 @@ def export(run: Path, spec, fmt: str = "hf", quant: str | None = None) -> Path:
 
 def find_gguf(run: Path, quant: str) -> tuple[Path, dict]:
     """The exported GGUF of the run's kept adapter at `quant` (ExportError when not exported)."""
-    tm = read_manifest(run / "train") or {}
+    r = Run(run)
+    tm = read_manifest(r.train) or {}
     h = tm.get("adapter_sha256")
     if not h:
-        raise ExportError(f"{run / 'train'}: no trained student; run `distilforge train {run}` first")
-    for meta in sorted((run / "export" / "gguf").glob(f"*-{quant}.json")):
+        raise ExportError(f"{r.train}: no trained student; run `distilforge train {run}` first")
+    for meta in sorted(r.export_gguf.glob(f"*-{quant}.json")):
         info = json.loads(meta.read_text())
         f = meta.with_name(info.get("file", ""))
         if info.get("adapter_sha256") == h and f.is_file():
             return f, info
-    raise ExportError(f"{run / 'export' / 'gguf'}: no {quant} GGUF of the kept adapter; "
+    raise ExportError(f"{r.export_gguf}: no {quant} GGUF of the kept adapter; "
                       f"run `distilforge export {run} --format gguf --quant {quant}` first")

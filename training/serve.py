@@ -38,6 +38,7 @@ from distilforge.teacher import _alive  # one liveness rule for every server we 
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
 from distilforge.atomic import atomic_write_json
+from distilforge.layout import Run
 
 
 class ServeError(UserError, ValueError):
@@ -228,7 +229,7 @@ def serve(run: Path, spec, *, quant: str = "q8_0", port: int | None = None, repl
                 return {**st, "reused": True}
             raise ServeError(f"{name} is already served from {Path(st['gguf']).name} with {st['replicas']} "
                              f"replica(s) on {st['base_url']}; `distilforge serve stop {name}` first")
-    log_dir = run / "serve"
+    log_dir = Run(run).serve
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         ll = serve_llama(str(gguf.resolve()), log_path=log_dir / "llama.log", replicas=replicas, wait_s=wait_s)

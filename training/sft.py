@@ -11,36 +11,22 @@ packed together never attend to one another.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 
+from distilforge.spec import Training
 from training import common
 
+# SFT's own fields of the training block, after the shared ones (training/common.py).
+OWN = ("epochs", "learning_rate", "packing", "padding_free", "lora_r", "lora_alpha", "lora_dropout",
+       "lora_target_modules")
 
-@dataclass(kw_only=True)
-class LoraSFTConfig(common.RunSettings):
-    """Everything that changes what `train_sft` produces (hashed into the stage fingerprint)."""
 
-    epochs: float = 3
-    learning_rate: float = 2e-4
-    packing: bool = False
-    padding_free: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | str = "all-linear"
-
-    @classmethod
-    def from_training(cls, t, base_dir: str) -> "LoraSFTConfig":
-        """From the spec's `training` block (a `distilforge.spec.Training`)."""
-        names = cls.__dataclass_fields__.keys() - {"base_model"}
-        return cls(base_model=base_dir, **{k: getattr(t, k) for k in names})
-
-    @classmethod
-    def from_spec(cls, spec, base_dir: str) -> "LoraSFTConfig":
-        return cls.from_training(spec.training, base_dir)
+def sft_config(t: Training, base_dir: str) -> dict:
+    """Everything that changes what `train_sft(t, base_dir, ...)` produces (hashed into the stage
+    fingerprint): `t` is the spec's `training` block (a `distilforge.spec.Training`)."""
+    return common.run_config(t, base_dir, **{k: getattr(t, k) for k in OWN})
 
 
 def sft_rows(ds: datasets.Dataset) -> datasets.Dataset:
@@ -58,9 +44,11 @@ def lora_config(cfg):
                       target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
 
 
-def train_sft(cfg: LoraSFTConfig, train: datasets.Dataset, out_dir: str | Path, *, resume: bool = False,
+def train_sft(cfg: Training, base_dir: str, train: datasets.Dataset, out_dir: str | Path, *, resume: bool = False,
               fingerprint: str = "", callbacks: list | None = None, tb_dir: Path | None = None) -> dict:
-    """Train a LoRA adapter into `out_dir/adapter`; return log history, tokens and timings.
+    """Train a LoRA adapter on `base_dir` into `out_dir/adapter`; return log history, tokens and timings.
+
+    `cfg`: the spec's `training` block; SFTConfig is built straight from it.
 
     `resume`: continue from the last checkpoint in `out_dir/checkpoints` written under the same
     `fingerprint` (optimizer, scheduler, RNG and data order are restored, so the final adapter
@@ -76,8 +64,8 @@ def train_sft(cfg: LoraSFTConfig, train: datasets.Dataset, out_dir: str | Path, 
     start = common.prepare_checkpoints(out_dir, fingerprint or "unversioned", resume)
     dev = common.resolve_device(cfg.device)
     set_seed(cfg.seed)  # LoRA init happens before the Trainer seeds anything
-    tok = load_tokenizer(cfg.base_model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dev["dtype"])
+    tok = load_tokenizer(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dev["dtype"])
     packing_kw = {"packing": True, "packing_strategy": "bfd"} if cfg.packing else {}
     args = SFTConfig(
         **common.trainer_args(cfg, out_dir, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
@@ -98,7 +86,8 @@ def train_sft(cfg: LoraSFTConfig, train: datasets.Dataset, out_dir: str | Path, 
     per_epoch = common.dataset_tokens(trainer.train_dataset)
     tokens = int(per_epoch * cfg.epochs)
     return {"adapter": str(out_dir / "adapter"), "seconds": round(seconds, 2), "train_loss": result.training_loss,
-            "steps": result.global_step, "log_history": trainer.state.log_history, "config": asdict(cfg),
+            "steps": result.global_step, "log_history": trainer.state.log_history,
+            "config": sft_config(cfg, base_dir),
             "train_rows": len(train), "tokens": tokens, "resumed_from": Path(start).name if start else None,
             "tokens_per_second": round(tokens / seconds, 1) if seconds and not start else None,
             "device": dev["device"], "torch_threads": torch.get_num_threads()}

@@ -26,6 +26,8 @@ import datasets
 from rich.console import Console
 
 from curation.decontam import ContaminationError  # one class for the gate
+from distilforge.atomic import atomic_copy_dir
+from distilforge.layout import Run
 from distilforge.manifest import Stage, dataset_hash, output_hash, read_manifest, sha256_json, verified_output
 from distilforge.spec import TaskSpec, semantic_dump
 from training import common
@@ -35,25 +37,28 @@ console = Console(stderr=True)
 
 def training_source(run: Path) -> tuple[str, Path, str]:
     """Approved review export if there is one, else the curated set: (name, path, hash)."""
-    if read_manifest(run / "review" / "export"):
-        return "review_export", run / "review" / "export" / "approved", output_hash(run / "review" / "export", "approved")
-    return "curate", run / "curate" / "curated", output_hash(run / "curate", "curated")
+    r = Run(run)
+    if read_manifest(r.review_export):
+        return "review_export", r.review_export / "approved", output_hash(r.review_export, "approved")
+    return "curate", r.curated, output_hash(r.curate, "curated")
 
 
 def verified_source(run: Path) -> tuple[str, datasets.Dataset, str]:
     """`training_source`, loaded and re-hashed: (name, dataset, hash); refuses data edited since it was written."""
-    if read_manifest(run / "review" / "export"):
-        ds, h = verified_output(run / "review" / "export", "approved", f"distilforge review export {run}")
+    r = Run(run)
+    if read_manifest(r.review_export):
+        ds, h = verified_output(r.review_export, "approved", f"distilforge review export {run}")
         return "review_export", ds, h
-    ds, h = verified_output(run / "curate", "curated", f"distilforge curate {run}")
+    ds, h = verified_output(r.curate, "curated", f"distilforge curate {run}")
     return "curate", ds, h
 
 
 def teacher_prefs(run: Path) -> tuple[Path, str] | None:
     """A teacher-made preference set (`generate/prefs`), when the generate stage wrote one."""
-    m = read_manifest(run / "generate")
+    r = Run(run)
+    m = read_manifest(r.generate)
     if m and "prefs" in m.get("outputs", {}):
-        return run / "generate" / "prefs", m["outputs"]["prefs"]["sha256"]
+        return r.generated_prefs, m["outputs"]["prefs"]["sha256"]
     return None
 
 
@@ -80,7 +85,7 @@ def contamination_gate(spec: TaskSpec, run: Path, *named: tuple[str, datasets.Da
         ids += [i[k] for k in keep]
         cols += [c[k] if what == "training" else f"{what}.{c[k]}" for k in keep]
     try:
-        assert_clean(texts, ids, load_locked(run / "heldout"), spec.curation, columns=cols)
+        assert_clean(texts, ids, load_locked(Run(run).heldout), spec.curation, columns=cols)
     except ContaminationError as e:
         raise ContaminationError(f"refusing to train: {e}") from None
 
@@ -150,22 +155,23 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
                 callbacks: list | None = None) -> dict:
     """Train (or skip when inputs are unchanged). `resume`: continue finished sub-stages and checkpoints."""
     from heldout.lock import read_lock
-    from training.dpo import LoraDPOConfig, train_dpo
+    from training.dpo import dpo_config, train_dpo
     from distilforge.models import merge_adapter, student_base_dir
-    from training.sft import LoraSFTConfig, train_sft
+    from training.sft import sft_config, train_sft
 
+    r = Run(run)
     t = spec.training
     # hashes recomputed from the files read below, never taken from the upstream manifest alone
     src, ds, h = verified_source(run)
-    lock = read_lock(run / "heldout")
+    lock = read_lock(r.heldout)
     base_name = t.base_model or spec.student.base
     base = student_base_dir(base_name)
     prefs, ph = (None, None)
     if t.dpo.enabled and teacher_prefs(run):
-        prefs, ph = verified_output(run / "generate", "prefs", f"distilforge generate {run}")
+        prefs, ph = verified_output(r.generate, "prefs", f"distilforge generate {run}")
     inputs = {src: h, "heldout": lock["sha256"], **({"prefs": ph} if ph else {})}
     semantic = semantic_dump(t)
-    st = Stage(run / "train", "train", inputs, {**semantic, "base_model": base_name})
+    st = Stage(r.train, "train", inputs, {**semantic, "base_model": base_name})
     if st.is_current() and not force:
         console.print("train: inputs unchanged, skipped")
         return read_manifest(st.dir)
@@ -177,29 +183,29 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     contamination_gate(spec, run, ("training", ds), *([("preference", pairs)] if pairs is not None else []))
     st.begin()
 
-    sft_cfg = LoraSFTConfig.from_training(t, base)
-    sft_dir = st.dir / "sft"
-    sft_fp = sha256_json({"data": dataset_hash(train), "cfg": {**sft_cfg.__dict__, "base_model": base_name}})
+    sft_dir = r.sft
+    sft_fp = sha256_json({"data": dataset_hash(train), "cfg": {**sft_config(t, base), "base_model": base_name}})
     if resume and common.stage_done(sft_dir, sft_fp):
         sft = _done(sft_dir)
         console.print("train: SFT already finished for these inputs, reused")
     else:
-        sft = train_sft(sft_cfg, train, sft_dir, resume=resume, fingerprint=sft_fp, callbacks=callbacks,
-                        tb_dir=st.dir / "tb" / "sft")
+        sft = train_sft(t, base, train, sft_dir, resume=resume, fingerprint=sft_fp, callbacks=callbacks,
+                        tb_dir=r.train_tb / "sft")
         common.mark_done(sft_dir, sft_fp, sft)
     sft_hash = common.dir_hash(sft_dir / "adapter")
     kept = {"which": "sft", "why": "DPO disabled (training.dpo.enabled: false)", "selected_on": None}
     dpo_info = None
     if t.dpo.enabled:
-        dpo_cfg = LoraDPOConfig.from_training(t, base, str(sft_dir / "adapter"))
-        dpo_dir = st.dir / "dpo"
+        sft_adapter = str(sft_dir / "adapter")
+        dpo_dir = r.dpo
         dpo_fp = sha256_json({"sft": sft_hash, "pairs": dataset_hash(pairs),
-                              "cfg": {**dpo_cfg.__dict__, "base_model": base_name, "sft_adapter": None}})
+                              "cfg": {**dpo_config(t, base, sft_adapter), "base_model": base_name,
+                                      "sft_adapter": None}})
         if resume and common.stage_done(dpo_dir, dpo_fp):
             dpo = _done(dpo_dir)
         else:
-            dpo = train_dpo(dpo_cfg, pairs, dpo_dir, resume=resume, fingerprint=dpo_fp, callbacks=callbacks,
-                            tb_dir=st.dir / "tb" / "dpo")
+            dpo = train_dpo(t, base, sft_adapter, pairs, dpo_dir, resume=resume, fingerprint=dpo_fp,
+                            callbacks=callbacks, tb_dir=r.train_tb / "dpo")
             common.mark_done(dpo_dir, dpo_fp, dpo)
         kept = choose_adapter(spec, base, sft_dir / "adapter", dpo_dir / "adapter", val)
         dpo_info = {"adapter": "dpo/adapter", "adapter_sha256": common.dir_hash(dpo_dir / "adapter"),
@@ -207,14 +213,14 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
                     "steps": dpo["steps"], "pairs": len(pairs), "pairs_source": pairs_src,
                     "beta": t.dpo.beta, "loss_type": t.dpo.loss_type, "reference": "frozen copy of the SFT adapter",
                     "resumed_from": dpo.get("resumed_from")}
-    chosen = st.dir / ("dpo" if kept["which"] == "dpo" else "sft") / "adapter"
-    common.copy_dir(chosen, st.dir / "adapter")
+    chosen = (r.dpo if kept["which"] == "dpo" else r.sft) / "adapter"
+    atomic_copy_dir(chosen, r.adapter)
     if t.merge:
-        merge_adapter(base, st.dir / "adapter", st.dir / "merged")
+        merge_adapter(base, r.adapter, r.merged)
     seconds = sft["seconds"] + (dpo_info["seconds"] if dpo_info else 0)
     m = st.finish(data_source=src, data_sha256=h, rows=len(ds), train_rows=len(train), val_ids=list(val["id"]),
                   base_model=base_name, base_dir=base,
-                  adapter="adapter", adapter_sha256=common.dir_hash(st.dir / "adapter"),
+                  adapter="adapter", adapter_sha256=common.dir_hash(r.adapter),
                   merged="merged" if t.merge else None, device=sft["device"],
                   train_seconds=round(seconds, 2), train_loss=sft["train_loss"], steps=sft["steps"],
                   log_history=sft["log_history"], heldout_lock_sha256=lock["sha256"],
