@@ -85,11 +85,10 @@ def run_plain(ds, out: Path, gc: bool) -> dict:
 def run_distilforge(ds, out: Path, packing: bool) -> dict:
     from distilforge.spec import Training
     from distilforge.models import student_base_dir
-    from training.sft import LoraSFTConfig, train_sft
+    from training.sft import train_sft
 
     t = Training(**{k: v for k, v in HP.items()}, packing=packing)
-    cfg = LoraSFTConfig.from_training(t, student_base_dir("smollm2-135m"))
-    res = train_sft(cfg, ds, out, tb_dir=out / "tb")
+    res = train_sft(t, student_base_dir("smollm2-135m"), ds, out, tb_dir=out / "tb")
     return {"seconds": res["seconds"], "tokens": res["tokens"]}
 
 

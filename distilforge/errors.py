@@ -31,6 +31,10 @@ class UserError(DistilforgeError):
     exit_code = EXIT_USER
 
 
+class DataError(UserError, ValueError):
+    """The rows handed to a stage do not fit it (a column missing, a label outside the task)."""
+
+
 class RuntimeFailure(DistilforgeError):
     """Something outside the input failed (a server, the disk, a library)."""
 

@@ -78,10 +78,14 @@ def _scrubbed(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.map(lambda r: _scrub(dict(r)), features=ds.features)
 
 
+class MissingOutputError(UserError, FileNotFoundError):
+    """A stage's input was never written: the stage before it has not run (rc 2, one line)."""
+
+
 def load_dataset_dir(path: str | Path) -> datasets.Dataset:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no dataset here (run the stage that writes it first)")
+        raise MissingOutputError(f"{path}: no dataset here (run the stage that writes it first)")
     return datasets.load_from_disk(str(path))
 
 
@@ -178,7 +182,7 @@ def verified_output(stage_dir: str | Path, key: str, rerun: str) -> tuple[datase
     stage_dir = Path(stage_dir)
     m = read_manifest(stage_dir)
     if not m or key not in m.get("outputs", {}):
-        raise FileNotFoundError(f"{stage_dir / MANIFEST}: stage output '{key}' missing (run that stage first)")
+        raise MissingOutputError(f"{stage_dir / MANIFEST}: stage output '{key}' missing (run that stage first)")
     path, recorded = stage_dir / m["outputs"][key].get("path", key), m["outputs"][key]["sha256"]
     try:
         ds = datasets.load_from_disk(str(path))
@@ -196,5 +200,5 @@ def output_hash(stage_dir: str | Path, key: str) -> str:
     """The recorded hash of an upstream output; raises if the upstream stage has not run."""
     m = read_manifest(stage_dir)
     if not m or key not in m.get("outputs", {}):
-        raise FileNotFoundError(f"{Path(stage_dir) / MANIFEST}: stage output '{key}' missing (run that stage first)")
+        raise MissingOutputError(f"{Path(stage_dir) / MANIFEST}: stage output '{key}' missing (run that stage first)")
     return m["outputs"][key]["sha256"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 
+from distilforge.errors import DataError
 from distilforge.spec import Training
 from training import common
 
@@ -33,7 +34,7 @@ def dpo_config(t: Training, base_dir: str, sft_adapter: str) -> dict:
 def dpo_rows(ds: datasets.Dataset) -> datasets.Dataset:
     missing = {"prompt", "chosen", "rejected"} - set(ds.column_names)
     if missing:
-        raise ValueError(f"preference data lacks column(s) {', '.join(sorted(missing))}")
+        raise DataError(f"preference data lacks column(s) {', '.join(sorted(missing))}")
     return ds.select_columns(["prompt", "chosen", "rejected"])
 
 

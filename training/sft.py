@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from distilforge.errors import DataError
 from distilforge.spec import Training
 from training import common
 
@@ -33,7 +34,7 @@ def sft_rows(ds: datasets.Dataset) -> datasets.Dataset:
     """Keep only what TRL needs: conversational `prompt` and `completion`."""
     missing = {"prompt", "completion"} - set(ds.column_names)
     if missing:
-        raise ValueError(f"training data lacks column(s) {', '.join(sorted(missing))}")
+        raise DataError(f"training data lacks column(s) {', '.join(sorted(missing))}")
     return ds.select_columns(["prompt", "completion"])
 
 

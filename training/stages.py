@@ -29,7 +29,7 @@ from curation.decontam import ContaminationError  # one class for the gate
 from distilforge.atomic import atomic_copy_dir
 from distilforge.layout import Run
 from distilforge.manifest import Stage, dataset_hash, output_hash, read_manifest, sha256_json, verified_output
-from distilforge.spec import TaskSpec, semantic_dump
+from distilforge.spec import SpecError, TaskSpec, semantic_dump
 from training import common
 
 console = Console(stderr=True)
@@ -144,7 +144,7 @@ def _preferences(spec: TaskSpec, train: datasets.Dataset,
     if prefs is not None:
         return prefs, "generate/prefs"
     if spec.type != "classification":
-        raise ValueError(f"training.dpo: a '{spec.type}' task needs teacher preference pairs (generate/prefs); "
+        raise SpecError(f"training.dpo: a '{spec.type}' task needs teacher preference pairs (generate/prefs); "
                          "only classification pairs are built from curated rows")
     from curation.preferences import classification_pairs
 
