@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from distilforge import runlock
-from distilforge.runctx import fail, prepare
-from distilforge.spec import SpecError
+from distilforge.errors import UserError
+from distilforge.layout import Run
+from distilforge.runctx import cli_errors, fail, prepare
 
 teacher_app = typer.Typer(help="The embedded llama.cpp teacher server.", no_args_is_help=True,
                           pretty_exceptions_show_locals=False)
@@ -25,11 +26,11 @@ def serve_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded mod
               port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one; replicas take the next ones)."),
               replicas: int = typer.Option(1, min=1, help="Single-thread server processes (one per free core).")):
     """Start the embedded teacher (or report the one already running)."""
-    from distilforge.teacher import TeacherError, serve
+    from distilforge.teacher import serve
 
     try:
         st = serve(model, port=port, replicas=replicas)
-    except (TeacherError, Exception) as e:  # noqa: BLE001 - one line for the user
+    except Exception as e:  # noqa: BLE001 - one line for the user, rc 2 (a TeacherError too)
         fail(str(e).splitlines()[0])
     typer.echo(f"{'running' if st.get('reused') else 'started'}: {st['model']} at {', '.join(st['base_urls'])}")
 
@@ -54,6 +55,7 @@ def stop_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded mode
     typer.echo("stopped" if stop(model) else "not running")
 
 
+@cli_errors
 def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
                  respec: bool = RespecOpt,
                  dry_run: bool = typer.Option(False, "--dry-run", help="Forecast requests, tokens and cost; generate nothing."),
@@ -70,12 +72,12 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                                                        "backend.kind); ray: distilabel's RayPipeline, same rows")):
     """Ask the teacher for task rows (resumable: committed shards are never redone)."""
     from curation.runner import GenerationError
-    from curation.plan import TargetsError, load_targets
+    from curation.plan import load_targets
     from curation.stages import forecast_stage, generate_stage
     from distilforge.teacher import TeacherError, teacher_endpoint
 
     if backend not in (None, "local", "ray"):
-        fail(f"--backend: '{backend}' is not one of: local, ray")
+        raise UserError(f"--backend: '{backend}' is not one of: local, ray")
     try:
         s = prepare(run, spec, profile, respec=respec, create=True)
         lock = runlock.acquire(run, "generate")  # noqa: F841 - one writer per RUN until this command returns
@@ -85,20 +87,23 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
             import importlib.util
 
             if importlib.util.find_spec("ray") is None:
-                fail("the Ray backend needs Ray: pip install 'distilforge[ray]'")
+                raise UserError("the Ray backend needs Ray: pip install 'distilforge[ray]'")
         if targets is not None:
             from curation.generate import add_targets
 
-            add_targets(run / "generate", load_targets(targets, s))
-        with teacher_endpoint(s.teacher, run / "generate") as ep:
+            add_targets(Run(run).generate, load_targets(targets, s))
+        with teacher_endpoint(s.teacher, Run(run).generate) as ep:
             if dry_run:
                 forecast_stage(s, run, ep, calibrate)
             else:
                 generate_stage(s, run, ep, max_cost=max_cost, max_tokens=max_tokens)
-    except (SpecError, TeacherError, TargetsError, FileNotFoundError, GenerationError) as e:
+    except (TeacherError, GenerationError, FileNotFoundError) as e:
+        # rc 2, as this command always gave them (cli_errors would give a RuntimeFailure rc 1);
+        # FileNotFoundError: a missing stage output (distilforge/manifest.py) is not a DistilforgeError
         fail(str(e))
 
 
+@cli_errors
 def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
                respec: bool = RespecOpt,
                backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
@@ -107,17 +112,16 @@ def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Opti
     import importlib.util
 
     from curation.stages import curate_stage
-    from heldout.lock import HeldoutError
 
     if backend not in (None, "local", "ray"):
-        fail(f"--backend: '{backend}' is not one of: local, ray")
+        raise UserError(f"--backend: '{backend}' is not one of: local, ray")
     try:
         s = prepare(run, spec, profile, respec=respec)
         lock = runlock.acquire(run, "curate")  # noqa: F841 - one writer per RUN until this command returns
         if backend is not None:
             s = s.model_copy(update={"backend": s.backend.model_copy(update={"kind": backend})})
         if s.backend.kind == "ray" and importlib.util.find_spec("ray") is None:
-            fail("the Ray backend needs Ray Data: pip install 'distilforge[ray]'")
+            raise UserError("the Ray backend needs Ray Data: pip install 'distilforge[ray]'")
         curate_stage(s, run)
-    except (SpecError, HeldoutError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # a missing stage output (distilforge/manifest.py): rc 2, one line
         fail(str(e))

@@ -212,9 +212,3 @@ def assert_clean(texts: list[str], ids: list[str], heldout, cfg, embedder=None, 
                           for rid, col, d in leaks[:5])
         raise ContaminationError(f"{len(rows)} {what} row(s) overlap the locked held-out set: {first}"
                                  f"{f' (+{len(leaks) - 5} more)' if len(leaks) > 5 else ''}")
-
-
-def assert_dataset_clean(ds, heldout, cfg, embedder=None, what: str = "training") -> None:
-    """`assert_clean` over every trained column of a dataset (see `trained_strings`)."""
-    texts, ids, cols = trained_strings(ds, what)
-    assert_clean(texts, ids, heldout, cfg, embedder, columns=cols, what=what)

@@ -185,10 +185,6 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def jaccard(x: set, y: set) -> float:
-    return len(x & y) / len(x | y) if (x or y) else 1.0
-
-
 def minhash_dedup(
     texts: Sequence[str],
     order: Sequence[int],

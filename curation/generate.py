@@ -3,7 +3,7 @@
 Why the shard files: distilabel 1.5.3's own cache hangs on resume (upstream #1065), so every
 pipeline runs with `use_cache=False` and resumability is ours. Requests are planned up front
 with content-derived ids (curation/plan.py), grouped into shards, and the last pipeline step
-commits each shard to its own JSONL file (temp file + fsync + rename) once all its rows are back.
+commits each shard to its own JSONL file (temp file + fsync + hard link) once all its rows are back.
 A shard with any transport failure (the openai client gave up after its retries: distilabel then
 hands the step `None`) is NOT committed, so the next run asks for it again; garbage answers are
 retried `invalid_retries` times and then committed as failed rows with the reason. A rerun after

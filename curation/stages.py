@@ -5,6 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
 from distilforge.spec import TaskSpec, semantic_dump
 
@@ -20,7 +21,7 @@ def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
     return {"name": spec.name, "type": spec.type, "labels": [lab.model_dump() for lab in spec.labels],
             "instruction": spec.instruction, "multi_label": spec.multi_label, "output_schema": spec.output_schema,
             "style_guide": spec.style_guide, "examples": [e.model_dump(mode="json") for e in spec.examples],
-            "generation": gen, "targets": saved_targets(run / "generate") if run else [],
+            "generation": gen, "targets": saved_targets(Run(run).generate) if run else [],
             "teacher": {"model": t.model, "endpoint": t.endpoint, "base_url": t.base_url,
                         "temperature": t.temperature, "max_tokens": t.max_tokens,
                         "structured_output": t.structured_output}}
@@ -34,7 +35,7 @@ def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> d
     from curation.generate import committed_shards, plan_all
     from distilforge.atomic import atomic_write_json
 
-    out = run / "generate"
+    out = Run(run).generate
     base, evolve = plan_all(spec, out)
     fc = budget.forecast(spec, endpoint, base, evolve, committed_shards(out), calibrate)
     fc["spent_so_far"] = budget.spent(out)
@@ -57,7 +58,7 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
     from curation.generate import collect, generate
     from curation.runner import GenerationFailed
 
-    st = Stage(run / "generate", "generate", {}, generation_config(spec, run))
+    st = Stage(Run(run).generate, "generate", {}, generation_config(spec, run))
     m = read_manifest(st.dir)
     if st.is_current() and m and m.get("pending_shards") == 0:
         if m.get("requests") and not m.get("ok") and not m.get("stopped_by"):
@@ -133,21 +134,22 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     from curation.curate import curate
     from heldout.lock import load_locked, read_lock
 
-    gen_hash = output_hash(run / "generate", "rows")
-    lock_info = read_lock(run / "heldout")
-    st = Stage(run / "curate", "curate", {"generate": gen_hash, "heldout": lock_info["sha256"]},
+    r = Run(run)
+    gen_hash = output_hash(r.generate, "rows")
+    lock_info = read_lock(r.heldout)
+    st = Stage(r.curate, "curate", {"generate": gen_hash, "heldout": lock_info["sha256"]},
                {"curation": semantic_dump(spec.curation), "labels": spec.label_names})
     if st.is_current():
         console.print("curate: inputs unchanged, skipped")
         return read_manifest(st.dir)
     st.begin()
-    raw = load_dataset_dir(run / "generate" / "rows")
+    raw = load_dataset_dir(r.generated_rows)
     if spec.backend.kind == "ray":  # same rows and reasons, spread over a Ray cluster (docs/scaling.md)
         from curation.raybackend import curate_ray
 
-        res = curate_ray(raw, spec, heldout=load_locked(run / "heldout"))
+        res = curate_ray(raw, spec, heldout=load_locked(r.heldout))
     else:
-        res = curate(raw, spec, heldout=load_locked(run / "heldout"))
+        res = curate(raw, spec, heldout=load_locked(r.heldout))
     st.save("curated", res.kept)
     st.save("rejected", res.rejected)
     reasons = res.reasons() if hasattr(res, "reasons") else {}
