@@ -10,15 +10,10 @@ import typer
 from distilforge import runlock
 from distilforge.errors import UserError
 from distilforge.layout import Run
-from distilforge.runctx import cli_errors, fail, prepare
+from distilforge.runctx import ProfileOpt, RespecOpt, RunArg, SpecOpt, cli_errors, fail, prepare
 
 teacher_app = typer.Typer(help="The embedded llama.cpp teacher server.", no_args_is_help=True,
                           pretty_exceptions_show_locals=False)
-RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
-SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")
-ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke, demo, ...).")
-RespecOpt = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the one it was made with "
-                         "(changed stages rerun).")
 
 
 @teacher_app.command("serve")

@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from jinja2 import Template
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -22,6 +24,13 @@ DEFAULT_TEMPLATE = {"classification": "classification_v3", "extraction": "extrac
 # TextGeneration step with one template serves every strategy.
 COLUMNS = ["strategy", "instruction", "input_description", "description", "tone", "length", "channel", "typos",
            "persona", "examples_text", "keywords", "schema_text", "style_guide", "parent_text", "evolution"]
+
+
+def features(**columns: str) -> datasets.Features:
+    """HF features from short type names: "string", "int64", "float64", or "chat" (a list of
+    {role, content} messages, TRL's conversational format)."""
+    chat = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+    return datasets.Features({k: chat if t == "chat" else datasets.Value(t) for k, t in columns.items()})
 
 
 def template_name(spec) -> str:

@@ -32,25 +32,11 @@ from curation.gensteps import ValidatedGeneration, commit, committed_shards, las
 from curation.runner import run_pipeline
 from distilforge.spec import TaskSpec
 
-ROW_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "label": datasets.Value("string"),
-    "text": datasets.Value("string"),
-    "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-    "completion": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-    "strategy": datasets.Value("string"),
-    "attributes": datasets.Value("string"),
-    "parent_id": datasets.Value("string"),
-    "teacher_model": datasets.Value("string"),
-    "endpoint": datasets.Value("string"),
-    "prompt_tokens": datasets.Value("int64"),
-    "completion_tokens": datasets.Value("int64"),
-    "latency_s": datasets.Value("float64"),
-    "cost_usd": datasets.Value("float64"),
-    "attempts": datasets.Value("int64"),
-    "status": datasets.Value("string"),
-    "error": datasets.Value("string"),
-})
+ROW_FEATURES = formats.features(
+    id="string", label="string", text="string", prompt="chat", completion="chat", strategy="string",
+    attributes="string", parent_id="string", teacher_model="string", endpoint="string", prompt_tokens="int64",
+    completion_tokens="int64", latency_s="float64", cost_usd="float64", attempts="int64", status="string",
+    error="string")
 
 
 def template_columns(template: str) -> list[str]:

@@ -28,18 +28,9 @@ from curation import budget, formats, plan
 from curation.gensteps import AnswerGeneration, CommitShards, SentinelAware, committed_shards, llm, read_shard
 from curation.runner import run_pipeline
 
-PAIR_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "source_id": datasets.Value("string"),
-    "kind": datasets.Value("string"),
-    "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-    "chosen": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-    "rejected": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-    "chosen_score": datasets.Value("float64"),
-    "rejected_score": datasets.Value("float64"),
-    "margin": datasets.Value("float64"),
-    "rationale": datasets.Value("string"),
-})
+PAIR_FEATURES = formats.features(
+    id="string", source_id="string", kind="string", prompt="chat", chosen="chat", rejected="chat",
+    chosen_score="float64", rejected_score="float64", margin="float64", rationale="string")
 YESNO_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
                 "required": ["answer"]}
 RUBRIC_SCHEMA = {"type": "object", "properties": {"rationale": {"type": "string"},

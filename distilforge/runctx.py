@@ -31,6 +31,13 @@ from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec
 
 console = Console(stderr=True)
 
+# The options every stage command takes, spelled once.
+RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
+SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")
+ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke, demo, ...).")
+RespecOpt = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the one it was made with "
+                         "(changed stages rerun).")
+
 # Spec fields that change how a stage runs (speed, caps, logging, where), never what it produces:
 # marked `Cosmetic` in the spec model; the stage fingerprints leave the same ones out (semantic_dump).
 COSMETIC = cosmetic_paths(TaskSpec)

@@ -8,17 +8,12 @@ import typer
 
 from distilforge.errors import RuntimeFailure
 from distilforge.layout import Run
-from distilforge.runctx import cli_errors, fail, prepare, set_threads
+from distilforge.runctx import ProfileOpt, RespecOpt, RunArg, SpecOpt, cli_errors, fail, prepare, set_threads
 from heldout.lock import HeldoutError
 
 heldout_app = typer.Typer(help="Lock and verify the real held-out set.", no_args_is_help=True,
                           pretty_exceptions_show_locals=False)
 
-RunArg = typer.Argument(..., help="Run directory (e.g. runs/demo).")
-SpecOpt = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json.")
-ProfileOpt = typer.Option(None, "--profile", help="Profile from the spec (smoke, demo, ...).")
-RespecOpt = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the one it was made with "
-                         "(changed stages rerun).")
 
 
 @heldout_app.command("lock")

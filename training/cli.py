@@ -9,15 +9,12 @@ import typer
 
 from distilforge.errors import DistilforgeError
 from distilforge.layout import Run
-from distilforge.runctx import cli_errors, fail, prepare, set_threads
+from distilforge.runctx import ProfileOpt, RespecOpt, RunArg, SpecOpt, cli_errors, fail, prepare, set_threads
 
 
 @cli_errors
-def train_cmd(run: Path = typer.Argument(..., help="Run directory (e.g. runs/demo)."),
-              spec: Optional[Path] = typer.Option(None, "--spec", help="Task spec YAML; recorded in RUN/spec.json."),
-              profile: Optional[str] = typer.Option(None, "--profile", help="Profile from the spec."),
-              respec: bool = typer.Option(False, "--respec", help="Rebind RUN to a --spec that differs from the "
-                                          "one it was made with (changed stages rerun)."),
+def train_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+              respec: bool = RespecOpt,
               config: Optional[Path] = typer.Option(None, "--config",
                                                     help="Training YAML; overrides the spec's `training` block."),
               resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this config."),
