@@ -201,7 +201,7 @@ def main() -> None:
         else:
             unusable += 1  # empty answer or the row copied back: not a paraphrase
 
-    emb = Embedder(cfg.embedding_model, batch_size=cfg.embed_batch_size, threads=1)
+    emb = Embedder(cfg.embeddings.model, batch_size=cfg.embeddings.batch_size, threads=1)
     t0 = time.time()
     held_vecs = emb.encode([r["text"] for r in held])
     cos = {k: max_cosine(emb.encode(v), held_vecs) for k, v in leaks.items()}
@@ -235,7 +235,7 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/decontam_threshold.py"
                    + (f" --leaks {args.leaks}" if args.leaks != 100 else "") + (f" --seed {args.seed}" if args.seed else ""),
         "spec": os.path.relpath(args.spec, ROOT), "labels": spec.label_names, "seed": args.seed,
-        "embedding_model": emb.model_key, "ngram": cfg.decontam_ngram, "ngram_min_tokens": cfg.decontam_min_tokens,
+        "embedding_model": emb.model_key, "ngram": cfg.decontamination.ngram, "ngram_min_tokens": cfg.decontamination.min_tokens,
         "paraphrase_teacher": args.teacher, "paraphrase_prompt": PROMPT, "paraphrase_temperature": 0.7,
         "paraphrase_stats": para_stats,
         "heldout_rows": len(held), "train_rows": len(train), "train_copies_of_heldout": len(copies),

@@ -160,7 +160,7 @@ def main() -> None:
     label_names = sorted({lab for lab, _ in base})
     spec = make_spec(label_names, args.cluster_rows, args.probes, args.probe_margin)
     out: dict = {"sizes": args.sizes, "num_cpus": args.num_cpus, "cluster_rows": args.cluster_rows,
-                 "probes": args.probes, "probe_margin": args.probe_margin, "threshold": spec.curation.semantic_threshold}
+                 "probes": args.probes, "probe_margin": args.probe_margin, "threshold": spec.curation.dedup.semantic_threshold}
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": WORKER_ENV})
     import logging

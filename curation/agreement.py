@@ -125,7 +125,7 @@ def _opinion(row: dict, label_set: set[str]) -> str | None:
 
 def report(raw: datasets.Dataset, spec) -> dict:
     """Disagreement per intended label over the rows the teacher labelled (JSON for the manifest)."""
-    mode = spec.curation.teacher_disagreement
+    mode = spec.curation.filters.teacher_disagreement
     out = {"mode": mode, "checked": 0, "disagree": 0, "rate": None, "per_label": {}}
     if COLUMN not in raw.column_names:
         out["note"] = "rows carry no teacher_label (generated without teacher agreement): nothing compared"
@@ -159,7 +159,7 @@ def prepare(raw: datasets.Dataset, spec) -> tuple[datasets.Dataset, dict]:
     if not enabled(spec):
         return raw, {}
     rep = report(raw, spec)
-    if spec.curation.teacher_disagreement != "relabel" or COLUMN not in raw.column_names:
+    if spec.curation.filters.teacher_disagreement != "relabel" or COLUMN not in raw.column_names:
         return raw, rep
     from curation.formats import completion_text
 
@@ -187,7 +187,7 @@ def checks(spec) -> list[tuple[str, str, object]]:
     if not enabled(spec):
         return []
     label_set = set(spec.label_names)
-    drop = spec.curation.teacher_disagreement == "drop"
+    drop = spec.curation.filters.teacher_disagreement == "drop"
 
     def disagrees(r: dict) -> str | None:
         t = _opinion(r, label_set)

@@ -111,7 +111,7 @@ def _judge(r: dict) -> float | None:
 def _order(rows: list[dict], cfg) -> list[int]:
     judge = [_judge(r) for r in rows]
     return dedup.quality_order([r["text"] for r in rows], [r["label"] for r in rows],
-                               judge, cfg.min_tokens, cfg.max_tokens)
+                               judge, cfg.filters.min_tokens, cfg.filters.max_tokens)
 
 
 def curate(
@@ -121,7 +121,7 @@ def curate(
     embedder=None,
 ) -> CurateResult:
     """Run the funnel over the generate stage's rows. `heldout`: the locked rows (id, text, label);
-    `embedder`: a `curation.embed.Embedder` to share (default: one for `spec.curation.embedding_model`)."""
+    `embedder`: a `curation.embed.Embedder` to share (default: one for `spec.curation.embeddings.model`)."""
     cfg = spec.curation
     raw, agree = agreement.prepare(raw, spec)  # relabel mode: labels fixed before any step sees them
     f = _Funnel([{**r, "_k": k} for k, r in enumerate(raw)], spec.label_names)  # _k: row key, ids may repeat
@@ -138,12 +138,12 @@ def curate(
         f.step(reason, _per_row(reason, check))
 
     # 3. judge
-    if cfg.judge_min_score is not None and "judge_score" in raw.column_names:
+    if cfg.filters.judge_min_score is not None and "judge_score" in raw.column_names:
         def judged(r: dict) -> str | None:
             s = _judge(r)
             if s is None:
-                return "no judge score" if cfg.judge_missing == "drop" else None
-            return f"judge score {s:g} < {cfg.judge_min_score:g}" if s < cfg.judge_min_score else None
+                return "no judge score" if cfg.filters.judge_missing == "drop" else None
+            return f"judge score {s:g} < {cfg.filters.judge_min_score:g}" if s < cfg.filters.judge_min_score else None
 
         f.step("judge_score", _per_row("low_judge_score", judged))
     for step, reason, check in agreement.checks(spec):
@@ -153,13 +153,13 @@ def curate(
 
     # Embeddings: once, for decontamination and semantic dedup, for the rows still in play. A
     # funnel step of its own (dropping nothing) so its time is visible next to the others.
-    need_vectors = cfg.semantic_dedup or (heldout is not None and cfg.decontaminate and cfg.decontam_cosine is not None)
+    need_vectors = cfg.dedup.semantic or (heldout is not None and cfg.decontamination.enabled and cfg.decontamination.cosine is not None)
     vectors: dict[int, np.ndarray] = {}
     if need_vectors and f.rows:
         if embedder is None:
             from curation.embed import Embedder
 
-            embedder = Embedder(cfg.embedding_model, batch_size=cfg.embed_batch_size, threads=cfg.embed_threads)
+            embedder = Embedder(cfg.embeddings.model, batch_size=cfg.embeddings.batch_size, threads=cfg.embeddings.threads)
         _ = embedder.model  # load the model outside the funnel timings
 
         def embed(rows: list[dict]) -> Verdicts:
@@ -176,7 +176,7 @@ def curate(
         return np.stack([vectors[r["_k"]] for r in rows]).astype(np.float32)
 
     # 4. decontamination
-    if heldout is not None and cfg.decontaminate and len(heldout):
+    if heldout is not None and cfg.decontamination.enabled and len(heldout):
         def decon(rows: list[dict]) -> Verdicts:
             leaks = decontam.find_contamination(
                 [r["text"] for r in rows], [str(r["_k"]) for r in rows], heldout, cfg, embedder,
@@ -205,32 +205,32 @@ def curate(
             out[i] = (reason, f"{what.format(score)} of kept row {keeper['id']}{other}")
         return out
 
-    same_label = None if cfg.dedup_across_labels else (lambda rows: [r["label"] for r in rows])
+    same_label = None if cfg.dedup.across_labels else (lambda rows: [r["label"] for r in rows])
 
-    if cfg.exact_dedup:
+    if cfg.dedup.exact:
         def exact(rows: list[dict]) -> Verdicts:
             res = dedup.exact_dedup([r["text"] for r in rows], _order(rows, cfg),
                                     labels=same_label(rows) if same_label else None)
             return absorb(rows, res, "exact_duplicate", "same normalized text")
 
         f.step("exact_dedup", exact)
-    if cfg.minhash_dedup:
+    if cfg.dedup.minhash:
         def near(rows: list[dict]) -> Verdicts:
             res = dedup.minhash_dedup(
-                [r["text"] for r in rows], _order(rows, cfg), threshold=cfg.minhash_threshold,
-                ngram=cfg.minhash_ngram, num_perm=cfg.minhash_num_perm,
+                [r["text"] for r in rows], _order(rows, cfg), threshold=cfg.dedup.minhash_threshold,
+                ngram=cfg.dedup.minhash_ngram, num_perm=cfg.dedup.minhash_num_perm,
                 labels=same_label(rows) if same_label else None,
             )
             info["minhash"] = res.info
             return absorb(rows, res, "near_duplicate", "near copy (word-shingle Jaccard {:.2f})")
 
         f.step("minhash_dedup", near)
-    if cfg.semantic_dedup:
+    if cfg.dedup.semantic:
         def semantic(rows: list[dict]) -> Verdicts:
             res = dedup.semantic_dedup(
-                vecs(rows), _order(rows, cfg), threshold=cfg.semantic_threshold,
+                vecs(rows), _order(rows, cfg), threshold=cfg.dedup.semantic_threshold,
                 labels=same_label(rows) if same_label else None,
-                exact_below=cfg.semantic_exact_below, nprobe=cfg.semantic_nprobe,
+                exact_below=cfg.dedup.semantic_exact_below, nprobe=cfg.dedup.semantic_nprobe,
             )
             info["semantic"] = res.info
             return absorb(rows, res, "semantic_duplicate", "paraphrase (cosine {:.2f})")
@@ -238,20 +238,20 @@ def curate(
         f.step("semantic_dedup", semantic)
 
     # 6. balance
-    if cfg.max_per_label is not None:
+    if cfg.filters.max_per_label is not None:
         def balance(rows: list[dict]) -> Verdicts:
             seen: Counter = Counter()
             out: Verdicts = {}
             for i in _order(rows, cfg):
                 lab = rows[i]["label"]
                 seen[lab] += 1
-                if seen[lab] > cfg.max_per_label:
-                    out[i] = ("label_over_max", f"label {lab} already has {cfg.max_per_label} better rows")
+                if seen[lab] > cfg.filters.max_per_label:
+                    out[i] = ("label_over_max", f"label {lab} already has {cfg.filters.max_per_label} better rows")
             return out
 
         f.step("balance", balance)
     counts = f.per_label()
-    floor = max(cfg.min_per_label, 1)
+    floor = max(cfg.filters.min_per_label, 1)
     under = {lab: counts.get(lab, 0) for lab in spec.label_names if counts.get(lab, 0) < floor}
 
     for r in f.rows:

@@ -138,18 +138,18 @@ def find_contamination(
     if heldout is None or len(heldout) == 0 or not texts:
         return out
     held_ids = list(heldout["id"])
-    ngrams = NgramIndex.build(heldout["text"], c.decontam_ngram, c.decontam_min_tokens)
+    ngrams = NgramIndex.build(heldout["text"], c.decontamination.ngram, c.decontamination.min_tokens)
     for i, t in enumerate(texts):
         m = ngrams.match(t)
         if m:
             out.append({"row_id": ids[i], "heldout_id": held_ids[m[0]], "kind": "ngram", "score": round(m[1], 4)})
-    if c.decontam_cosine is not None:
+    if c.decontamination.cosine is not None:
         if embedder is None:
             from curation.embed import Embedder
 
-            embedder = Embedder(c.embedding_model, batch_size=c.embed_batch_size, threads=c.embed_threads)
+            embedder = Embedder(c.embeddings.model, batch_size=c.embeddings.batch_size, threads=c.embeddings.threads)
         vecs = vectors if vectors is not None else embedder.encode(texts)
-        for i, h, s in embedding_matches(vecs, heldout_vectors(heldout, embedder), c.decontam_cosine):
+        for i, h, s in embedding_matches(vecs, heldout_vectors(heldout, embedder), c.decontamination.cosine):
             out.append({"row_id": ids[i], "heldout_id": held_ids[h], "kind": "embedding", "score": round(s, 4)})
     order = {rid: k for k, rid in enumerate(ids)}
     out.sort(key=lambda d: (order[d["row_id"]], d["kind"] != "ngram"))

@@ -306,25 +306,25 @@ def heuristic_checks(spec) -> list[Check]:
     """(reason, row -> detail|None) for every heuristic switched on in `spec.curation`, in order."""
     cfg = spec.curation
     checks: list[Check] = []
-    checks.append(("too_short", lambda r: too_short(r["text"], cfg.min_tokens, cfg.min_chars)))
-    checks.append(("too_long", lambda r: too_long(r["text"], cfg.max_tokens, cfg.max_chars)))
-    if cfg.drop_non_printable:
+    checks.append(("too_short", lambda r: too_short(r["text"], cfg.filters.min_tokens, cfg.filters.min_chars)))
+    checks.append(("too_long", lambda r: too_long(r["text"], cfg.filters.max_tokens, cfg.filters.max_chars)))
+    if cfg.filters.drop_non_printable:
         checks.append(("non_printable", lambda r: non_printable_problem(r["text"])))
-    if cfg.max_repetition is not None:
-        checks.append(("repetitive", lambda r: repetition_problem(r["text"], cfg.max_repetition)))
-    if cfg.language:
-        checks.append(("wrong_language", lambda r: language_problem(r["text"], cfg.language)))
-    if cfg.drop_refusals:
+    if cfg.filters.max_repetition is not None:
+        checks.append(("repetitive", lambda r: repetition_problem(r["text"], cfg.filters.max_repetition)))
+    if cfg.filters.language:
+        checks.append(("wrong_language", lambda r: language_problem(r["text"], cfg.filters.language)))
+    if cfg.filters.drop_refusals:
         checks.append(("refusal", lambda r: refusal_problem(r["text"])))
-    if cfg.drop_meta_commentary:
+    if cfg.filters.drop_meta_commentary:
         checks.append(("meta_commentary", lambda r: meta_problem(r["text"])))
-    if cfg.prompt_echo_ngram:
-        echo = EchoIndex(echo_sources(spec, descriptions=cfg.prompt_echo_descriptions), cfg.prompt_echo_ngram)
+    if cfg.filters.prompt_echo_ngram:
+        echo = EchoIndex(echo_sources(spec, descriptions=cfg.filters.prompt_echo_descriptions), cfg.filters.prompt_echo_ngram)
         checks.append(("prompt_echo", lambda r: echo.problem(r["text"])))
-    if cfg.drop_wrong_voice:
+    if cfg.filters.drop_wrong_voice:
         checks.append(("wrong_voice", lambda r: wrong_voice_problem(r["text"])))
-    if spec.type == "classification" and cfg.label_leak:
-        pats = label_leak_patterns(spec.label_names, cfg.label_leak_spaced)
+    if spec.type == "classification" and cfg.filters.label_leak:
+        pats = label_leak_patterns(spec.label_names, cfg.filters.label_leak_spaced)
         checks.append(("label_leak", lambda r: label_leak_problem(r["text"], pats)))
     return checks
 

@@ -79,10 +79,11 @@ def response_schema(spec) -> dict:
 
 
 def structured_mode(teacher, endpoint_kind: str, generation=None) -> str:
-    """The response_format mode for a call: `generation.structured_output` (for generation
-    requests) when it is set, else the teacher's; `auto` picks by endpoint kind."""
-    own = getattr(generation, "structured_output", "teacher")
-    mode = teacher.structured_output if own == "teacher" else own
+    """The response_format mode for a call: the teacher's `structured_output` (`auto` picks by
+    endpoint kind), or `none` for generation requests when `generation.constrained` is off."""
+    if generation is not None and not generation.constrained:
+        return "none"
+    mode = teacher.structured_output
     if mode == "auto":
         mode = "llama_cpp" if endpoint_kind == "embedded" else "openai"
     return mode

@@ -24,7 +24,7 @@ def confusable_labels(spec, k: int = 2, embedder=None) -> dict[str, list[str]]:
         from curation.embed import Embedder
 
         c = spec.curation
-        embedder = Embedder(c.embedding_model, batch_size=c.embed_batch_size, threads=c.embed_threads)
+        embedder = Embedder(c.embeddings.model, batch_size=c.embeddings.batch_size, threads=c.embeddings.threads)
     names = spec.label_names
     vecs = embedder.encode(label_texts(spec))
     sims = vecs @ vecs.T

@@ -90,11 +90,22 @@ def _recorded(p: Path) -> dict:
     return raw
 
 
+def _current_form(recorded: dict) -> dict:
+    """A spec recorded by an earlier version (e.g. flat `curation:` keys), as this version writes
+    it, so that a spelling change alone is not "a different spec". Unreadable: compared as is."""
+    try:
+        return spec_content(TaskSpec.model_validate({k: v for k, v in recorded.items() if not k.startswith("_")}))
+    except ValueError:
+        return recorded
+
+
 def spec_differences(old: dict, new: dict) -> list[str]:
     """Dotted spec fields whose semantic value differs (a `train --config` block is compared as the spec had it)."""
     if "_spec_training" in old:
         old = {**old, "training": old["_spec_training"]}
-    a, b = semantic(old), semantic(new)
+    if "_spec_student" in old:
+        old = {**old, "student": old["_spec_student"]}
+    a, b = semantic(_current_form(old)), semantic(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, None) != b.get(k, None) or (k in a) != (k in b))
 
 

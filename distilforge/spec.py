@@ -175,12 +175,12 @@ class Generation(_Strict):
         "more specific: add concrete details such as amounts, dates, places or names",
         "noisier: informal, with typos, filler words and an unrelated remark"])
     invalid_retries: int = Field(1, ge=0)  # re-asks for unparsable / schema-invalid answers
-    # response_format for generation requests; "teacher" uses teacher.structured_output. "none"
-    # is much faster on llama.cpp (its JSON grammar is checked against the whole 151k-token vocab
-    # at every sampled token: ~1.7 s per request for the 1.5B teacher here); answers are then
-    # parsed leniently and the rare unparsable one is re-asked (invalid_retries) or kept as a
-    # failed row with its reason.
-    structured_output: Literal["teacher", "auto", "llama_cpp", "openai", "none"] = "teacher"
+    # Generation requests constrain the answer to its JSON schema the way every teacher call does
+    # (teacher.structured_output: the one setting for how). False is much faster on llama.cpp (its
+    # JSON grammar is checked against the whole 151k-token vocab at every sampled token: ~1.7 s per
+    # request for the 1.5B teacher here); answers are then parsed leniently and the rare
+    # unparsable one is re-asked (invalid_retries) or kept as a failed row with its reason.
+    constrained: bool = True
     max_cost_usd: float | None = Cosmetic(None, ge=0)  # cumulative cap for this run dir (CLI --max-cost)
     max_total_tokens: int | None = Cosmetic(None, gt=0)  # cumulative cap (CLI --max-tokens)
     preferences: Preferences = Preferences()
@@ -191,6 +191,23 @@ class Generation(_Strict):
     # Opt-in for now: its requests are not yet counted by the cost caps or `--dry-run`, and its
     # effect on the demo's time and accuracy is not measured yet (issue 16).
     teacher_agreement: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _structured_output_is_the_teachers(cls, raw: Any) -> Any:
+        """Earlier specs set `generation.structured_output` (teacher | auto | llama_cpp | openai |
+        none): `none` is `constrained: false`, anything else `constrained: true`."""
+        if not isinstance(raw, dict) or "structured_output" not in raw:
+            return raw
+        raw = dict(raw)
+        old = raw.pop("structured_output")
+        if old not in ("teacher", "auto", "llama_cpp", "openai", "none"):
+            raise ValueError(f"structured_output: '{old}' is not one of teacher, auto, llama_cpp, openai, none "
+                             "(it is `constrained: true|false` now)")
+        if "constrained" in raw and raw["constrained"] != (old != "none"):
+            raise ValueError("'structured_output' and 'constrained' are the same setting with different values")
+        raw["constrained"] = old != "none"
+        return raw
 
     @field_validator("strategies")
     @classmethod
@@ -211,11 +228,9 @@ class Example(_Strict):
     output: Any = None  # extraction: the JSON answer; instruction: the response text
 
 
-class Curation(_Strict):
-    """What `curate` drops and why. Every stage can be switched off; thresholds are documented in
-    curation/*.py. Defaults were checked on short Banking-style messages with all-MiniLM-L6-v2."""
+class CurationFilters(_Strict):
+    """Row-level filters: heuristics, the LLM-judge score, teacher agreement, per-label balance."""
 
-    # heuristics
     min_chars: int = Field(8, ge=0)
     max_chars: int = Field(400, gt=0)
     min_tokens: int = Field(3, ge=0)
@@ -236,30 +251,86 @@ class Curation(_Strict):
     # rows whose blind teacher label (generation.teacher_agreement) differs from the intended one:
     # drop (reason teacher_disagrees), relabel with the teacher's label, or keep (rate reported only)
     teacher_disagreement: Literal["drop", "relabel", "keep"] = "drop"
-    # dedup
-    exact_dedup: bool = True
-    minhash_dedup: bool = True
-    minhash_threshold: float = Field(0.7, gt=0, le=1)  # word-shingle Jaccard
-    minhash_ngram: int = Field(2, ge=1)
-    minhash_num_perm: int = Field(128, ge=16)
-    semantic_dedup: bool = True
-    semantic_threshold: float = Field(0.92, gt=0, le=1)  # cosine; see curation/dedup.py
-    semantic_exact_below: int = Field(10000, ge=0)  # exact search below, FAISS IVF above
-    semantic_nprobe: int = Field(8, ge=1)
-    dedup_across_labels: bool = True  # False: rows only duplicate rows of their own label
-    embedding_model: str = "all-MiniLM-L6-v2"  # packaged default; or a local folder / hub id
-    embed_batch_size: int = Field(64, gt=0)
-    embed_threads: int | None = Cosmetic(None, gt=0)  # None: half the cores, at least one
-    # held-out decontamination
-    decontaminate: bool = True
-    decontam_ngram: int = Field(13, ge=8)
-    decontam_min_tokens: int = Field(6, ge=3)
-    # Chosen by measurement (docs/decontamination.md, benchmarks/decontam_threshold.py): the lowest
-    # MiniLM cosine that flags <= 2 % of independent real Banking77 train rows (0.90 flagged 33 %).
-    decontam_cosine: float | None = Field(0.985, gt=0, le=1)  # None = n-gram check only
     # balance
     min_per_label: int = Field(0, ge=0)  # reported when not reached (nothing is invented)
     max_per_label: int | None = Field(None, gt=0)  # best rows kept beyond it
+
+
+class CurationDedup(_Strict):
+    """Exact, MinHash (word shingles) and embedding near-duplicate removal."""
+
+    exact: bool = True
+    minhash: bool = True
+    minhash_threshold: float = Field(0.7, gt=0, le=1)  # word-shingle Jaccard
+    minhash_ngram: int = Field(2, ge=1)
+    minhash_num_perm: int = Field(128, ge=16)
+    semantic: bool = True
+    semantic_threshold: float = Field(0.92, gt=0, le=1)  # cosine; see curation/dedup.py
+    semantic_exact_below: int = Field(10000, ge=0)  # exact search below, FAISS IVF above
+    semantic_nprobe: int = Field(8, ge=1)
+    across_labels: bool = True  # False: rows only duplicate rows of their own label
+
+
+class CurationDecontamination(_Strict):
+    """Drop rows that overlap the locked held-out set (13-gram and embedding checks)."""
+
+    enabled: bool = True
+    ngram: int = Field(13, ge=8)
+    min_tokens: int = Field(6, ge=3)
+    # Chosen by measurement (docs/decontamination.md, benchmarks/decontam_threshold.py): the lowest
+    # MiniLM cosine that flags <= 2 % of independent real Banking77 train rows (0.90 flagged 33 %).
+    cosine: float | None = Field(0.985, gt=0, le=1)  # None = n-gram check only
+
+
+class Embeddings(_Strict):
+    """The sentence-embedding model semantic dedup, decontamination and review vectors share."""
+
+    model: str = "all-MiniLM-L6-v2"  # packaged default; or a local folder / hub id
+    batch_size: int = Field(64, gt=0)
+    threads: int | None = Cosmetic(None, gt=0)  # None: half the cores, at least one
+
+
+# Flat `curation:` keys of earlier specs -> (block, field). Still accepted, so older specs and
+# profiles keep working; a spec that sets both spellings of one field is refused.
+CURATION_FLAT = {
+    **{k: ("filters", k) for k in CurationFilters.model_fields},
+    "exact_dedup": ("dedup", "exact"), "minhash_dedup": ("dedup", "minhash"),
+    "minhash_threshold": ("dedup", "minhash_threshold"), "minhash_ngram": ("dedup", "minhash_ngram"),
+    "minhash_num_perm": ("dedup", "minhash_num_perm"), "semantic_dedup": ("dedup", "semantic"),
+    "semantic_threshold": ("dedup", "semantic_threshold"), "semantic_exact_below": ("dedup", "semantic_exact_below"),
+    "semantic_nprobe": ("dedup", "semantic_nprobe"), "dedup_across_labels": ("dedup", "across_labels"),
+    "decontaminate": ("decontamination", "enabled"), "decontam_ngram": ("decontamination", "ngram"),
+    "decontam_min_tokens": ("decontamination", "min_tokens"), "decontam_cosine": ("decontamination", "cosine"),
+    "embedding_model": ("embeddings", "model"), "embed_batch_size": ("embeddings", "batch_size"),
+    "embed_threads": ("embeddings", "threads"),
+}
+
+
+class Curation(_Strict):
+    """What `curate` drops and why, one block per step; each step can be switched off. Defaults
+    were checked on short Banking-style messages with all-MiniLM-L6-v2."""
+
+    filters: CurationFilters = CurationFilters()
+    dedup: CurationDedup = CurationDedup()
+    decontamination: CurationDecontamination = CurationDecontamination()
+    embeddings: Embeddings = Embeddings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or not set(raw) & set(CURATION_FLAT):
+            return raw
+        out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k not in CURATION_FLAT}
+        for k, v in raw.items():
+            if k in CURATION_FLAT:
+                block, name = CURATION_FLAT[k]
+                dest = out.setdefault(block, {})
+                if not isinstance(dest, dict):
+                    continue  # the block itself is malformed: its own error says so
+                if name in dest and dest[name] != v:
+                    raise ValueError(f"'{k}' and '{block}.{name}' are the same setting with different values")
+                dest[name] = v
+        return out
 
 
 class Student(_Strict):
@@ -305,7 +376,6 @@ class Training(_Strict):
     a 135M model does not need.
     """
 
-    base_model: str | None = None  # overrides student.base: embedded name, HF folder, .gguf file, hub id
     epochs: float = Field(3, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
@@ -393,6 +463,24 @@ class TaskSpec(_Strict):
     eval: Eval = Eval()
     backend: Backend = Cosmetic(Backend())
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_base_model(cls, raw: Any) -> Any:
+        """`training.base_model` (earlier specs, `train --config` files) is `student.base`: one
+        setting, read by train (what to adapt) and eval (what to score as the base)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("training"), dict) or "base_model" not in raw["training"]:
+            return raw
+        training = dict(raw["training"])
+        value = training.pop("base_model")
+        raw = {**raw, "training": training}
+        if value is not None:
+            student = dict(raw.get("student") or {})
+            if student.get("base", value) != value:
+                raise ValueError(f"'training.base_model' ({value}) and 'student.base' ({student['base']}) are the same "
+                                 "setting with different values")
+            raw["student"] = {**student, "base": value}
+        return raw
 
     @field_validator("labels")
     @classmethod

@@ -203,7 +203,7 @@ def suggestions(spec, row: dict) -> list:
     score = _num(row.get("judge_score"))
     out = []
     if score is not None:
-        threshold = spec.curation.judge_min_score if spec.curation.judge_min_score is not None else 0.5
+        threshold = spec.curation.filters.judge_min_score if spec.curation.filters.judge_min_score is not None else 0.5
         accept = score >= threshold
         out += [rg.Suggestion(DECISION, "accept" if accept else "reject", agent=agent, type="model",
                               score=round(score if accept else 1 - score, 4)),
@@ -398,7 +398,7 @@ def push_run(run: Path, spec, *, api_url: Optional[str] = None, api_key: Optiona
     if embedder is None:
         from curation.embed import Embedder
 
-        embedder = Embedder(spec.curation.embedding_model)
+        embedder = Embedder(spec.curation.embeddings.model)
     where = _clusters(run)
     state = read_push_state(run)
     ws = _workspace(client, workspace or state.get("workspace"))

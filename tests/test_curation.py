@@ -247,7 +247,7 @@ def test_default_threshold_keeps_independent_rewordings_and_still_catches_copies
     """The default cosine (0.985) was chosen on Banking77 (docs/decontamination.md): at 0.90 a third
     of independent real train rows were flagged. A realistic row that asks what a held-out row asks,
     in its own words (cosine 0.92-0.95 here), is kept now and was dropped at 0.90; copies are caught."""
-    assert spec_for().curation.decontam_cosine == 0.985
+    assert spec_for().curation.decontamination.cosine == 0.985
     independent = ["How many days until a card gets delivered to Ireland?",  # h00001 at cosine ~0.92
                    "How long will my card take to arrive if I live in Ireland?"]  # ~0.94
     copies = ["how long does it take for a card to arrive in IRELAND??",  # casing/punctuation: n-gram

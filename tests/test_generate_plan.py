@@ -30,8 +30,7 @@ def test_plan_is_deterministic_and_ids_follow_content(tmp_path):
     assert all(r["shard_n"] == sum(x["shard_id"] == r["shard_id"] for x in a) for r in a)
     # anything that changes the teacher's answer changes the ids (old shards are then not reused)
     for change in ({"teacher": {"temperature": 0.3}}, {"teacher": {"model": "qwen2.5-coder-1.5b"}},
-                   {"generation": {"structured_output": "llama_cpp" if spec.generation.structured_output == "none"
-                                   else "none"}},
+                   {"generation": {"constrained": not spec.generation.constrained}},
                    {"generation": {"seed": 1}}, {"generation": {"input_description": "a pensioner"}}):
         raw = _raw(EXAMPLES / "banking77" / "task.yaml")
         raw["profiles"]["x"] = {**raw["profiles"]["smoke"]}
@@ -117,8 +116,8 @@ def test_garbage_answers_become_reasons_never_exceptions():
                                  '"amount": 5, "currency": "EUR", "card_last4": null, "merchant": "Lidl"}}')
     assert err == "" and ok["text"] == "paid 5 EUR at Lidl"
     assert list(json.loads(ok["answer"])) == list(ext.output_schema["properties"])  # schema key order
-    # generation.structured_output overrides the teacher's setting for generation calls only
-    assert cls.generation.structured_output == "none"  # the example spec: one-field answer, no grammar
+    # generation.constrained: false turns the teacher's structured output off for generation calls only
+    assert cls.generation.constrained is False  # the example spec: one-field answer, no grammar
     assert formats.structured_mode(cls.teacher, "embedded", cls.generation) == "none"
     assert formats.structured_mode(cls.teacher, "embedded") == "llama_cpp"  # eval/judge keep the grammar
     assert formats.structured_mode(ext.teacher, "openai", ext.generation) == "openai"

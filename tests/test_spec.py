@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import TASK, cli
-from distilforge.spec import SpecError, expand_env, load_spec
+from distilforge.spec import SpecError, expand_env, load_spec, parse_spec
 
 
 def _write(tmp_path, mutate):
@@ -66,3 +66,61 @@ def test_profiles_merge_over_base():
     assert base.student.base == "smollm2-135m" and smoke.student.base == "tiny-random"
     assert smoke.generation.seed == base.generation.seed  # untouched keys survive the merge
     assert smoke.label_names == base.label_names and len(base.label_names) == 10
+
+
+def test_flat_curation_keys_of_older_specs_mean_the_same_blocks():
+    """`curation:` is one block per step now; the flat keys of earlier specs still load, into the
+    same fields, and a spec that sets both spellings of one field differently is refused."""
+    from distilforge.spec import CURATION_FLAT, Curation
+
+    flat = Curation.model_validate({"decontam_cosine": 0.9, "semantic_dedup": False, "max_per_label": 40,
+                                    "embedding_model": "x", "embed_threads": 1})
+    nested = Curation.model_validate({"decontamination": {"cosine": 0.9}, "dedup": {"semantic": False},
+                                      "filters": {"max_per_label": 40}, "embeddings": {"model": "x", "threads": 1}})
+    assert flat == nested and flat.decontamination.cosine == 0.9 and not flat.dedup.semantic
+    assert Curation.model_validate({"dedup": {"exact": False}, "minhash_dedup": False}).dedup.exact is False
+    for old, (block, name) in CURATION_FLAT.items():  # every old key lands on a real field
+        assert name in type(getattr(Curation(), block)).model_fields, old
+    with pytest.raises(ValueError, match="same setting"):
+        Curation.model_validate({"decontam_cosine": 0.9, "decontamination": {"cosine": 0.95}})
+
+
+def test_a_run_recorded_with_flat_curation_keys_is_the_same_spec(tmp_path):
+    """A run dir bound by an earlier version (flat curation keys in spec.json) is not refused as
+    a different spec when the same task is passed again."""
+    import json
+
+    from distilforge.runctx import prepare
+
+    task = TASK
+    run = tmp_path / "run"
+    prepare(run, task, "smoke", create=True)
+    rec = json.loads((run / "spec.json").read_text())
+    cur = rec.pop("curation")
+    rec["curation"] = {**cur["filters"], "decontam_cosine": cur["decontamination"]["cosine"]}
+    (run / "spec.json").write_text(json.dumps(rec))
+    prepare(run, task, "smoke")  # no RunDirError
+    rec["curation"]["decontam_cosine"] = 0.5
+    (run / "spec.json").write_text(json.dumps(rec))
+    from distilforge.runctx import RunDirError
+
+    with pytest.raises(RunDirError, match="curation.decontamination.cosine"):
+        prepare(run, task, "smoke")
+
+
+def test_one_setting_each_for_the_base_model_and_structured_output():
+    """`training.base_model` is `student.base`, and generation's structured output is the teacher's
+    (on or off): earlier spellings load into them, contradictions are refused."""
+    raw = yaml.safe_load(TASK.read_text())
+    old = {**raw, "training": {**raw.get("training", {}), "base_model": "tiny-random"},
+           "student": {}, "generation": {**raw["generation"], "structured_output": "llama_cpp"}}
+    old.pop("constrained", None)
+    old["generation"].pop("constrained", None)
+    spec = parse_spec(old)
+    assert spec.student.base == "tiny-random" and "base_model" not in type(spec.training).model_fields
+    assert spec.generation.constrained is True
+    assert parse_spec({**old, "generation": {**old["generation"], "structured_output": "none"}}).generation.constrained is False
+    with pytest.raises(SpecError, match="same setting"):
+        parse_spec({**old, "student": {"base": "smollm2-135m"}})
+    with pytest.raises(SpecError, match="same setting"):
+        parse_spec({**old, "generation": {**old["generation"], "constrained": False}})

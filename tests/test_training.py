@@ -199,7 +199,7 @@ def test_gate_does_not_flag_label_answers_but_flags_held_out_answers(tmp_path):
     lock(spec.heldout, spec.label_names, run / "heldout")
     held = load_locked(run / "heldout")
     # the premise: some label name is as close to a held-out row as the cosine threshold
-    emb = Embedder(spec.curation.embedding_model)
+    emb = Embedder(spec.curation.embeddings.model)
     sims = emb.encode(spec.label_names) @ heldout_vectors(held, emb).T
     assert sims.max() >= 0.90
     rows = [{"id": f"r{i}", "label": lab, "text": f"question number {i} about my account, please help",

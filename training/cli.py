@@ -26,14 +26,16 @@ def train_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optio
         s = prepare(run, spec, profile, respec=respec)
         if config is not None:
             from distilforge.atomic import atomic_write_json
-            from training.config import load_training_config, with_training
+            from training.config import apply_training_file
 
-            s = with_training(s, load_training_config(config, s.training))
+            s = apply_training_file(s, config)
             # record what was trained, so a later `eval RUN` / `train RUN` sees the same block
             raw = json.loads(Run(run).spec_json.read_text())
             # `_spec_training`: the block as the spec had it, what a later --spec is compared with
             atomic_write_json(Run(run).spec_json, {**raw, "training": s.training.model_dump(mode="json"),
+                                                  "student": s.student.model_dump(mode="json"),
                                                   "_spec_training": raw.get("_spec_training", raw["training"]),
+                                                  "_spec_student": raw.get("_spec_student", raw.get("student")),
                                                   "_training_config": str(config)})
         set_threads()
         train_stage(s, run, force=force, resume=resume)

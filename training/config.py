@@ -26,13 +26,29 @@ from distilforge.spec import SpecError, Training, _merge
 from distilforge.yamlfile import read_yaml, validated
 
 
-def load_training_config(path: str | Path, base: Training | None = None) -> Training:
-    """The `training` block from `path`, merged over `base` (the spec's block; defaults if None)."""
+def _read(path: str | Path) -> dict:
     raw = read_yaml(path, "training config", SpecError)
     if set(raw) == {"training"} and isinstance(raw["training"], dict):
         raw = raw["training"]
+    return raw
+
+
+def load_training_config(path: str | Path, base: Training | None = None) -> Training:
+    """The `training` block from `path`, merged over `base` (the spec's block; defaults if None).
+    A `base_model` key is the student's base (`student.base`): `apply_training_file` applies it."""
+    raw = {k: v for k, v in _read(path).items() if k != "base_model"}
     merged = _merge((base or Training()).model_dump(mode="json"), raw)
     return validated(Training, merged, str(path), SpecError)
+
+
+def apply_training_file(spec, path: str | Path):
+    """The spec with `path`'s training block merged over its own (and `base_model`, if the file
+    sets one, as `student.base`)."""
+    out = with_training(spec, load_training_config(path, spec.training))
+    base = _read(path).get("base_model")
+    if base is not None:
+        out = out.model_copy(update={"student": out.student.model_copy(update={"base": str(base)})})
+    return out
 
 
 def with_training(spec, training: Training):

@@ -148,7 +148,7 @@ class Run:
         cfg = self.cfg
         t0 = time.perf_counter()
         checks = rows.row_checks(self.spec, "judge_score" in self.raw.column_names)
-        lsh = dedup.lsh_params(cfg.minhash_threshold, cfg.minhash_num_perm) if cfg.minhash_dedup else None
+        lsh = dedup.lsh_params(cfg.dedup.minhash_threshold, cfg.dedup.minhash_num_perm) if cfg.dedup.minhash else None
         tbl = self.tbl.append_column("_k", pa.array(np.arange(self.n, dtype=np.int64)))
         nblocks = max(2 * self.cpus, math.ceil(self.n / 5000))
         step = max(1, math.ceil(self.n / nblocks))
@@ -168,20 +168,20 @@ class Run:
                       .drop_columns(["step", "detail"])
 
         held = self.heldout
-        need_vectors = cfg.semantic_dedup or (held is not None and cfg.decontaminate and cfg.decontam_cosine is not None)
+        need_vectors = cfg.dedup.semantic or (held is not None and cfg.decontamination.enabled and cfg.decontamination.cosine is not None)
         if need_vectors and self.n_alive():
             live = self.embed(live)
         else:
             live = live.materialize()
-        self.scan(live, decon=held is not None and cfg.decontaminate and len(held) > 0)
-        if cfg.exact_dedup:
+        self.scan(live, decon=held is not None and cfg.decontamination.enabled and len(held) > 0)
+        if cfg.dedup.exact:
             self.group_pass(live, "exact_dedup", "exact_duplicate", "same normalized text", "ekey",
                             groups.exact_partition, ["_k", "id", "label", "text", "judge", "ntok", "ekey"])
-        if cfg.minhash_dedup:
+        if cfg.dedup.minhash:
             self.minhash(live, lsh)
-        if cfg.semantic_dedup:
+        if cfg.dedup.semantic:
             self.semantic(live)
-        if cfg.max_per_label is not None:
+        if cfg.filters.max_per_label is not None:
             self.balance(live)
         return self.result()
 
@@ -194,13 +194,13 @@ class Run:
 
         # materialized first: the actors may hold every CPU, so nothing upstream may still need one
         out = live.materialize().map_batches(
-            rows.Encoder, batch_format="numpy", batch_size=max(256, cfg.embed_batch_size * 8),
+            rows.Encoder, batch_format="numpy", batch_size=max(256, cfg.embeddings.batch_size * 8),
             compute=rd.ActorPoolStrategy(size=self.actors), num_cpus=1,
-            fn_constructor_kwargs={"model": cfg.embedding_model, "batch_size": cfg.embed_batch_size,
-                                   "threads": cfg.embed_threads or 1, "cache_root": self.cache_root},
+            fn_constructor_kwargs={"model": cfg.embeddings.model, "batch_size": cfg.embeddings.batch_size,
+                                   "threads": cfg.embeddings.threads or 1, "cache_root": self.cache_root},
         ).materialize()
         dt = self.phase("embed", t0)
-        self.info["embedding"] = {"model": resolve_model(cfg.embedding_model)[1], "rows": self.n_alive(),
+        self.info["embedding"] = {"model": resolve_model(cfg.embeddings.model)[1], "rows": self.n_alive(),
                                   "actors": self.actors, "seconds": round(dt, 3)}
         self.record("embed", None, [], [], dt)
         return out
@@ -219,10 +219,10 @@ class Run:
         ref = None
         if decon:
             vecs = None
-            if cfg.decontam_cosine is not None:  # the locked set is small: encoded (and cached) here
+            if cfg.decontamination.cosine is not None:  # the locked set is small: encoded (and cached) here
                 from curation.embed import Embedder
 
-                emb = Embedder(cfg.embedding_model, batch_size=cfg.embed_batch_size, threads=cfg.embed_threads,
+                emb = Embedder(cfg.embeddings.model, batch_size=cfg.embeddings.batch_size, threads=cfg.embeddings.threads,
                                cache_root=self.cache_root)
                 vecs = emb.encode(list(held["text"]))
             ref = [ray.put({"ids": list(held["id"]), "texts": list(held["text"]), "vecs": vecs})]
@@ -319,8 +319,8 @@ class Run:
                 groups.assign_clusters, batch_format="numpy", fn_kwargs={"centroids": centroids, "probes": probes, "margin": margin})
         edges = _table(self.group_by(queries, ["cluster"])
                        .map_batches(groups.cluster_pairs, batch_format="numpy", batch_size=None,
-                                    fn_kwargs={"threshold": cfg.semantic_threshold,
-                                               "per_label": not cfg.dedup_across_labels}))
+                                    fn_kwargs={"threshold": cfg.dedup.semantic_threshold,
+                                               "per_label": not cfg.dedup.across_labels}))
         self.phase("semantic_pairs", t0)
         info = self.components_pass(alive, edges, "semantic_dedup", "semantic_duplicate", "paraphrase (cosine {:.2f})",
                                     groups.semantic_partition, ["_k", "id", "label", "judge", "ntok", "vec"], t0)
@@ -370,7 +370,7 @@ class Run:
         rej_ds = datasets.Dataset(InMemoryTable(r_tbl.cast(rej_feats.arrow_schema)),
                                   info=datasets.DatasetInfo(features=rej_feats))
         counts = self.per_label()
-        floor = max(self.cfg.min_per_label, 1)
+        floor = max(self.cfg.filters.min_per_label, 1)
         under = {lab: counts.get(lab, 0) for lab in self.spec.label_names if counts.get(lab, 0) < floor}
         self.phase("outputs", t0)
         return CurateResult(kept_ds, rej_ds, self.funnel, under, self.info)

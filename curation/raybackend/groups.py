@@ -61,7 +61,7 @@ def _run_groups(batch: dict, key: str | None, decide, med: dict, cfg) -> dict:
         parts = _groups(batch[key], ks)
     for idx in parts:
         g = {c: v[idx] for c, v in batch.items()}
-        order = quality_order(g["judge"], g["ntok"], g["label"], g["_k"], med, cfg.min_tokens, cfg.max_tokens)
+        order = quality_order(g["judge"], g["ntok"], g["label"], g["_k"], med, cfg.filters.min_tokens, cfg.filters.max_tokens)
         res = decide(g, [int(i) for i in order])
         for i, (keeper, score) in res.dropped.items():
             rec = {"_k": g["_k"][i], "keeper": g["_k"][keeper], "score": score, "keeper_id": g["id"][keeper],
@@ -74,7 +74,7 @@ def _run_groups(batch: dict, key: str | None, decide, med: dict, cfg) -> dict:
 
 
 def exact_partition(batch: dict, med: dict, cfg) -> dict:
-    per_label = not cfg.dedup_across_labels
+    per_label = not cfg.dedup.across_labels
 
     def decide(g, order):
         return dedup.exact_dedup(list(g["text"]), order, labels=list(g["label"]) if per_label else None)
@@ -83,22 +83,22 @@ def exact_partition(batch: dict, med: dict, cfg) -> dict:
 
 
 def minhash_partition(batch: dict, med: dict, cfg) -> dict:
-    per_label = not cfg.dedup_across_labels
+    per_label = not cfg.dedup.across_labels
 
     def decide(g, order):
-        return dedup.minhash_dedup(list(g["text"]), order, threshold=cfg.minhash_threshold, ngram=cfg.minhash_ngram,
-                                   num_perm=cfg.minhash_num_perm, labels=list(g["label"]) if per_label else None)
+        return dedup.minhash_dedup(list(g["text"]), order, threshold=cfg.dedup.minhash_threshold, ngram=cfg.dedup.minhash_ngram,
+                                   num_perm=cfg.dedup.minhash_num_perm, labels=list(g["label"]) if per_label else None)
 
     return _run_groups(batch, None, decide, med, cfg)
 
 
 def semantic_partition(batch: dict, med: dict, cfg) -> dict:
-    per_label = not cfg.dedup_across_labels
+    per_label = not cfg.dedup.across_labels
 
     def decide(g, order):
         return dedup.semantic_dedup(np.ascontiguousarray(g["vec"], dtype=np.float32), order,
-                                    threshold=cfg.semantic_threshold, labels=list(g["label"]) if per_label else None,
-                                    exact_below=cfg.semantic_exact_below, nprobe=cfg.semantic_nprobe)
+                                    threshold=cfg.dedup.semantic_threshold, labels=list(g["label"]) if per_label else None,
+                                    exact_below=cfg.dedup.semantic_exact_below, nprobe=cfg.dedup.semantic_nprobe)
 
     return _run_groups(batch, "comp", decide, med, cfg)
 
@@ -106,13 +106,13 @@ def semantic_partition(batch: dict, med: dict, cfg) -> dict:
 def balance_partition(batch: dict, med: dict, cfg) -> dict:
     """Per label, the rows after the best `max_per_label` in quality order."""
     ks, details = [], []
-    for idx in _groups(batch["label"], batch["_k"], min_size=cfg.max_per_label + 1):
+    for idx in _groups(batch["label"], batch["_k"], min_size=cfg.filters.max_per_label + 1):
         g = {c: batch[c][idx] for c in ("judge", "ntok", "label", "_k")}
-        order = quality_order(g["judge"], g["ntok"], g["label"], g["_k"], med, cfg.min_tokens, cfg.max_tokens)
+        order = quality_order(g["judge"], g["ntok"], g["label"], g["_k"], med, cfg.filters.min_tokens, cfg.filters.max_tokens)
         lab = g["label"][0]
-        for i in order[cfg.max_per_label:]:
+        for i in order[cfg.filters.max_per_label:]:
             ks.append(g["_k"][i])
-            details.append(f"label {lab} already has {cfg.max_per_label} better rows")
+            details.append(f"label {lab} already has {cfg.filters.max_per_label} better rows")
     return {"_k": np.array(ks, dtype=np.int64), "detail": np.array(details, dtype=object)}
 
 

@@ -41,12 +41,12 @@ def row_checks(spec, has_judge_column: bool) -> list[Check]:
         ("label_in_set", "label_not_in_set", lambda r: filters.label_problem(r, label_set)),
     ]
     out += [(reason, reason, check) for reason, check in filters.heuristic_checks(spec)]
-    if cfg.judge_min_score is not None and has_judge_column:
+    if cfg.filters.judge_min_score is not None and has_judge_column:
         def judged(r: dict) -> str | None:
             s = _judge(r)
             if s is None:
-                return "no judge score" if cfg.judge_missing == "drop" else None
-            return f"judge score {s:g} < {cfg.judge_min_score:g}" if s < cfg.judge_min_score else None
+                return "no judge score" if cfg.filters.judge_missing == "drop" else None
+            return f"judge score {s:g} < {cfg.filters.judge_min_score:g}" if s < cfg.filters.judge_min_score else None
 
         out.append(("judge_score", "low_judge_score", judged))
     out += agreement.checks(spec)  # teacher_disagrees: the local funnel's step, same function
@@ -88,7 +88,7 @@ def check_batch(batch, spec, has_judge_column: bool, lsh: tuple[int, int] | None
     text = np.array([r["text"] if ok[i] else "" for i, r in enumerate(rows)], dtype=object)
     label = np.array([r["label"] if ok[i] else "" for i, r in enumerate(rows)], dtype=object)
     judge = np.array([(_judge(r) if ok[i] else None) for i, r in enumerate(rows)], dtype=float)  # None -> nan
-    per_label = not cfg.dedup_across_labels
+    per_label = not cfg.dedup.across_labels
     out = {
         "_k": np.array([r["_k"] for r in rows], dtype=np.int64), "step": step,
         "detail": np.array(detail, dtype=object),
@@ -102,8 +102,8 @@ def check_batch(batch, spec, has_judge_column: bool, lsh: tuple[int, int] | None
         bands, per_band = lsh
         keys = np.zeros((n, bands), dtype=np.uint64)
         if ok.any():
-            sets = [dedup.shingles(t, cfg.minhash_ngram) for t in text[ok]]
-            sig = dedup.minhash_signatures(sets, cfg.minhash_num_perm)
+            sets = [dedup.shingles(t, cfg.dedup.minhash_ngram) for t in text[ok]]
+            sig = dedup.minhash_signatures(sets, cfg.dedup.minhash_num_perm)
             keys[ok] = dedup.band_keys(sig, bands, per_band)
         out["bands"] = keys
     return out
@@ -160,13 +160,13 @@ def _held_index(held, cfg) -> tuple:
     from curation.decontam import NgramIndex
 
     ref = held[0]  # an ObjectRef inside a list, so Ray passes it through unresolved
-    key = f"{ref.hex()}:{cfg.decontam_ngram}:{cfg.decontam_min_tokens}"
+    key = f"{ref.hex()}:{cfg.decontamination.ngram}:{cfg.decontamination.min_tokens}"
     if key not in _HELD:
         import ray
 
         h = ray.get(ref)
         _HELD.clear()
-        _HELD[key] = (h["ids"], h["vecs"], NgramIndex.build(h["texts"], cfg.decontam_ngram, cfg.decontam_min_tokens))
+        _HELD[key] = (h["ids"], h["vecs"], NgramIndex.build(h["texts"], cfg.decontamination.ngram, cfg.decontamination.min_tokens))
     return _HELD[key]
 
 
@@ -181,8 +181,8 @@ def leak_details(batch: dict, held, cfg) -> dict[int, tuple[str, list[str]]]:
         m = ngrams.match(str(t))
         if m:
             found.setdefault(i, []).append(("ngram", ids[m[0]], round(m[1], 4)))
-    if cfg.decontam_cosine is not None and vecs is not None and "vec" in batch and len(batch["_k"]):
-        for i, h, s in embedding_matches(batch["vec"], vecs, cfg.decontam_cosine):
+    if cfg.decontamination.cosine is not None and vecs is not None and "vec" in batch and len(batch["_k"]):
+        for i, h, s in embedding_matches(batch["vec"], vecs, cfg.decontamination.cosine):
             found.setdefault(i, []).append(("embedding", ids[h], round(s, 4)))
     out = {}
     for i, hits in found.items():
