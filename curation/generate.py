@@ -114,6 +114,14 @@ def _evolve_ready(spec, endpoint, evolve: list[dict], parents: dict[str, dict], 
     return live, prefilled
 
 
+def generation_caps(spec: TaskSpec, max_cost: float | None = None, max_tokens: int | None = None) -> dict:
+    """The spend caps a generation runs under: a flag wins over the spec's generation block
+    (None: no cap). The generate manifest records them as `caps` (records.GenerationCaps)."""
+    g = spec.generation
+    return {"max_cost": max_cost if max_cost is not None else g.max_cost_usd,
+            "max_tokens": max_tokens if max_tokens is not None else g.max_total_tokens}
+
+
 def generate(spec: TaskSpec, endpoint, out_dir: str | Path, max_cost: float | None = None,
              max_tokens: int | None = None) -> dict:
     """Run every phase for the uncommitted shards; return counts (the rows live in shard files)."""
@@ -121,8 +129,7 @@ def generate(spec: TaskSpec, endpoint, out_dir: str | Path, max_cost: float | No
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DISTILABEL_CACHE_DIR", str(out_dir / ".distilabel"))
     g = spec.generation
-    caps = {"max_cost": max_cost if max_cost is not None else g.max_cost_usd,
-            "max_tokens": max_tokens if max_tokens is not None else g.max_total_tokens}
+    caps = generation_caps(spec, max_cost, max_tokens)
     if caps["max_cost"] is not None or caps["max_tokens"] is not None:
         fc = out_dir / "forecast.json"
         if fc.exists():

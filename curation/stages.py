@@ -5,8 +5,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from distilforge.errors import DataError
 from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
+from distilforge.records import GenerationResult
 from distilforge.spec import TaskSpec, semantic_dump
 
 console = Console(stderr=True)
@@ -55,17 +57,17 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
     """Teacher → RUN/generate/rows. Failed rows are results (status/error); a run where no row is
     usable still writes its rows and manifest, then raises GenerationFailed (one line, rc 1)."""
     from curation import budget
-    from curation.generate import collect, generate
+    from curation.generate import collect, generate, generation_caps
     from curation.runner import GenerationFailed
 
     st = Stage(Run(run).generate, "generate", {}, generation_config(spec, run))
-    m = read_manifest(st.dir)
-    if st.is_current() and m and m.get("pending_shards") == 0:
-        if m.get("requests") and not m.get("ok") and not m.get("stopped_by"):
-            raise GenerationFailed(f"all {m['requests']} rows failed: {m.get('first_failure') or 'see generate/rows'} "
+    prev = GenerationResult.read(run, DataError)
+    if st.is_current() and prev and prev.pending_shards == 0:
+        if prev.requests and not prev.ok and not prev.stopped_by:
+            raise GenerationFailed(f"all {prev.requests} rows failed: {prev.first_failure or 'see generate/rows'} "
                                    "(unchanged since the last run; change the spec or teacher to retry)")
         console.print("generate: inputs unchanged and all shards committed, skipped")
-        return m
+        return read_manifest(st.dir)
     st.begin()
     from curation.generate import failure_line
 
@@ -99,11 +101,11 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
         fc = json.loads(fc_path.read_text())
         extra["forecast"] = {"tokens": fc["total"]["tokens"], "cost_usd": fc["total"]["cost_usd"],
                              "method": fc["method"]}
+    caps = generation_caps(spec, max_cost, max_tokens)
     m = st.finish(teacher=endpoint.public(), teacher_model=endpoint.model, requests=len(ds), ok=sum(ok),
                   failed=len(ds) - sum(ok), tokens={"prompt": p_tok, "completion": c_tok},
                   cost_usd=round(budget.cost(p_tok, c_tok, price), 6), price_per_m={"input": price[0], "output": price[1]},
-                  spent=spent, caps={"max_cost_usd": max_cost if max_cost is not None else spec.generation.max_cost_usd,
-                                     "max_tokens": max_tokens if max_tokens is not None else spec.generation.max_total_tokens},
+                  spent=spent, caps={"max_cost_usd": caps["max_cost"], "max_tokens": caps["max_tokens"]},
                   failures=_reasons(ds), first_failure=next((e for e in ds["error"] if e), None), **extra, **stats)
     if failed_all:
         raise GenerationFailed(failed_all)

@@ -8,7 +8,6 @@ an input found nowhere stays unknown and the verdict says `needs input`.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distilforge.atomic import atomic_path, atomic_write_json
 from distilforge.layout import Run
-from distilforge.manifest import read_json, read_manifest
-from distilforge.records import Decision, Metrics, ModelScore
+from distilforge.manifest import read_json
+from distilforge.records import Decision, GenerationResult, Metrics, ModelScore, TrainResult
 from distilforge.runctx import check_run, cli_errors, fail, prepare
 from distilforge.yamlfile import read_yaml, validated
 from decision import abtest as ab
@@ -102,13 +101,6 @@ def _read_json(path: Path) -> dict | None:
     return read_json(path, EconomicsError)
 
 
-def _manifest(stage_dir: Path) -> dict:
-    try:
-        return read_manifest(stage_dir) or {}
-    except json.JSONDecodeError as e:
-        raise EconomicsError(f"{stage_dir / 'manifest.json'}: invalid JSON (line {e.lineno}: {e.msg})") from None
-
-
 def pick_student(models: dict, wanted: str | None = None) -> str | None:
     if wanted:
         if wanted not in models:
@@ -164,21 +156,21 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
     put("tasks_per_month", cfg.volume.tasks_per_month, "volume.tasks_per_month")
     put("months", cfg.volume.months, "volume.months")
 
-    gen = _manifest(r.generate)
+    gen = GenerationResult.read(r, EconomicsError) or GenerationResult()
     g_cost, g_where = None, ""
-    if gen.get("cost_usd"):
-        g_cost, g_where = gen["cost_usd"], "measured: generate/manifest.json cost_usd"
-    elif gen.get("tokens") and inp.hosted_in_per_m is not None and inp.hosted_out_per_m is not None:
-        t = gen["tokens"]
-        g_cost = (t.get("prompt", 0) * inp.hosted_in_per_m + t.get("completion", 0) * inp.hosted_out_per_m) / 1e6
+    if gen.cost_usd:
+        g_cost, g_where = gen.cost_usd, "measured: generate/manifest.json cost_usd"
+    elif gen.tokens and inp.hosted_in_per_m is not None and inp.hosted_out_per_m is not None:
+        t = gen.tokens
+        g_cost = ((t.prompt or 0) * inp.hosted_in_per_m + (t.completion or 0) * inp.hosted_out_per_m) / 1e6
         g_where = "generate/manifest.json tokens priced at the hosted rates (the teacher ran at $0)"
     put("generation_cost_usd", cfg.generation_cost_usd, "generation_cost_usd", g_cost, g_where)
 
-    train = _manifest(r.train)
-    device = str(train.get("device") or "").lower()
+    train = TrainResult.read(r, EconomicsError) or TrainResult()
+    device = str(train.device or "").lower()
     gpu_measured = None
-    if train.get("seconds") is not None and ("cuda" in device or "gpu" in device):
-        gpu_measured = float(train["seconds"]) / 3600  # a GPU run's own time; CPU time is never scaled
+    if train.seconds is not None and ("cuda" in device or "gpu" in device):
+        gpu_measured = float(train.seconds) / 3600  # a GPU run's own time; CPU time is never scaled
     put("gpu_per_hour", cfg.training.gpu_per_hour, "training.gpu_per_hour")
     put("gpu_hours", cfg.training.gpu_hours, "training.gpu_hours", gpu_measured,
         f"measured: train/manifest.json seconds on device {device!r}")
@@ -187,7 +179,7 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
     put("serving_per_m_tokens", cfg.serving.per_m_tokens, "serving.per_m_tokens")
     put("core_hour_usd", cfg.serving.core_hour_usd, "serving.core_hour_usd")
     put("serving_gpu_hour_usd", cfg.serving.gpu_hour_usd, "serving.gpu_hour_usd")
-    measured = measured_throughput(r.root, cfg, train.get("adapter_sha256"))
+    measured = measured_throughput(r.root, cfg, train.adapter_sha256)
     if measured:
         inp.tasks_per_core_hour = measured.get("tasks_per_core_hour")
         inp.tasks_per_gpu_hour = measured.get("tasks_per_gpu_hour")

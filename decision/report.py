@@ -20,7 +20,7 @@ from typing import Any, Callable
 from distilforge.atomic import atomic_write_text
 from distilforge.layout import Run
 from distilforge.manifest import MANIFEST, read_json, read_manifest
-from distilforge.records import Decision, Metrics, PricedServing
+from distilforge.records import Decision, GenerationResult, Metrics, PricedServing, Tokens, TrainResult
 
 SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "serving", "generation", "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
@@ -265,11 +265,11 @@ def _series(log: list[dict], key: str) -> tuple[list, list]:
 
 
 def sec_training(run: Path) -> str:
-    tm = read_manifest(Run(run).train)
+    tm = TrainResult.read(run)
     if not tm:
-        return not_run("train", Run(run).train / MANIFEST)
-    log = tm.get("log_history") or []
-    dpo = (tm.get("dpo") or {}).get("log_history") if tm.get("dpo") else None
+        return not_run("train", TrainResult.path(run))
+    log = tm.log_history
+    dpo = tm.dpo.log_history if tm.dpo else None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for key, style in (("loss", "-o"), ("eval_loss", "--s")):
@@ -292,7 +292,7 @@ def sec_training(run: Path) -> str:
     axes[0].legend()
     axes[1].set_title("DPO reward margin")
     axes[1].set_xlabel("step")
-    rows = [["train seconds", tm.get("seconds")], ["device", tm.get("device", "not recorded")],
+    rows = [["train seconds", tm.seconds], ["device", tm.device if tm.device is not None else "not recorded"],
             ["SFT log entries", len(log)], ["DPO", "ran" if dpo else "didn't run"]]
     return img(fig, "training curves") + table(None, rows)
 
@@ -349,17 +349,17 @@ def sec_eval(run: Path) -> str:
 
 def sec_generation(run: Path) -> str:
     r = Run(run)
-    gen = read_manifest(r.generate)
+    gen = GenerationResult.read(r)
     if not gen:
-        return not_run("generate", r.generate / MANIFEST)
-    tok = gen.get("tokens") or {}
+        return not_run("generate", GenerationResult.path(r))
+    tok = gen.tokens or Tokens()
     g = _columns(r.generated_rows, ["label", "status", "prompt_tokens", "completion_tokens"])
     failed = sum(1 for s in g["status"] if s != "ok")
-    rows = [["teacher model", gen.get("teacher_model")], ["requests", gen.get("requests")],
+    rows = [["teacher model", gen.teacher_model], ["requests", gen.requests],
             ["rows", len(g["label"])], ["failed rows", failed],
-            ["prompt tokens", _num(tok.get("prompt"))], ["completion tokens", _num(tok.get("completion"))],
-            ["cost (USD, at the teacher's prices)", _num(gen.get("cost_usd"), "${:,.4f}")],
-            ["seconds", gen.get("seconds")]]
+            ["prompt tokens", _num(tok.prompt)], ["completion tokens", _num(tok.completion)],
+            ["cost (USD, at the teacher's prices)", _num(gen.cost_usd, "${:,.4f}")],
+            ["seconds", gen.seconds]]
     m = Metrics.read(r)
     et = m.models["teacher"].tokens if m and "teacher" in m.models else None
     if et:
@@ -460,7 +460,8 @@ def sec_serving(run: Path) -> str:
     """The exported student served: benchmark (latency, tasks/s/core, RSS per quantization, vs the
     teacher), served vs PyTorch accuracy on the same locked rows, and what decide priced from it."""
     r = Run(run)
-    adapter = (read_manifest(r.train) or {}).get("adapter_sha256")
+    tm = TrainResult.read(r)
+    adapter = tm.adapter_sha256 if tm else None
     parts = []
     b = _json(r.serve_benchmark)
     if b and b.get("adapter_sha256") == adapter:

@@ -1,10 +1,13 @@
 """What one stage hands the next as JSON, read back as typed records instead of `.get() or {}` chains.
 
-Two files cross stage boundaries as results: `eval/metrics.json` (the held-out scores, written by
-heldout/stages.py `eval_stage` and heldout/evaluate.py `endpoint_eval`) and `decide/decision.json`
-(the verdict, written by decision/cli.py `decide_run` from decision/economics.py `decide`). The
-writers keep building plain dicts, so the bytes on disk are what they always were; these records
-are how a reader (decide, the report) sees them.
+Results that cross stage boundaries: `eval/metrics.json` (the held-out scores, written by
+heldout/stages.py `eval_stage` and heldout/evaluate.py `endpoint_eval`), `decide/decision.json`
+(the verdict, written by decision/cli.py `decide_run` from decision/economics.py `decide`), and
+the stage manifests other packages read: `train/manifest.json` (`TrainResult`, training/stages.py
+`train_stage`) and `generate/manifest.json` (`GenerationResult`, curation/stages.py
+`generate_stage` plus the counts of curation/generate.py `generate`). The writers keep building
+plain dicts, so the bytes on disk are what they always were; these records are how a reader
+(decide, the report, the model card, export) sees them.
 
 Reading is lenient on purpose: every field a writer may leave out is Optional, a `null` or empty
 value reads as the field's default (absent), and unknown fields are kept (`extra="allow"`), so a
@@ -20,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Optional, Union
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationInfo, field_validator
 
 from distilforge.layout import Run
-from distilforge.manifest import read_json
+from distilforge.manifest import MANIFEST, read_json
 from distilforge.yamlfile import validated
 
 
@@ -56,11 +59,15 @@ class _RunFile(_Record):
         return getattr(Run(run), cls._at)
 
     @classmethod
-    def read(cls, run: str | Path | Run, error: type[Exception] = ValueError):
+    def read(cls, run: str | Path | Run, error: type[Exception] = ValueError, hint: str = ""):
         """The record in `run`, or None when its file is absent (or an empty object); a broken file
-        raises `error` with one line naming it."""
-        p = cls.path(run)
-        raw = read_json(p, error)
+        raises `error` with one line naming it (invalid JSON: `hint` appended, what to do)."""
+        return cls.read_path(cls.path(run), error, hint)
+
+    @classmethod
+    def read_path(cls, p: str | Path, error: type[Exception] = ValueError, hint: str = ""):
+        """`read` for a file at `p` (a record stored outside the run layout's named paths)."""
+        raw = read_json(p, error, hint)
         if not raw:
             return None
         return validated(cls, raw, str(p), error)
@@ -69,7 +76,8 @@ class _RunFile(_Record):
 # ---------------------------------------------------------------- eval/metrics.json
 
 class Tokens(_Record):
-    """Teacher tokens spent scoring the held-out rows (evaluate.score_teacher)."""
+    """Teacher tokens: spent scoring the held-out rows (evaluate.score_teacher), or generating the
+    rows (generate manifest `tokens`: prompt and completion only)."""
 
     prompt: Optional[int] = None
     completion: Optional[int] = None
@@ -189,3 +197,144 @@ class Decision(_RunFile):
     hosted_model: Optional[str] = None
     created: Optional[str] = None
     plot: Optional[str] = None  # relative to RUN, when the costs were all known
+
+
+# ---------------------------------------------------------------- stage manifests
+
+class StageOutput(_Record):
+    """One dataset a stage saved (manifest `outputs`)."""
+
+    path: Optional[str] = None  # relative to the stage folder
+    rows: Optional[int] = None
+    sha256: Optional[str] = None
+
+
+class StageManifest(_RunFile):
+    """`<stage>/manifest.json` as distilforge/manifest.py `Stage.finish` writes it (each stage adds its
+    own fields: the subclasses below type the ones other packages read). `_at` names the stage folder."""
+
+    _at = ""
+
+    stage: Optional[str] = None
+    fingerprint: Optional[str] = None
+    inputs: dict[str, Any] = {}  # upstream name -> the hash it was run on
+    config_sha256: Optional[str] = None
+    outputs: dict[str, StageOutput] = {}
+    started: Optional[str] = None
+    seconds: Optional[Num] = None  # the whole stage, wall clock
+
+    @classmethod
+    def path(cls, run: str | Path | Run) -> Path:
+        return getattr(Run(run), cls._at) / MANIFEST
+
+    @classmethod
+    def in_folder(cls, stage_dir: str | Path, error: type[Exception] = ValueError):
+        """The manifest of the stage folder `stage_dir` (None when that stage has not finished)."""
+        return cls.read_path(Path(stage_dir) / MANIFEST, error)
+
+
+# ---------------------------------------------------------------- train/manifest.json
+
+class SftRun(_Record):
+    """train manifest `sft`: the SFT sub-stage."""
+
+    adapter: Optional[str] = None  # relative to train/
+    adapter_sha256: Optional[str] = None
+    seconds: Optional[Num] = None
+    tokens: Optional[int] = None
+    tokens_per_second: Optional[Num] = None
+    resumed_from: Optional[str] = None  # checkpoint folder name
+
+
+class DpoRun(_Record):
+    """train manifest `dpo` (absent when DPO did not run)."""
+
+    adapter: Optional[str] = None
+    adapter_sha256: Optional[str] = None
+    log_history: list[dict[str, Any]] = []
+    seconds: Optional[Num] = None
+    train_loss: Optional[Num] = None
+    steps: Optional[int] = None
+    pairs: Optional[int] = None
+    pairs_source: Optional[str] = None
+    beta: Optional[Num] = None
+    loss_type: Optional[str] = None
+    reference: Optional[str] = None
+    resumed_from: Optional[str] = None
+
+
+class KeptAdapter(_Record):
+    """Which adapter the train stage kept and why (training/stages.py `choose_adapter`)."""
+
+    which: Optional[str] = None  # "sft" | "dpo"
+    why: Optional[str] = None
+    selected_on: Optional[str] = None
+    validation: Optional[dict[str, dict[str, Any]]] = None  # sft/dpo -> {accuracy, gold_logprob}
+
+
+class TrainResult(StageManifest):
+    """`train/manifest.json`: the kept adapter, what it was trained on, and how."""
+
+    _at = "train"
+
+    data_source: Optional[str] = None  # "curate" | "review_export"
+    data_sha256: Optional[str] = None
+    rows: Optional[int] = None
+    train_rows: Optional[int] = None
+    val_ids: list[Any] = []  # rows held back for choosing SFT vs DPO
+    base_model: Optional[str] = None
+    base_dir: Optional[str] = None
+    adapter: Optional[str] = None  # the kept adapter, relative to train/
+    adapter_sha256: Optional[str] = None
+    merged: Optional[str] = None
+    device: Optional[str] = None
+    train_seconds: Optional[Num] = None  # SFT + DPO inside the trainers
+    train_loss: Optional[Num] = None
+    steps: Optional[int] = None
+    log_history: list[dict[str, Any]] = []  # SFT's trainer log
+    heldout_lock_sha256: Optional[str] = None
+    sft: Optional[SftRun] = None
+    dpo: Optional[DpoRun] = None
+    kept: KeptAdapter = KeptAdapter()
+    training: dict[str, Any] = {}  # the spec's training block as trained
+    peak_rss_mb: Optional[Num] = None
+
+
+# ---------------------------------------------------------------- generate/manifest.json
+
+class GenerationCaps(_Record):
+    """The spend caps the generation ran under (a flag, else the spec's generation block; None = no cap)."""
+
+    max_cost_usd: Optional[Num] = None
+    max_tokens: Optional[Num] = None
+
+
+class GenerationResult(StageManifest):
+    """`generate/manifest.json`: the teacher's rows, what they cost, and why generation stopped."""
+
+    _at = "generate"
+
+    teacher: dict[str, Any] = {}  # the endpoint, secrets left out
+    teacher_model: Optional[str] = None
+    requests: Optional[int] = None  # rows collected (failed ones included)
+    ok: Optional[int] = None
+    failed: Optional[int] = None
+    tokens: Optional[Tokens] = None  # prompt / completion over the collected rows
+    cost_usd: Optional[Num] = None
+    price_per_m: dict[str, Any] = {}  # input / output, USD per million tokens
+    spent: dict[str, Any] = {}  # the ledger's totals: prompt_tokens, completion_tokens, tokens, cost_usd, requests
+    caps: GenerationCaps = GenerationCaps()
+    failures: dict[str, int] = {}  # failed rows by reason kind
+    first_failure: Optional[str] = None
+    teacher_agreement: Optional[dict[str, Any]] = None
+    prefs: Optional[dict[str, Any]] = None  # pairs, judged, hard_negatives
+    forecast: Optional[dict[str, Any]] = None  # the dry run's tokens, cost_usd, method
+    # curation/generate.py `generate`'s counts
+    planned_requests: Optional[int] = None
+    shards: Optional[int] = None
+    skipped_shards: Optional[int] = None
+    committed_shards: Optional[int] = None
+    pending_shards: Optional[int] = None
+    stopped_by: Optional[str] = None  # the cap that stopped requests, None when none did
+    strategies: dict[str, int] = {}
+    preferences: Optional[dict[str, Any]] = None

@@ -168,9 +168,9 @@ def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
     once reviews were pulled, where reviewers reject and how far the teacher-judge agrees."""
     from curation.embed import Embedder
     from distilforge.manifest import Stage, load_dataset_dir, read_manifest
+    from distilforge.sources import training_source
     from heldout.coverage import cluster_heldout
     from heldout.lock import load_locked, verify
-    from training.stages import training_source
 
     r = Run(run)
     info = verify(spec.heldout, spec.label_names, r.heldout)

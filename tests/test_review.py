@@ -327,7 +327,7 @@ def test_export_has_exactly_the_approved_rows_with_corrections(world, reviewed):
     assert rejected[rows[3]["id"]]["reasons"][0] == "off_topic"  # most frequent first
     m = json.loads((run / "review" / "manifest.json").read_text())
     assert (m["approved"], m["rejected"]) == (9, 4)
-    from training.stages import training_source
+    from distilforge.sources import training_source
 
     assert training_source(run)[0] == "review_export"  # train consumes the approved rows from now on
     ex = json.loads((run / "review" / "export" / "manifest.json").read_text())

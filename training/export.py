@@ -37,7 +37,9 @@ from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
 from distilforge.atomic import atomic_path, atomic_write_json
 from distilforge.layout import Run
-from distilforge.manifest import read_json, read_manifest, sha256_file
+from distilforge.manifest import sha256_file
+from distilforge.records import Metrics, ModelScore, TrainResult
+from distilforge.sources import verified_source
 
 LLAMA_VER = "0.3.36"
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
@@ -52,40 +54,40 @@ class ConvertError(RuntimeFailure, RuntimeError):
     """llama.cpp's converter or quantizer failed."""
 
 
-def _metrics(run: Path) -> dict | None:
-    return read_json(Run(run).metrics, ExportError, ": re-run `distilforge eval RUN`")
+def _metrics(run: Path) -> Metrics | None:
+    return Metrics.read(run, ExportError, hint=": re-run `distilforge eval RUN`")
 
 
 def vouch(run: Path, spec) -> dict:
     """What an export is vouched by, or an ExportError saying why the student may not ship."""
     from heldout.lock import HeldoutError, verify
     from training.common import dir_hash
-    from training.stages import ContaminationError, contamination_gate, verified_source
+    from training.stages import ContaminationError, contamination_gate
 
     r = Run(run)
-    tm = read_manifest(r.train)
+    tm = TrainResult.read(r, ExportError)
     if not tm:
         raise ExportError(f"{r.train}: no trained student; run `distilforge train {run}` first")
-    adapter = r.train / tm.get("adapter", "adapter")
+    adapter = r.train / (tm.adapter or "adapter")
     if not adapter.is_dir():
         raise ExportError(f"{adapter}: the kept adapter is missing; re-run `distilforge train {run}`")
     on_disk = dir_hash(adapter)
-    if on_disk != tm.get("adapter_sha256"):
+    if on_disk != tm.adapter_sha256:
         raise ExportError(f"{adapter}: adapter changed since training (sha256 {on_disk[:12]} != "
-                          f"{str(tm.get('adapter_sha256'))[:12]} in train/manifest.json); re-run train and eval")
+                          f"{str(tm.adapter_sha256)[:12]} in train/manifest.json); re-run train and eval")
     m = _metrics(run)
     if not m:
         raise ExportError(f"refusing to export an unevaluated student: {r.metrics} is missing; "
                           f"run `distilforge eval {run}` first")
-    if m.get("adapter_sha256") != tm.get("adapter_sha256"):
+    if m.adapter_sha256 != tm.adapter_sha256:
         raise ExportError(f"refusing to export: eval/metrics.json scored another adapter "
-                          f"({str(m.get('adapter_sha256'))[:12]}, kept is {str(tm.get('adapter_sha256'))[:12]}); "
+                          f"({str(m.adapter_sha256)[:12]}, kept is {str(tm.adapter_sha256)[:12]}); "
                           f"run `distilforge eval {run}`")
     try:
         lock = verify(spec.heldout, spec.label_names, r.heldout)
     except HeldoutError as e:
         raise ExportError(f"refusing to export: {e}") from None
-    for what, h in (("eval", m.get("heldout_sha256")), ("train", tm.get("heldout_lock_sha256"))):
+    for what, h in (("eval", m.heldout_sha256), ("train", tm.heldout_lock_sha256)):
         if h != lock["sha256"]:
             raise ExportError(f"refusing to export: {what} used held-out lock {str(h)[:12]}, the run's lock is "
                               f"{lock['sha256'][:12]}; re-run train and eval")
@@ -93,23 +95,23 @@ def vouch(run: Path, spec) -> dict:
         src, ds, h = verified_source(run)  # re-hashed: data edited since it was written is refused
     except UserError as e:
         raise ExportError(f"refusing to export: {e}") from None
-    if h != tm.get("data_sha256"):
+    if h != tm.data_sha256:
         raise ExportError(f"refusing to export: {src} changed since the adapter was trained "
-                          f"({h[:12]} != {str(tm.get('data_sha256'))[:12]}); re-run train and eval")
+                          f"({h[:12]} != {str(tm.data_sha256)[:12]}); re-run train and eval")
     try:
         contamination_gate(spec, run, ("training", ds))
     except ContaminationError as e:
         raise ExportError(f"refusing to export: the student failed the contamination gate: "
                           f"{str(e).removeprefix('refusing to train: ')}") from None
-    student = (m.get("models") or {}).get("student") or {}
-    return {"task": spec.name, "type": spec.type, "adapter_sha256": tm["adapter_sha256"],
-            "heldout_lock_sha256": lock["sha256"], "heldout_n": m.get("n"),
+    student = m.models.get("student") or ModelScore()
+    return {"task": spec.name, "type": spec.type, "adapter_sha256": tm.adapter_sha256,
+            "heldout_lock_sha256": lock["sha256"], "heldout_n": m.n,
             "training_data": {"source": src, "sha256": h, "rows": len(ds)},
             "contamination_gate": {"passed": True, "rows_checked": len(ds), "checked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            "eval": {"metrics_sha256": sha256_file(r.metrics), "n": m.get("n"),
-                     "student": {k: student.get(k) for k in ("accuracy", "accuracy_ci", "macro_f1")},
-                     "kept": (student.get("kept") or {}).get("which")},
-            "base_model": tm.get("base_model")}
+            "eval": {"metrics_sha256": sha256_file(r.metrics), "n": m.n,
+                     "student": {k: getattr(student, k) for k in ("accuracy", "accuracy_ci", "macro_f1")},
+                     "kept": (student.kept or {}).get("which")},
+            "base_model": tm.base_model}
 
 
 def training_chat_template(template: str, system: str) -> str:
@@ -127,14 +129,14 @@ def export_hf(run: Path, spec, info: dict, out: Path | None = None) -> Path:
     from distilforge.models import load_tokenizer, merge_adapter, student_base_dir
 
     r = Run(run)
-    tm = read_manifest(r.train)
-    base = tm.get("base_dir") if Path(tm.get("base_dir") or "/nonexistent").exists() else student_base_dir(tm["base_model"])
+    tm = TrainResult.read(r, ExportError) or TrainResult()
+    base = tm.base_dir if Path(tm.base_dir or "/nonexistent").exists() else student_base_dir(tm.base_model)
     dest = Path(out or r.export_hf)
     with atomic_path(dest, is_dir=True) as tmp:  # a refusal below leaves an earlier export as it was
-        merge_adapter(base, r.train / tm.get("adapter", "adapter"), tmp)
+        merge_adapter(base, r.train / (tm.adapter or "adapter"), tmp)
         tok = load_tokenizer(str(tmp))
         if not tok.chat_template:
-            raise ExportError(f"{tm['base_model']}: the student's tokenizer has no chat template to serve it with")
+            raise ExportError(f"{tm.base_model}: the student's tokenizer has no chat template to serve it with")
         tok.chat_template = training_chat_template(tok.chat_template, spec.system_prompt())
         tok.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(render_card(run, _metrics(run), library="transformers"))
@@ -262,8 +264,8 @@ def export(run: Path, spec, fmt: str = "hf", quant: str | None = None) -> Path:
 def find_gguf(run: Path, quant: str) -> tuple[Path, dict]:
     """The exported GGUF of the run's kept adapter at `quant` (ExportError when not exported)."""
     r = Run(run)
-    tm = read_manifest(r.train) or {}
-    h = tm.get("adapter_sha256")
+    tm = TrainResult.read(r, ExportError)
+    h = tm.adapter_sha256 if tm else None
     if not h:
         raise ExportError(f"{r.train}: no trained student; run `distilforge train {run}` first")
     for meta in sorted(r.export_gguf.glob(f"*-{quant}.json")):

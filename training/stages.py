@@ -28,38 +28,12 @@ from rich.console import Console
 from curation.decontam import ContaminationError  # one class for the gate
 from distilforge.atomic import atomic_copy_dir
 from distilforge.layout import Run
-from distilforge.manifest import Stage, dataset_hash, output_hash, read_manifest, sha256_json, verified_output
+from distilforge.manifest import Stage, dataset_hash, read_manifest, sha256_json, verified_output
+from distilforge.sources import teacher_prefs, training_source, verified_source
 from distilforge.spec import SpecError, TaskSpec, semantic_dump
 from training import common
 
 console = Console(stderr=True)
-
-
-def training_source(run: Path) -> tuple[str, Path, str]:
-    """Approved review export if there is one, else the curated set: (name, path, hash)."""
-    r = Run(run)
-    if read_manifest(r.review_export):
-        return "review_export", r.review_export / "approved", output_hash(r.review_export, "approved")
-    return "curate", r.curated, output_hash(r.curate, "curated")
-
-
-def verified_source(run: Path) -> tuple[str, datasets.Dataset, str]:
-    """`training_source`, loaded and re-hashed: (name, dataset, hash); refuses data edited since it was written."""
-    r = Run(run)
-    if read_manifest(r.review_export):
-        ds, h = verified_output(r.review_export, "approved", f"distilforge review export {run}")
-        return "review_export", ds, h
-    ds, h = verified_output(r.curate, "curated", f"distilforge curate {run}")
-    return "curate", ds, h
-
-
-def teacher_prefs(run: Path) -> tuple[Path, str] | None:
-    """A teacher-made preference set (`generate/prefs`), when the generate stage wrote one."""
-    r = Run(run)
-    m = read_manifest(r.generate)
-    if m and "prefs" in m.get("outputs", {}):
-        return r.generated_prefs, m["outputs"]["prefs"]["sha256"]
-    return None
 
 
 def contamination_gate(spec: TaskSpec, run: Path, *named: tuple[str, datasets.Dataset]) -> None:
