@@ -138,7 +138,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     # hashes recomputed from the files read below, never taken from the upstream manifest alone
     src, ds, h = verified_source(run)
     lock = read_lock(r.heldout)
-    base_name = t.base_model or spec.student.base
+    base_name = spec.student.base
     base = student_base_dir(base_name)
     prefs, ph = (None, None)
     if t.dpo.enabled and teacher_prefs(run):
