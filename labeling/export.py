@@ -13,7 +13,7 @@ are ignored as stale.
 
 Outputs: RUN/review/export/{approved,rejected} (+ prefs_approved when preference pairs were
 reviewed) and its manifest — the trainer switches to `approved` once that manifest exists
-(training/stages.py::training_source) — and approved/rejected counts in RUN/review/manifest.json.
+(distilforge/sources.py::training_source) — and approved/rejected counts in RUN/review/manifest.json.
 """
 from __future__ import annotations
 
