@@ -61,8 +61,8 @@ async def raw_loop(spec, endpoint, reqs: list[dict], concurrency: int) -> tuple[
 
 
 def distilforge_run(spec, endpoint) -> tuple[int, float]:
-    from curation import budget
-    from curation.generate import generate
+    from curation.generation import budget
+    from curation.generation.generate import generate
 
     out = Path(tempfile.mkdtemp(prefix="bench-gen-"))
     t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     a = ap.parse_args()
 
-    from curation.generate import plan_all
+    from curation.generation.generate import plan_all
     from distilforge.teacher import Endpoint, serve, stop
     from distilforge.secrets import Secret
 

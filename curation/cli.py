@@ -66,8 +66,8 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                  backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
                                                        "backend.kind); ray: distilabel's RayPipeline, same rows")):
     """Ask the teacher for task rows (resumable: committed shards are never redone)."""
-    from curation.runner import GenerationError
-    from curation.plan import load_targets
+    from curation.generation.runner import GenerationError
+    from curation.generation.plan import load_targets
     from curation.stages import forecast_stage, generate_stage
     from distilforge.teacher import TeacherError, teacher_endpoint
 
@@ -84,7 +84,7 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
             if importlib.util.find_spec("ray") is None:
                 raise UserError("the Ray backend needs Ray: pip install 'distilforge[ray]'")
         if targets is not None:
-            from curation.generate import add_targets
+            from curation.generation.generate import add_targets
 
             add_targets(Run(run).generate, load_targets(targets, s))
         with teacher_endpoint(s.teacher, Run(run).generate) as ep:

@@ -16,7 +16,7 @@ console = Console(stderr=True)
 
 def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
     """What changes the generated rows (training/eval settings, caps and concurrency do not)."""
-    from curation.generate import saved_targets
+    from curation.generation.generate import saved_targets
 
     t = spec.teacher
     gen = semantic_dump(spec.generation)
@@ -33,8 +33,8 @@ def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> d
     """`generate --dry-run`: requests, tokens and cost still to spend; writes generate/forecast.json."""
     from rich.table import Table
 
-    from curation import budget
-    from curation.generate import committed_shards, plan_all
+    from curation.generation import budget
+    from curation.generation.generate import committed_shards, plan_all
     from distilforge.atomic import atomic_write_json
 
     out = Run(run).generate
@@ -56,9 +56,9 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
                    max_tokens: int | None = None) -> dict:
     """Teacher → RUN/generate/rows. Failed rows are results (status/error); a run where no row is
     usable still writes its rows and manifest, then raises GenerationFailed (one line, rc 1)."""
-    from curation import budget
-    from curation.generate import collect, generate, generation_caps
-    from curation.runner import GenerationFailed
+    from curation.generation import budget
+    from curation.generation.generate import collect, generate, generation_caps
+    from curation.generation.runner import GenerationFailed
 
     st = Stage(Run(run).generate, "generate", {}, generation_config(spec, run))
     prev = GenerationResult.read(run, DataError)
@@ -69,7 +69,7 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
         console.print("generate: inputs unchanged and all shards committed, skipped")
         return read_manifest(st.dir)
     st.begin()
-    from curation.generate import failure_line
+    from curation.generation.generate import failure_line
 
     stats = generate(spec, endpoint, st.dir, max_cost=max_cost, max_tokens=max_tokens)
     ds = collect(spec, st.dir)
@@ -80,7 +80,7 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None =
     if agreement.enabled(spec) and not stats["stopped_by"]:  # a cap stops requests, this one too
         ds, extra["teacher_agreement"] = agreement.label_rows(spec, endpoint, ds, st.dir)
     if spec.generation.preferences.enabled:
-        from curation.judge import collect_prefs
+        from curation.generation.judge import collect_prefs
 
         prefs, agree = collect_prefs(spec, endpoint, ds, st.dir)
         if agree:  # classification: share of candidate answers agreeing with the row's label

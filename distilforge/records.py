@@ -5,7 +5,7 @@ heldout/stages.py `eval_stage` and heldout/evaluate.py `endpoint_eval`), `decide
 (the verdict, written by decision/cli.py `decide_run` from decision/economics.py `decide`), and
 the stage manifests other packages read: `train/manifest.json` (`TrainResult`, training/stages.py
 `train_stage`) and `generate/manifest.json` (`GenerationResult`, curation/stages.py
-`generate_stage` plus the counts of curation/generate.py `generate`). The writers keep building
+`generate_stage` plus the counts of curation/generation/generate.py `generate`). The writers keep building
 plain dicts, so the bytes on disk are what they always were; these records are how a reader
 (decide, the report, the model card, export) sees them.
 
@@ -329,7 +329,7 @@ class GenerationResult(StageManifest):
     teacher_agreement: Optional[dict[str, Any]] = None
     prefs: Optional[dict[str, Any]] = None  # pairs, judged, hard_negatives
     forecast: Optional[dict[str, Any]] = None  # the dry run's tokens, cost_usd, method
-    # curation/generate.py `generate`'s counts
+    # curation/generation/generate.py `generate`'s counts
     planned_requests: Optional[int] = None
     shards: Optional[int] = None
     skipped_shards: Optional[int] = None

@@ -105,7 +105,7 @@ class Teacher(_Strict):
     max_retries: int = Cosmetic(4, ge=0)
     # "llama.cpp" takes {"type":"json_object","schema":...}; OpenAI takes json_schema.
     structured_output: Literal["auto", "llama_cpp", "openai", "none"] = "auto"
-    # Prices per 1M tokens. None: look the model up in curation/budget.py's PRICES (unknown model: 0, warned).
+    # Prices per 1M tokens. None: look the model up in curation/generation/budget.py's PRICES (unknown model: 0, warned).
     price_in_per_m: float | None = Field(None, ge=0)
     price_out_per_m: float | None = Field(None, ge=0)
     # Spreading requests over several servers of the same model. A llama.cpp server answers one

@@ -102,7 +102,7 @@ def test_exhausted_retries_leave_the_shard_pending_and_a_rerun_finishes_it(tmp_p
         assert [list(e["errors"].values()) for e in ledger if not e["committed"]][0][0].startswith("HTTP 500")
         r2 = run_gen(run)
         assert r2.returncode == 0, r2.stderr[-3000:]
-    from curation.plan import plan_base
+    from curation.generation.plan import plan_base
     from distilforge.runctx import prepare
 
     planned = {x["request_id"] for x in plan_base(prepare(run))}
@@ -137,8 +137,8 @@ def test_garbage_answers_become_failed_rows_with_reasons(tmp_path, fast_teacher)
 def test_no_preference_pairs_is_an_empty_dataset_not_a_crash(tmp_path):
     """Every candidate invalid (or nothing judged) leaves no pair: an empty `prefs` with the pair
     columns, not datasets' "Keys mismatch" (seen when the 0.5B teacher's candidates all failed)."""
-    from curation.generate import ROW_FEATURES
-    from curation.judge import PAIR_FEATURES, collect_prefs
+    from curation.generation.generate import ROW_FEATURES
+    from curation.generation.judge import PAIR_FEATURES, collect_prefs
     from distilforge.teacher import Endpoint
     from distilforge.secrets import Secret
     from distilforge.spec import load_spec

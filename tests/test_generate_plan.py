@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from curation import formats, plan
-from curation.generate import plan_all, template_columns
+from curation import formats
+from curation.generation import plan
+from curation.generation.generate import plan_all, template_columns
 from distilforge.spec import SpecError, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_strategy_mix_targets_and_evolve_parents(tmp_path):
     cls = load_spec(EXAMPLES / "banking77" / "task.yaml", "smoke")
     t = tmp_path / "targets.yaml"
     t.write_text("- {label: pin_blocked, keywords: [ATM, three wrong tries], attributes: {tone: angry}, count: 3}\n")
-    from curation.generate import add_targets
+    from curation.generation.generate import add_targets
 
     add_targets(tmp_path, plan.load_targets(t, cls))
     add_targets(tmp_path, plan.load_targets(t, cls))  # same target twice: not duplicated
@@ -131,7 +132,7 @@ def test_garbage_answers_become_reasons_never_exceptions():
 
 
 def test_extraction_hard_negative_changes_one_field_and_stays_valid():
-    from curation.judge import wrong_field
+    from curation.generation.judge import wrong_field
 
     ext = load_spec(EXAMPLES / "extraction" / "task.yaml")
     for i, line in enumerate((EXAMPLES / "extraction" / "heldout.jsonl").read_text().splitlines()):
@@ -161,7 +162,7 @@ def test_spec_errors_are_one_line(change, msg):
 
 
 def test_price_table_and_override():
-    from curation.budget import cost, prices
+    from curation.generation.budget import cost, prices
 
     raw = _raw(EXAMPLES / "banking77" / "task.yaml")
     raw["teacher"] = {"endpoint": "openai", "base_url": "http://x/v1", "model": "gpt-4o-mini-2024-07-18"}

@@ -2,7 +2,7 @@
 
 Why the shard files: distilabel 1.5.3's own cache hangs on resume (upstream #1065), so every
 pipeline runs with `use_cache=False` and resumability is ours. Requests are planned up front
-with content-derived ids (curation/plan.py), grouped into shards, and the last pipeline step
+with content-derived ids (curation/generation/plan.py), grouped into shards, and the last pipeline step
 commits each shard to its own JSONL file (temp file + fsync + hard link) once all its rows are back.
 A shard with any transport failure (the openai client gave up after its retries: distilabel then
 hands the step `None`) is NOT committed, so the next run asks for it again; garbage answers are
@@ -16,7 +16,7 @@ with the reason, and a run with no usable row ends in one line (GenerationFailed
 
 Phases, each one pipeline run (~3 s of distilabel start-up each): `base` (attributes / fewshot /
 targeted), `evolve` (rewrites of committed base rows) and `prefs` (judged candidate answers,
-curation/judge.py). The first step of each pipeline yields one shard per batch and checks the
+curation/generation/judge.py). The first step of each pipeline yields one shard per batch and checks the
 spend ledger before each one, so `--max-cost` / `--max-tokens` stop at a shard boundary.
 """
 import json
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import datasets
 
-from curation import budget, formats, plan
-from curation.gensteps import ValidatedGeneration, commit, committed_shards, last_errors, llm, read_shard, shard_path, to_row
-from curation.runner import run_pipeline
+from curation import formats
+from curation.generation import budget, plan
+from curation.generation.gensteps import ValidatedGeneration, commit, committed_shards, last_errors, llm, read_shard, shard_path, to_row
+from curation.generation.runner import run_pipeline
 from distilforge.spec import TaskSpec
 
 ROW_FEATURES = formats.features(
@@ -159,7 +160,7 @@ def generate(spec: TaskSpec, endpoint, out_dir: str | Path, max_cost: float | No
                                    caps, prefilled)
     prefs_stats = {}
     if g.preferences.enabled and not stopped:
-        from curation import judge
+        from curation.generation import judge
 
         prefs_stats, stopped = judge.run_preferences(spec, endpoint, out_dir, collect(spec, out_dir), caps)
     done = committed_shards(out_dir)

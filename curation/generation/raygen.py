@@ -4,7 +4,7 @@ Nothing about the rows changes: the plan (request ids), the shard files committe
 by the single `CommitShards` actor, the spend ledger and the budget check before each shard are
 the local path's own steps. What Ray adds is where the steps run: each is a Ray actor, and the
 generation step gets `backend.generate_replicas` actors (default: one per teacher endpoint),
-each spreading its requests over every endpoint (curation/gensteps.py). The run directory must
+each spreading its requests over every endpoint (curation/generation/gensteps.py). The run directory must
 be on storage every node sees (the shard files and ledger live there). The Ray session is the
 one curation uses (curation/raybackend); the local path never imports Ray.
 """

@@ -2,7 +2,7 @@
 
 Every phase (base rows, evolved rows, judged preference candidates) has the same shape:
 PlannedRequests >> the phase's own teacher steps >> a commit step. The phase modules
-(curation/generate.py, curation/judge.py) say what goes in the middle and how a committed row is
+(curation/generation/generate.py, curation/generation/judge.py) say what goes in the middle and how a committed row is
 built (a `CommitShards` subclass); this module only runs it. It imports neither of them, so the
 phases can use it without importing each other.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from distilabel.pipeline import Pipeline
 
-from curation import budget
-from curation.gensteps import CommitShards, PlannedRequests, ledger
+from curation.generation import budget
+from curation.generation.gensteps import CommitShards, PlannedRequests, ledger
 from distilforge import runlock
 from distilforge.errors import RuntimeFailure
 from distilforge.spec import TaskSpec
@@ -54,7 +54,7 @@ def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phas
             a >> b
     on_ray = spec.backend.kind == "ray"
     if on_ray:
-        from curation import raygen
+        from curation.generation import raygen
 
         pipe = raygen.on_ray(pipe, tasks, len(getattr(endpoint, "base_urls", None) or [1]), spec.backend)
     stop = threading.Event()

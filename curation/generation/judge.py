@@ -24,9 +24,10 @@ from jinja2 import Template
 from distilabel.steps import StepInput
 from distilabel.steps.tasks import Task
 
-from curation import budget, formats, plan
-from curation.gensteps import AnswerGeneration, CommitShards, SentinelAware, committed_shards, llm, read_shard
-from curation.runner import run_pipeline
+from curation import formats
+from curation.generation import budget, plan
+from curation.generation.gensteps import AnswerGeneration, CommitShards, SentinelAware, committed_shards, llm, read_shard
+from curation.generation.runner import run_pipeline
 
 PAIR_FEATURES = formats.features(
     id="string", source_id="string", kind="string", prompt="chat", chosen="chat", rejected="chat",

@@ -6,7 +6,7 @@ fails if it exists) only when every one of its rows came back from the teacher, 
 second writer's commit of the same shard is a no-op. A request the openai client gave up on (after
 its retries) returns `None` with its reason (HTTP status, timeout, connection refused) instead of
 failing distilabel's whole batch; it leaves its shard uncommitted so the next run asks again. Every
-finished shard, committed or not, is appended to the spend ledger (curation/budget.py) with its
+finished shard, committed or not, is appended to the spend ledger (curation/generation/budget.py) with its
 per-row reasons; the caps are checked against it and `ledger()` reads it with each shard committed
 at most once.
 """
@@ -21,7 +21,8 @@ from distilabel.models.llms import OpenAILLM
 from distilabel.steps import GeneratorStep, Step, StepInput
 from distilabel.steps.tasks import TextGeneration
 
-from curation import budget, formats
+from curation import formats
+from curation.generation import budget
 from distilforge.spec import TaskSpec
 from distilforge.secrets import redact, reveal
 
@@ -282,7 +283,7 @@ class CommitShards(Step):
         return ["generation"]
 
     def build(self, spec, x: dict, stats: list[dict], price) -> dict:
-        """The committed row for one answered request (curation/judge.py's CommitCandidates builds
+        """The committed row for one answered request (curation/generation/judge.py's CommitCandidates builds
         candidate records instead)."""
         return to_row(spec, x, x["generation"], stats[0], self.model_name, self.base_url, price,
                       int(x.get("attempts") or 1))
