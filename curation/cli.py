@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from distilforge import runlock
-from distilforge.errors import UserError
+from distilforge.errors import DistilforgeError, UserError
 from distilforge.layout import Run
 from distilforge.runctx import ProfileOpt, RespecOpt, RunArg, SpecOpt, cli_errors, fail, prepare
 
@@ -17,16 +17,14 @@ teacher_app = typer.Typer(help="The embedded llama.cpp teacher server.", no_args
 
 
 @teacher_app.command("serve")
+@cli_errors
 def serve_cmd(model: str = typer.Option("qwen2.5-coder-1.5b", help="Embedded model name or .gguf path."),
               port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one; replicas take the next ones)."),
               replicas: int = typer.Option(1, min=1, help="Single-thread server processes (one per free core).")):
     """Start the embedded teacher (or report the one already running)."""
     from distilforge.teacher import serve
 
-    try:
-        st = serve(model, port=port, replicas=replicas)
-    except Exception as e:  # noqa: BLE001 - one line for the user, rc 2 (a TeacherError too)
-        fail(str(e).splitlines()[0])
+    st = serve(model, port=port, replicas=replicas)  # TeacherError/AssetError: one line, their class's code
     typer.echo(f"{'running' if st.get('reused') else 'started'}: {st['model']} at {', '.join(st['base_urls'])}")
 
 
@@ -66,10 +64,9 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                  backend: Optional[str] = typer.Option(None, "--backend", help="local | ray (default: the spec's "
                                                        "backend.kind); ray: distilabel's RayPipeline, same rows")):
     """Ask the teacher for task rows (resumable: committed shards are never redone)."""
-    from curation.generation.runner import GenerationError
     from curation.generation.plan import load_targets
     from curation.stages import forecast_stage, generate_stage
-    from distilforge.teacher import TeacherError, teacher_endpoint
+    from distilforge.teacher import teacher_endpoint
 
     if backend not in (None, "local", "ray"):
         raise UserError(f"--backend: '{backend}' is not one of: local, ray")
@@ -92,9 +89,9 @@ def generate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Op
                 forecast_stage(s, run, ep, calibrate)
             else:
                 generate_stage(s, run, ep, max_cost=max_cost, max_tokens=max_tokens)
-    except (TeacherError, GenerationError, FileNotFoundError) as e:
-        # rc 2, as this command always gave them (cli_errors would give a RuntimeFailure rc 1);
-        # FileNotFoundError: a missing stage output (distilforge/manifest.py) is not a DistilforgeError
+    except DistilforgeError:
+        raise  # cli_errors: one line, the class's exit code (a teacher or pipeline failure: 1)
+    except FileNotFoundError as e:  # not one of ours (a library's): still one line, rc 2
         fail(str(e))
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from distilforge.errors import RuntimeFailure
+from distilforge.errors import DistilforgeError, RuntimeFailure
 from distilforge.layout import Run
 from distilforge.runctx import ProfileOpt, RespecOpt, RunArg, SpecOpt, cli_errors, fail, prepare, set_threads
 from heldout.lock import HeldoutError
@@ -60,7 +60,7 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
              max_per_label: Optional[int] = typer.Option(None, "--max-per-label", min=1,
                                                          help="Endpoint: score only the first N locked rows of each label.")):
     """Score base, student and teacher on the verified held-out set (eval/metrics.json)."""
-    from distilforge.teacher import TeacherError, teacher_endpoint
+    from distilforge.teacher import teacher_endpoint
     from heldout.stages import eval_stage
 
     try:
@@ -77,7 +77,9 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
                 eval_stage(s, run, ep, force=force)
         else:
             eval_stage(s, run, None, force=force)
-    except (TeacherError, FileNotFoundError) as e:  # a teacher that fails here is a user-side setup: rc 2, as always
+    except DistilforgeError:
+        raise  # cli_errors: one line, the class's exit code (a teacher failure: 1)
+    except FileNotFoundError as e:  # not one of ours (a library's): still one line, rc 2
         fail(str(e))
 
 

@@ -225,11 +225,11 @@ def blindspots_cmd(run: Path, k: int | None = None) -> None:
 def update_argilla_metadata(spec, run: Path) -> None:
     """Re-push the run so its Argilla records carry the new gap flags and cluster ids (an in-place
     upsert: responses are untouched). Best effort: an unreachable server only warns."""
-    from labeling.push import ReviewError, push_run, read_push_state
+    from labeling.push import ReviewError, ReviewInputError, push_run, read_push_state
 
     try:
         report = push_run(run, spec, api_url=read_push_state(run).get("api_url"), progress=False)
-    except ReviewError as e:
+    except (ReviewError, ReviewInputError) as e:
         print(f"warning: Argilla metadata not updated ({e})")
         return
     print("argilla: gap flags and cluster ids updated on " +

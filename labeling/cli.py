@@ -6,16 +6,14 @@ the same app. The server itself runs from `.venv-argilla` (see labeling/server/c
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import typer
 
 from distilforge.layout import Run
+from distilforge.errors import DistilforgeError
 from distilforge.runctx import cli_errors, fail, prepare
-from distilforge.spec import SpecError
-from labeling.push import ReviewError
 from labeling.server import control
 
 review_app = typer.Typer(help="Human review in Argilla (embedded server on SQLite, or a hosted one).",
@@ -23,22 +21,6 @@ review_app = typer.Typer(help="Human review in Argilla (embedded server on SQLit
 
 DataDirOption = typer.Option(None, "--data-dir", envvar="DISTILFORGE_ARGILLA_DIR",
                              help="Server data dir [default: ~/.local/share/distilforge/argilla].")
-
-
-def _review_errors(fn: Callable) -> Callable:
-    """A review command's refusals (ReviewError, a bad recorded spec) end in one line and exit code 1,
-    as review commands always have (tests/test_review.py pins it), not the UserError class's 2; any
-    other DistilforgeError (a missing RUN or a file given as RUN: `prepare`'s RunDirError, rc 2) gets
-    its class's code."""
-    @cli_errors
-    @functools.wraps(fn)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ReviewError, SpecError) as exc:
-            fail(str(exc), 1)
-
-    return command
 
 
 @review_app.command()
@@ -110,7 +92,7 @@ PrefixOption = typer.Option(None, "--dataset", help="Dataset name prefix [defaul
 
 
 @review_app.command()
-@_review_errors
+@cli_errors
 def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
          data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
          dataset: Optional[str] = PrefixOption,
@@ -122,8 +104,10 @@ def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Option
     try:
         report = push_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
                           prefix=dataset, batch_size=batch_size)
-    except FileNotFoundError as exc:  # a stage output missing on disk
-        fail(str(exc), 1)
+    except DistilforgeError:
+        raise  # cli_errors: one line, the class's exit code
+    except FileNotFoundError as exc:  # not one of ours (a library's): still one line, rc 2
+        fail(str(exc))
     for fmt, r in report.items():
         typer.echo(f"{fmt}: {r['records']} records -> '{r['dataset']}' ({r['created']} new, {r['updated']} updated, "
                    f"{r['in_dataset']} in the dataset"
@@ -132,7 +116,7 @@ def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Option
 
 
 @review_app.command()
-@_review_errors
+@cli_errors
 def pull(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
          data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
          dataset: Optional[str] = PrefixOption) -> None:
@@ -150,7 +134,7 @@ def pull(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Option
 
 
 @review_app.command("export")
-@_review_errors
+@cli_errors
 def export_cmd(run: Path = RunArg,
                policy: str = typer.Option("one", help="one | majority | unanimous (accepts needed to approve)."),
                min_reviewers: int = typer.Option(1, "--min-reviewers",
@@ -161,8 +145,10 @@ def export_cmd(run: Path = RunArg,
     spec = prepare(run)
     try:
         m = export_run(run, spec, policy=policy, min_reviewers=min_reviewers)
-    except FileNotFoundError as exc:  # a stage output missing on disk
-        fail(str(exc), 1)
+    except DistilforgeError:
+        raise  # cli_errors: one line, the class's exit code
+    except FileNotFoundError as exc:  # not one of ours (a library's): still one line, rc 2
+        fail(str(exc))
     ag = m["agreement"]
     kappa = f", reviewer {ag['method']} kappa {ag['kappa']}" if ag.get("kappa") is not None else ""
     typer.echo(f"export ({policy}): {m.get('approved', 0)} approved ({m.get('corrected', 0)} corrected), "

@@ -26,7 +26,7 @@ import datasets
 
 from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
-from labeling.push import ReviewError, _content, record_id, row_fields, update_review_manifest
+from labeling.push import ReviewInputError, _content, record_id, row_fields, update_review_manifest
 from labeling.review_analysis import judge_vs_human, rater_agreement
 
 POLICIES = ("one", "majority", "unanimous")
@@ -37,7 +37,7 @@ PROVENANCE = {"reviewers": datasets.Value("int64"), "accepts": datasets.Value("i
 def decide(votes: list[str], policy: str = "one", min_reviewers: int = 1) -> Optional[bool]:
     """True approved, False rejected, None undecided (fewer than `min_reviewers` decisions)."""
     if policy not in POLICIES:
-        raise ReviewError(f"unknown policy '{policy}' (one of: {', '.join(POLICIES)})")
+        raise ReviewInputError(f"unknown policy '{policy}' (one of: {', '.join(POLICIES)})")
     n, acc = len(votes), votes.count("accept")
     if n == 0 or n < min_reviewers:
         return None
@@ -153,16 +153,16 @@ def export_run(run: Path, spec, policy: str = "one", min_reviewers: int = 1) -> 
     run = Path(run)
     r = Run(run)
     if min_reviewers < 1:
-        raise ReviewError(f"--min-reviewers must be >= 1 (got {min_reviewers})")
+        raise ReviewInputError(f"--min-reviewers must be >= 1 (got {min_reviewers})")
     decide([], policy)  # validates the policy name before any work
     rev_m = read_manifest(r.review) or {}
     if "reviews" not in rev_m.get("outputs", {}) or not r.reviews.exists():
-        raise ReviewError(f"no pulled reviews in {r.review}: run `distilforge review pull {run}` first")
+        raise ReviewInputError(f"no pulled reviews in {r.review}: run `distilforge review pull {run}` first")
     reviews = list(load_dataset_dir(r.reviews))
     curated = load_dataset_dir(r.curated)
     res = export_rows(spec, "sft", list(curated), reviews, policy, min_reviewers)
     if not res["approved"]:
-        raise ReviewError(f"no row is approved under policy '{policy}' (min reviewers {min_reviewers}): nothing "
+        raise ReviewInputError(f"no row is approved under policy '{policy}' (min reviewers {min_reviewers}): nothing "
                           f"exported, training keeps using the curated set ({res['counts']})")
     inputs = {"reviews": rev_m["outputs"]["reviews"]["sha256"], "curate": output_hash(r.curate, "curated")}
     prefs = None

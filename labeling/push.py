@@ -31,7 +31,7 @@ from typing import Callable, Optional
 from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
 from distilforge.manifest import load_dataset_dir, read_manifest
-from distilforge.errors import UserError
+from distilforge.errors import RuntimeFailure, UserError
 
 DECISION, LABEL, RATING, CORRECTED, REASONS = "decision", "correct_label", "rating", "corrected", "reject_reason"
 REJECT_REASONS = {"wrong_label": "Wrong label", "off_topic": "Off-topic", "unnatural": "Unnatural",
@@ -39,8 +39,14 @@ REJECT_REASONS = {"wrong_label": "Wrong label", "off_topic": "Off-topic", "unnat
 FORMATS = ("sft", "prefs")
 
 
-class ReviewError(UserError, RuntimeError):
-    """A one-line, user-facing reason why a review command could not do its job."""
+class ReviewError(RuntimeFailure, RuntimeError):
+    """Argilla could not do its part (unreachable, no key for it, a dataset with another schema, a
+    push cut short): one line, rc 1. Bad options and missing upstream outputs are ReviewInputError."""
+
+
+class ReviewInputError(UserError, ValueError):
+    """A review command was given something it cannot use (an option value, a run without the
+    stage output it reads, nothing to review or approve): one line, rc 2."""
 
 
 # ---------------------------------------------------------------- naming and state
@@ -253,13 +259,13 @@ def load_rows(run: Path) -> dict[str, list[dict]]:
     run = Path(run)
     r = Run(run)
     if not read_manifest(r.curate):
-        raise ReviewError(f"{r.curate / 'manifest.json'} not found: run `distilforge curate {run}` first")
+        raise ReviewInputError(f"{r.curate / 'manifest.json'} not found: run `distilforge curate {run}` first")
     out = {"sft": list(load_dataset_dir(r.curated))}
     gen = read_manifest(r.generate) or {}
     if "prefs" in gen.get("outputs", {}) and r.generated_prefs.exists():
         out["prefs"] = list(load_dataset_dir(r.generated_prefs))
     if not out["sft"]:
-        raise ReviewError(f"{r.curated} has no rows: nothing to review")
+        raise ReviewInputError(f"{r.curated} has no rows: nothing to review")
     return out
 
 
@@ -392,7 +398,7 @@ def push_run(run: Path, spec, *, api_url: Optional[str] = None, api_key: Optiona
     """Push every format the run has; returns and records (RUN/review/push.json) what was pushed."""
     run = Path(run)
     if batch_size < 1:
-        raise ReviewError(f"--batch-size must be >= 1 (got {batch_size})")
+        raise ReviewInputError(f"--batch-size must be >= 1 (got {batch_size})")
     rows = {f: r for f, r in load_rows(run).items() if f in formats}
     client, url, me = connect_checked(api_url, api_key, data_dir)
     if embedder is None:
