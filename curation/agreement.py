@@ -31,10 +31,15 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 
 from distilforge.errors import RuntimeFailure, one_line
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
+    from distilforge.teacher import Endpoint
 
 REASON = "teacher_disagrees"
 STEP = "teacher_agreement"
@@ -47,7 +52,7 @@ class AgreementFailed(RuntimeFailure):
     """The teacher stopped answering while labelling rows; the labels so far are cached."""
 
 
-def enabled(spec) -> bool:
+def enabled(spec: TaskSpec) -> bool:
     """Whether this spec asks the teacher for blind labels (and `curate` compares them)."""
     return spec.type == "classification" and not spec.multi_label and spec.generation.teacher_agreement
 
@@ -70,7 +75,7 @@ def _read_cache(path: Path) -> dict[str, str]:
     return out
 
 
-def label_rows(spec, endpoint, ds: datasets.Dataset, out_dir: str | Path) -> tuple[datasets.Dataset, dict]:
+def label_rows(spec: TaskSpec, endpoint: Endpoint, ds: datasets.Dataset, out_dir: str | Path) -> tuple[datasets.Dataset, dict]:
     """`ds` with a `teacher_label` column, and the manifest's `teacher_agreement` block.
 
     Only ok rows are asked. Raises AgreementFailed (labels so far kept in the cache) when the
@@ -123,7 +128,7 @@ def _opinion(row: dict, label_set: set[str]) -> str | None:
     return t if t in label_set and row.get("status", "ok") == "ok" and row.get("label") in label_set else None
 
 
-def report(raw: datasets.Dataset, spec) -> dict:
+def report(raw: datasets.Dataset, spec: TaskSpec) -> dict:
     """Disagreement per intended label over the rows the teacher labelled (JSON for the manifest)."""
     mode = spec.curation.filters.teacher_disagreement
     out = {"mode": mode, "checked": 0, "disagree": 0, "rate": None, "per_label": {}}
@@ -153,7 +158,7 @@ def report(raw: datasets.Dataset, spec) -> dict:
     return out
 
 
-def prepare(raw: datasets.Dataset, spec) -> tuple[datasets.Dataset, dict]:
+def prepare(raw: datasets.Dataset, spec: TaskSpec) -> tuple[datasets.Dataset, dict]:
     """(rows the funnel should see, the report). In `relabel` mode each disagreeing row takes the
     teacher's label (and completion); its intended label stays in `relabelled_from`."""
     if not enabled(spec):
@@ -181,7 +186,7 @@ def prepare(raw: datasets.Dataset, spec) -> tuple[datasets.Dataset, dict]:
     return out, rep
 
 
-def checks(spec) -> list[tuple[str, str, object]]:
+def checks(spec: TaskSpec) -> list[tuple[str, str, object]]:
     """The funnel step (step name, reason, row -> detail|None); empty when the check is off.
     Present in every mode so the funnel always shows the step; only `drop` drops."""
     if not enabled(spec):

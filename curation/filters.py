@@ -17,9 +17,12 @@ import json
 import re
 import unicodedata
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from curation.dedup import normalize, tokens
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 # ---------------------------------------------------------------- validators
 
@@ -232,7 +235,7 @@ _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 PROMPTS_DIR = Path(__file__).with_name("prompts")
 
 
-def echo_sources(spec, extra: Iterable[str] = (), descriptions: bool = False) -> list[tuple[str, str]]:
+def echo_sources(spec: TaskSpec, extra: Iterable[str] = (), descriptions: bool = False) -> list[tuple[str, str]]:
     """(name, text) pieces the teacher saw and must not repeat: the task instruction and the static
     text of the generation prompt templates (variables cut out, so no n-gram spans a placeholder).
 
@@ -302,7 +305,7 @@ def label_leak_problem(text: str, patterns: list[tuple[str, re.Pattern]]) -> str
 Check = tuple[str, Callable[[dict], str | None]]
 
 
-def heuristic_checks(spec) -> list[Check]:
+def heuristic_checks(spec: TaskSpec) -> list[Check]:
     """(reason, row -> detail|None) for every heuristic switched on in `spec.curation`, in order."""
     cfg = spec.curation
     checks: list[Check] = []

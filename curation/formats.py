@@ -11,11 +11,14 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from jinja2 import Template
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec, Teacher
 
 PROMPTS = Path(__file__).parent / "prompts"
 DEFAULT_TEMPLATE = {"classification": "classification_v3", "extraction": "extraction_v1",
@@ -33,7 +36,7 @@ def features(**columns: str) -> datasets.Features:
     return datasets.Features({k: chat if t == "chat" else datasets.Value(t) for k, t in columns.items()})
 
 
-def template_name(spec) -> str:
+def template_name(spec: TaskSpec) -> str:
     t = spec.generation.prompt_template
     return DEFAULT_TEMPLATE[spec.type] if t == "auto" else t
 
@@ -66,7 +69,7 @@ def messages(name: str, columns: dict) -> list[dict]:
     return ([{"role": "system", "content": sys}] if sys else []) + [{"role": "user", "content": render(name, columns)}]
 
 
-def response_schema(spec) -> dict:
+def response_schema(spec: TaskSpec) -> dict:
     """JSON Schema of the teacher's generation answer for this task type."""
     s = {"type": "string"}
     if spec.type == "extraction":
@@ -78,7 +81,7 @@ def response_schema(spec) -> dict:
     return {"type": "object", "properties": props, "required": req}
 
 
-def structured_mode(teacher, endpoint_kind: str, generation=None) -> str:
+def structured_mode(teacher: Teacher, endpoint_kind: str, generation=None) -> str:
     """The response_format mode for a call: the teacher's `structured_output` (`auto` picks by
     endpoint kind), or `none` for generation requests when `generation.constrained` is off."""
     if generation is not None and not generation.constrained:
@@ -89,7 +92,7 @@ def structured_mode(teacher, endpoint_kind: str, generation=None) -> str:
     return mode
 
 
-def generation_extra_body(spec, endpoint_kind: str) -> dict:
+def generation_extra_body(spec: TaskSpec, endpoint_kind: str) -> dict:
     """The request kwargs of a generation call (the same for the pipeline and the calibration)."""
     return extra_body(structured_mode(spec.teacher, endpoint_kind, spec.generation), response_schema(spec))
 
@@ -105,7 +108,7 @@ def extra_body(mode: str, schema: dict | None, name: str = "answer") -> dict:
                                                "json_schema": {"name": name, "schema": schema}}}}
 
 
-def schema_text(spec) -> str:
+def schema_text(spec: TaskSpec) -> str:
     """The answer fields, one per line, as the teacher reads them."""
     lines = []
     for k, v in spec.output_schema["properties"].items():
@@ -159,7 +162,7 @@ def _text(obj: dict, key: str) -> str | None:
     return " ".join(v.split()) if isinstance(v, str) and v.strip() else None
 
 
-def parse(spec, raw: str | None, finish_reason: str | None = None, completion_tokens: int = 0) -> tuple[dict | None, str]:
+def parse(spec: TaskSpec, raw: str | None, finish_reason: str | None = None, completion_tokens: int = 0) -> tuple[dict | None, str]:
     """Teacher generation → ({text, answer}, "") or (None, reason). Never raises."""
     fields, err = _parse(spec, raw, finish_reason, completion_tokens)
     if fields and fields["text"].lower() in {" ".join(e.input.split()).lower() for e in spec.examples}:
@@ -167,7 +170,7 @@ def parse(spec, raw: str | None, finish_reason: str | None = None, completion_to
     return fields, err
 
 
-def _parse(spec, raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[dict | None, str]:
+def _parse(spec: TaskSpec, raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[dict | None, str]:
     obj, err = _loads(raw, finish_reason, completion_tokens)
     if err:
         return None, err
@@ -194,18 +197,18 @@ def _parse(spec, raw: str | None, finish_reason: str | None, completion_tokens: 
     return {"text": text, "answer": canonical_json(spec, out)}, ""
 
 
-def canonical_json(spec, obj: dict) -> str:
+def canonical_json(spec: TaskSpec, obj: dict) -> str:
     """Answer JSON with keys in schema order (what the student learns to write)."""
     order = list(spec.output_schema["properties"])
     ordered = {k: obj[k] for k in order if k in obj} | {k: v for k, v in obj.items() if k not in order}
     return json.dumps(ordered, ensure_ascii=False)
 
 
-def completion_text(spec, label: str, answer: str) -> str:
+def completion_text(spec: TaskSpec, label: str, answer: str) -> str:
     return label if spec.type == "classification" else answer
 
 
-def normalize_label(spec, raw: str | None) -> tuple[str | None, str]:
+def normalize_label(spec: TaskSpec, raw: str | None) -> tuple[str | None, str]:
     """A classification answer → (label(s), "") or (None, reason). Tolerates quotes/case/period."""
     if raw is None or not raw.strip():
         return None, "empty output"

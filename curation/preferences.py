@@ -9,16 +9,21 @@ label descriptions ("card_arrival" vs "lost_or_stolen_card"). Rows of one label 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import datasets
 import numpy as np
 
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
-def label_texts(spec) -> list[str]:
+
+def label_texts(spec: TaskSpec) -> list[str]:
     """What is embedded per label: its readable name and its description."""
     return [f"{lab.name.replace('_', ' ')}: {lab.description}" for lab in spec.labels]
 
 
-def confusable_labels(spec, k: int = 2, embedder=None) -> dict[str, list[str]]:
+def confusable_labels(spec: TaskSpec, k: int = 2, embedder=None) -> dict[str, list[str]]:
     """label -> the `k` other labels nearest to it (cosine of description embeddings), nearest first."""
     if embedder is None:
         from curation.embed import Embedder
@@ -34,7 +39,7 @@ def confusable_labels(spec, k: int = 2, embedder=None) -> dict[str, list[str]]:
     return {name: [names[j] for j in np.argsort(-sims[i], kind="stable")[:k]] for i, name in enumerate(names)}
 
 
-def classification_pairs(rows: datasets.Dataset, spec, k: int | None = None, embedder=None) -> datasets.Dataset:
+def classification_pairs(rows: datasets.Dataset, spec: TaskSpec, k: int | None = None, embedder=None) -> datasets.Dataset:
     """Dataset[prompt, chosen, rejected, id]: one pair per row, chosen = its label, rejected = a confusable one."""
     missing = {"id", "label", "prompt"} - set(rows.column_names)
     if missing:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -10,6 +11,9 @@ from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
 from distilforge.records import GenerationResult
 from distilforge.spec import TaskSpec, semantic_dump
+
+if TYPE_CHECKING:
+    from distilforge.teacher import Endpoint
 
 console = Console(stderr=True)
 
@@ -29,7 +33,7 @@ def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
                         "structured_output": t.structured_output}}
 
 
-def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> dict:
+def forecast_stage(spec: TaskSpec, run: Path, endpoint: Endpoint, calibrate: int = 3) -> dict:
     """`generate --dry-run`: requests, tokens and cost still to spend; writes generate/forecast.json."""
     from rich.table import Table
 
@@ -52,7 +56,7 @@ def forecast_stage(spec: TaskSpec, run: Path, endpoint, calibrate: int = 3) -> d
     return fc
 
 
-def generate_stage(spec: TaskSpec, run: Path, endpoint, max_cost: float | None = None,
+def generate_stage(spec: TaskSpec, run: Path, endpoint: Endpoint, max_cost: float | None = None,
                    max_tokens: int | None = None) -> dict:
     """Teacher → RUN/generate/rows. Failed rows are results (status/error); a run where no row is
     usable still writes its rows and manifest, then raises GenerationFailed (one line, rc 1)."""

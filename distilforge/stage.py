@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
+    from distilforge.teacher import Endpoint
 
 
 class StageFn(Protocol):
     """How a stage is run: `(spec, run dir, teacher endpoint or None) -> what it recorded`."""
 
-    def __call__(self, spec: Any, run: Path, endpoint: Any | None) -> Any: ...
+    def __call__(self, spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import typer
 from distilforge.errors import DistilforgeError, RuntimeFailure
 from distilforge.layout import Run
 from distilforge.runctx import ProfileOpt, RespecOpt, RunArg, SpecOpt, cli_errors, fail, prepare, set_threads
+from distilforge.spec import TaskSpec
 from heldout.lock import HeldoutError
 
 heldout_app = typer.Typer(help="Lock and verify the real held-out set.", no_args_is_help=True,
@@ -87,7 +88,7 @@ class EndpointError(RuntimeFailure, RuntimeError):
     """The scored endpoint failed (unreachable, HTTP errors after retries)."""
 
 
-def _eval_endpoint(s, run: Path, url: str, name: str, model: Optional[str], key_env: Optional[str],
+def _eval_endpoint(s: TaskSpec, run: Path, url: str, name: str, model: Optional[str], key_env: Optional[str],
                    structured: str, max_per_label: Optional[int]) -> None:
     """`eval --endpoint`: the served (or any) endpoint on the locked rows, next to the PyTorch student."""
     import os

@@ -17,10 +17,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from distilforge.errors import RuntimeFailure
 from distilforge.secrets import reveal
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
+    from distilforge.teacher import Endpoint
 
 
 def bootstrap_ci(correct: list[int] | np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
@@ -201,7 +206,7 @@ def gold_logprob(scores: np.ndarray, gold: list[str], labels: list[str]) -> floa
     return float(np.mean(logp[np.arange(len(gold)), idx]))
 
 
-def score_teacher(endpoint, system_prompt: str, texts: list[str], labels: list[str], structured: str,
+def score_teacher(endpoint: Endpoint, system_prompt: str, texts: list[str], labels: list[str], structured: str,
                   timeout: float = 120, max_retries: int = 4) -> tuple[list[str], dict]:
     """Teacher predictions through its OpenAI-compatible endpoint(s), constrained to the label set.
     With several servers (replicas), one thread per server; predictions keep the input order."""
@@ -334,7 +339,7 @@ def ask_timed(client, model: str, system_prompt: str, text: str, labels: list[st
             "tokens": {"prompt": u.prompt_tokens, "completion": u.completion_tokens} if u else None}
 
 
-def endpoint_eval(spec, run: Path, url: str, *, name: str = "served", model: str | None = None,
+def endpoint_eval(spec: TaskSpec, run: Path, url: str, *, name: str = "served", model: str | None = None,
                   api_key=None, structured: str = "none", max_per_label: int | None = None) -> dict:
     """Score an OpenAI-compatible endpoint on the verified locked rows with the teacher scorer.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -12,6 +13,9 @@ from distilforge.manifest import Stage, read_manifest, sha256_json
 from distilforge.spec import TaskSpec
 from heldout import evaluate as ev
 from heldout.lock import HeldoutError, load_locked, lock, verify
+
+if TYPE_CHECKING:
+    from distilforge.teacher import Endpoint
 
 console = Console(stderr=True)
 
@@ -37,7 +41,7 @@ def _student_adapters(run: Path, tm: dict) -> dict[str, Path]:
     return {"student": d / tm.get("adapter", "adapter")}
 
 
-def eval_stage(spec: TaskSpec, run: Path, endpoint=None, force: bool = False) -> dict:
+def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, force: bool = False) -> dict:
     """Score on the verified held-out set; writes eval/metrics.json, a manifest, and the model card.
 
     With DPO, SFT and SFT+DPO are both scored; `student` is the adapter the train stage kept

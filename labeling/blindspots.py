@@ -19,6 +19,7 @@ import yaml
 
 from distilforge.layout import Run
 from distilforge.runctx import cli_errors, fail, prepare
+from distilforge.spec import TaskSpec
 from heldout.coverage import HeldoutClusters
 
 
@@ -163,7 +164,7 @@ def review_section(run: Path, clusters: dict[str, int] | None = None) -> dict | 
     return analyse_reviews(list(load_dataset_dir(p)), clusters) if p.exists() else None
 
 
-def blindspots_stage(spec, run: Path, k: int | None = None) -> dict:
+def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     """Coverage of the held-out set by the training rows (approved export, else curated); plus,
     once reviews were pulled, where reviewers reject and how far the teacher-judge agrees."""
     from curation.embed import Embedder
@@ -222,7 +223,7 @@ def blindspots_cmd(run: Path, k: int | None = None) -> None:
         update_argilla_metadata(spec, run)
 
 
-def update_argilla_metadata(spec, run: Path) -> None:
+def update_argilla_metadata(spec: TaskSpec, run: Path) -> None:
     """Re-push the run so its Argilla records carry the new gap flags and cluster ids (an in-place
     upsert: responses are untouched). Best effort: an unreachable server only warns."""
     from labeling.push import ReviewError, ReviewInputError, push_run, read_push_state

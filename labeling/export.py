@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import datasets
 
@@ -28,6 +28,9 @@ from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
 from labeling.push import ReviewInputError, _content, record_id, row_fields, update_review_manifest
 from labeling.review_analysis import judge_vs_human, rater_agreement
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 POLICIES = ("one", "majority", "unanimous")
 PROVENANCE = {"reviewers": datasets.Value("int64"), "accepts": datasets.Value("int64"),
@@ -48,7 +51,7 @@ def decide(votes: list[str], policy: str = "one", min_reviewers: int = 1) -> Opt
     return acc == n
 
 
-def validate_answer(spec, raw: str) -> tuple[Optional[str], str]:
+def validate_answer(spec: TaskSpec, raw: str) -> tuple[Optional[str], str]:
     """A reviewer's answer → (canonical answer, "") or (None, why it cannot be trained on)."""
     from curation import formats
 
@@ -69,7 +72,7 @@ def validate_answer(spec, raw: str) -> tuple[Optional[str], str]:
     return raw, ""
 
 
-def correction(spec, accepting: list[dict], current_label: Optional[str]) -> Optional[str]:
+def correction(spec: TaskSpec, accepting: list[dict], current_label: Optional[str]) -> Optional[str]:
     """The raw correction of the accepting reviewers: typed answers first, then a changed label;
     the most common one wins, ties go to the latest response."""
     cands = []
@@ -98,7 +101,7 @@ def _dataset(rows: list[dict], feats: datasets.Features) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows, features=feats)
 
 
-def export_rows(spec, fmt: str, rows: list[dict], reviews: list[dict], policy: str = "one",
+def export_rows(spec: TaskSpec, fmt: str, rows: list[dict], reviews: list[dict], policy: str = "one",
                 min_reviewers: int = 1) -> dict:
     """Split one format's rows into approved (corrected) / rejected / undecided / stale."""
     votes: dict[str, list[dict]] = defaultdict(list)
@@ -148,7 +151,7 @@ def export_rows(spec, fmt: str, rows: list[dict], reviews: list[dict], policy: s
     return {"approved": approved, "rejected": rejected, "counts": dict(counts)}
 
 
-def export_run(run: Path, spec, policy: str = "one", min_reviewers: int = 1) -> dict:
+def export_run(run: Path, spec: TaskSpec, policy: str = "one", min_reviewers: int = 1) -> dict:
     """Write RUN/review/export (approved / rejected [/ prefs_approved]) and its manifest."""
     run = Path(run)
     r = Run(run)

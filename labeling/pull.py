@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import datasets
 
@@ -21,6 +21,9 @@ from distilforge.layout import Run
 from distilforge.manifest import save_dataset
 from labeling.push import (CORRECTED, DECISION, FORMATS, LABEL, RATING, REASONS, ReviewError, _first_line,
                            connect_checked, dataset_name, read_push_state, row_id, update_review_manifest)
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 FEATURES = datasets.Features({
     "id": datasets.Value("string"), "record_id": datasets.Value("string"), "format": datasets.Value("string"),
@@ -105,7 +108,7 @@ def fetch(client, dataset, fmt: str, page: int = 200) -> tuple[list[dict], int]:
             return rows, total
 
 
-def pull_run(run: Path, spec, *, api_url: Optional[str] = None, api_key: Optional[str] = None,
+def pull_run(run: Path, spec: TaskSpec, *, api_url: Optional[str] = None, api_key: Optional[str] = None,
              data_dir: Optional[Path] = None, workspace: Optional[str] = None, prefix: Optional[str] = None) -> dict:
     """Write RUN/review/reviews; returns counts per format and status."""
     run = Path(run)

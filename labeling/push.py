@@ -26,12 +26,15 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
 from distilforge.manifest import load_dataset_dir, read_manifest
 from distilforge.errors import RuntimeFailure, UserError
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 DECISION, LABEL, RATING, CORRECTED, REASONS = "decision", "correct_label", "rating", "corrected", "reject_reason"
 REJECT_REASONS = {"wrong_label": "Wrong label", "off_topic": "Off-topic", "unnatural": "Unnatural",
@@ -51,7 +54,7 @@ class ReviewInputError(UserError, ValueError):
 
 # ---------------------------------------------------------------- naming and state
 
-def dataset_name(spec, run: Path, fmt: str, prefix: Optional[str] = None) -> str:
+def dataset_name(spec: TaskSpec, run: Path, fmt: str, prefix: Optional[str] = None) -> str:
     """`<task>-<run dir>-<format>`, restricted to characters Argilla accepts in names."""
     base = prefix or f"{spec.name}-{Path(run).resolve().name}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base}-{fmt}")[:190]
@@ -75,7 +78,7 @@ def update_review_manifest(run: Path, **keys) -> dict:
 
 # ---------------------------------------------------------------- schema
 
-def guidelines(spec, fmt: str) -> str:
+def guidelines(spec: TaskSpec, fmt: str) -> str:
     """Curator guidelines (markdown) written from the task spec, so they always match the task."""
     lines = [f"# Review: {spec.name} ({'preference pairs' if fmt == 'prefs' else 'training rows'})", "",
              "The rows below were written by a teacher model. Approved rows become the student's training "
@@ -108,7 +111,7 @@ def guidelines(spec, fmt: str) -> str:
     return "\n".join(lines)
 
 
-def build_settings(spec, fmt: str, dim: int):
+def build_settings(spec: TaskSpec, fmt: str, dim: int):
     """The rg.Settings for one format (needs a connected client: the SDK resolves a default one)."""
     import argilla as rg
 
@@ -200,7 +203,7 @@ def _metadata(row: dict, where: Optional[dict]) -> dict:
     return {k: v for k, v in md.items() if v not in (None, "")}
 
 
-def suggestions(spec, row: dict) -> list:
+def suggestions(spec: TaskSpec, row: dict) -> list:
     """Teacher-judge suggestions: decision/rating from `judge_score` (share of the teacher's own
     answers agreeing with the row, 0..1), the label from the teacher; agent = the teacher model."""
     import argilla as rg
@@ -241,7 +244,7 @@ def row_fields(fmt: str, row: dict) -> dict:
     return {"text": row["text"], "completion": _content(row["completion"])}
 
 
-def build_records(spec, fmt: str, rows, vectors, where: dict) -> list:
+def build_records(spec: TaskSpec, fmt: str, rows, vectors, where: dict) -> list:
     import argilla as rg
 
     out = []
@@ -391,7 +394,7 @@ def upsert(client, dataset, records: list, batch_size: int, url: str,
             "kept_stale_with_responses": len(stale) - len(drop), "in_dataset": len(before) + created - len(drop)}
 
 
-def push_run(run: Path, spec, *, api_url: Optional[str] = None, api_key: Optional[str] = None,
+def push_run(run: Path, spec: TaskSpec, *, api_url: Optional[str] = None, api_key: Optional[str] = None,
              data_dir: Optional[Path] = None, workspace: Optional[str] = None, prefix: Optional[str] = None,
              batch_size: int = 50, formats: tuple = FORMATS, on_batch=None, progress: bool = True,
              embedder=None) -> dict:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distilforge.spec import SpecError, Training, _merge
+from distilforge.spec import SpecError, TaskSpec, Training, _merge
 from distilforge.yamlfile import read_yaml, validated
 
 
@@ -41,7 +41,7 @@ def load_training_config(path: str | Path, base: Training | None = None) -> Trai
     return validated(Training, merged, str(path), SpecError)
 
 
-def apply_training_file(spec, path: str | Path):
+def apply_training_file(spec: TaskSpec, path: str | Path):
     """The spec with `path`'s training block merged over its own (and `base_model`, if the file
     sets one, as `student.base`)."""
     out = with_training(spec, load_training_config(path, spec.training))
@@ -51,6 +51,6 @@ def apply_training_file(spec, path: str | Path):
     return out
 
 
-def with_training(spec, training: Training):
+def with_training(spec: TaskSpec, training: Training):
     """A copy of the spec whose `training` block is `training`."""
     return spec.model_copy(update={"training": training})

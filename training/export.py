@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
@@ -40,6 +41,9 @@ from distilforge.layout import Run
 from distilforge.manifest import sha256_file
 from distilforge.records import Metrics, ModelScore, TrainResult
 from distilforge.sources import verified_source
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 LLAMA_VER = "0.3.36"
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
@@ -58,7 +62,7 @@ def _metrics(run: Path) -> Metrics | None:
     return Metrics.read(run, ExportError, hint=": re-run `distilforge eval RUN`")
 
 
-def vouch(run: Path, spec) -> dict:
+def vouch(run: Path, spec: TaskSpec) -> dict:
     """What an export is vouched by, or an ExportError saying why the student may not ship."""
     from heldout.lock import HeldoutError, verify
     from training.common import dir_hash
@@ -123,7 +127,7 @@ def training_chat_template(template: str, system: str) -> str:
     return pre + template
 
 
-def export_hf(run: Path, spec, info: dict, out: Path | None = None) -> Path:
+def export_hf(run: Path, spec: TaskSpec, info: dict, out: Path | None = None) -> Path:
     """Merged HF folder with the training prompt baked into its chat template, card, export.json."""
     from distilforge.card import render_card
     from distilforge.models import load_tokenizer, merge_adapter, student_base_dir
@@ -209,7 +213,7 @@ def gguf_name(info: dict, quant: str) -> str:
     return f"{info['task']}-{info['adapter_sha256'][:8]}-{quant}.gguf"
 
 
-def export_gguf(run: Path, spec, info: dict, quant: str = "f16") -> Path:
+def export_gguf(run: Path, spec: TaskSpec, info: dict, quant: str = "f16") -> Path:
     """f16 GGUF from the merged export (made first if needed), then the quantized file."""
     out = Run(run).export_gguf
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +250,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def export(run: Path, spec, fmt: str = "hf", quant: str | None = None) -> Path:
+def export(run: Path, spec: TaskSpec, fmt: str = "hf", quant: str | None = None) -> Path:
     """Vouch, then write the export; returns the folder (hf) or the .gguf file."""
     if fmt not in FORMATS:
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -31,6 +31,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -39,6 +40,9 @@ from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
 from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 
 class ServeError(UserError, ValueError):
@@ -212,7 +216,7 @@ def _stop_servers(st: dict) -> None:
         stop_llama(st["gguf"], replica=i)
 
 
-def serve(run: Path, spec, *, quant: str = "q8_0", port: int | None = None, replicas: int = 1,
+def serve(run: Path, spec: TaskSpec, *, quant: str = "q8_0", port: int | None = None, replicas: int = 1,
           wait_s: float = 180) -> dict:
     """Start (or find) the student's llama.cpp replicas and the front; returns the state."""
     from distilforge.teacher import TeacherError

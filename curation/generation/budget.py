@@ -13,9 +13,14 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from distilforge.secrets import reveal
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
+    from distilforge.teacher import Endpoint
 
 console = Console(stderr=True)
 
@@ -29,7 +34,7 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
-def prices(spec, warn: bool = False) -> tuple[float, float]:
+def prices(spec: TaskSpec, warn: bool = False) -> tuple[float, float]:
     """(input, output) USD per 1M tokens: the spec's override, else the table, else 0."""
     t = spec.teacher
     base = PRICES.get(t.model)
@@ -109,7 +114,7 @@ def _chars(msgs: list[dict]) -> int:
     return sum(len(m["content"]) for m in msgs)
 
 
-def calibrate(spec, endpoint, reqs: list[dict], k: int) -> dict | None:
+def calibrate(spec: TaskSpec, endpoint: Endpoint, reqs: list[dict], k: int) -> dict | None:
     """Send `k` of the planned requests for real (same messages and kwargs) and measure tokens."""
     if k <= 0 or not reqs:
         return None
@@ -140,7 +145,7 @@ def calibrate(spec, endpoint, reqs: list[dict], k: int) -> dict | None:
             "seconds": round(time.time() - t0, 2)}
 
 
-def forecast(spec, endpoint, base: list[dict], evolve: list[dict], done: set[str], k: int = 3) -> dict:
+def forecast(spec: TaskSpec, endpoint: Endpoint, base: list[dict], evolve: list[dict], done: set[str], k: int = 3) -> dict:
     """Requests, tokens and cost still to spend (uncommitted shards), per phase and in total."""
     from curation import formats
 

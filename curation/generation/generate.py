@@ -19,6 +19,8 @@ targeted), `evolve` (rewrites of committed base rows) and `prefs` (judged candid
 curation/generation/judge.py). The first step of each pipeline yields one shard per batch and checks the
 spend ledger before each one, so `--max-cost` / `--max-tokens` stop at a shard boundary.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from curation.generation import budget, plan
 from curation.generation.gensteps import ValidatedGeneration, commit, committed_shards, last_errors, llm, read_shard, shard_path, to_row
 from curation.generation.runner import run_pipeline
 from distilforge.spec import TaskSpec
+from distilforge.teacher import Endpoint
 
 ROW_FEATURES = formats.features(
     id="string", label="string", text="string", prompt="chat", completion="chat", strategy="string",
@@ -46,7 +49,7 @@ def template_columns(template: str) -> list[str]:
             if re.search(r"(?:{%.*?\b" + re.escape(c) + r"\b.*?%}|{{\s*" + re.escape(c) + r"\s*}})", template)]
 
 
-def _gen_steps(spec: TaskSpec, endpoint):
+def _gen_steps(spec: TaskSpec, endpoint: Endpoint):
     tname = formats.template_name(spec)
     template = formats.template_text(tname)
     extra = formats.generation_extra_body(spec, endpoint.kind)
@@ -92,7 +95,7 @@ def _committed_rows(out_dir: Path, reqs: list[dict]) -> dict[str, dict]:
     return rows
 
 
-def _evolve_ready(spec, endpoint, evolve: list[dict], parents: dict[str, dict], done: set[str]):
+def _evolve_ready(spec: TaskSpec, endpoint: Endpoint, evolve: list[dict], parents: dict[str, dict], done: set[str]):
     """Evolve requests whose shard can run now: parent text filled in; a failed parent makes a failed
     row without a request; a shard with an uncommitted parent waits for a later run."""
     price = budget.prices(spec)
@@ -123,7 +126,7 @@ def generation_caps(spec: TaskSpec, max_cost: float | None = None, max_tokens: i
             "max_tokens": max_tokens if max_tokens is not None else g.max_total_tokens}
 
 
-def generate(spec: TaskSpec, endpoint, out_dir: str | Path, max_cost: float | None = None,
+def generate(spec: TaskSpec, endpoint: Endpoint, out_dir: str | Path, max_cost: float | None = None,
              max_tokens: int | None = None) -> dict:
     """Run every phase for the uncommitted shards; return counts (the rows live in shard files)."""
     out_dir = Path(out_dir)
@@ -227,7 +230,7 @@ def _pending_rows(spec: TaskSpec, out_dir: Path, reqs: list[dict], done: dict[st
     return out
 
 
-def failure_line(ds: datasets.Dataset, endpoint, stopped_by: str | None) -> str | None:
+def failure_line(ds: datasets.Dataset, endpoint: Endpoint, stopped_by: str | None) -> str | None:
     """The one error line for a run where no row came back usable (None otherwise): the teacher
     never answered → `teacher unreachable at URL: <reason>`; it answered, but nothing was usable
     → `all N rows failed: <reason>`. The most frequent reason is quoted."""

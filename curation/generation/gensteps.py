@@ -23,8 +23,9 @@ from distilabel.steps.tasks import TextGeneration
 
 from curation import formats
 from curation.generation import budget
-from distilforge.spec import TaskSpec
+from distilforge.spec import TaskSpec, Teacher
 from distilforge.secrets import redact, reveal
+from distilforge.teacher import Endpoint
 
 SHARDS = "shards"
 
@@ -117,7 +118,7 @@ def request_error(e: BaseException, timeout: float, retries: int) -> str:
     return f"bad response: {type(e).__name__}{': ' + msg if msg else ''}"
 
 
-def llm(endpoint, teacher, temperature: float, max_tokens: int, extra: dict) -> TimedOpenAILLM:
+def llm(endpoint: Endpoint, teacher: Teacher, temperature: float, max_tokens: int, extra: dict) -> TimedOpenAILLM:
     """The client every step uses: bounded transport retries (backoff + jitter + Retry-After, done by
     the openai client) and the per-request timeout from the spec. The key never leaves this object."""
     urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
@@ -282,7 +283,7 @@ class CommitShards(Step):
         """The answer columns a row needs before its shard can be committed."""
         return ["generation"]
 
-    def build(self, spec, x: dict, stats: list[dict], price) -> dict:
+    def build(self, spec: TaskSpec, x: dict, stats: list[dict], price) -> dict:
         """The committed row for one answered request (curation/generation/judge.py's CommitCandidates builds
         candidate records instead)."""
         return to_row(spec, x, x["generation"], stats[0], self.model_name, self.base_url, price,
@@ -298,7 +299,7 @@ def no_answer_reason(x: dict, steps: list[str], keys: list[str]) -> str:
     return f"no answer from the teacher ({'/'.join(k for k in keys if x.get(k) is None)} missing; the step failed)"
 
 
-def to_row(spec, req: dict, raw: str | None, st: dict, model: str, base_url: str, price, attempts: int = 1,
+def to_row(spec: TaskSpec, req: dict, raw: str | None, st: dict, model: str, base_url: str, price, attempts: int = 1,
            error: str | None = None) -> dict:
     """One shard row. `prompt`/`completion` are rebuilt from text/answer by `collect`."""
     p_tok, c_tok = int(st.get("input_tokens") or 0), int(st.get("output_tokens") or 0)

@@ -28,6 +28,8 @@ from curation import formats
 from curation.generation import budget, plan
 from curation.generation.gensteps import AnswerGeneration, CommitShards, SentinelAware, committed_shards, llm, read_shard
 from curation.generation.runner import run_pipeline
+from distilforge.spec import TaskSpec
+from distilforge.teacher import Endpoint
 
 PAIR_FEATURES = formats.features(
     id="string", source_id="string", kind="string", prompt="chat", chosen="chat", rejected="chat",
@@ -39,7 +41,7 @@ RUBRIC_SCHEMA = {"type": "object", "properties": {"rationale": {"type": "string"
                  "required": ["rationale", "score"]}
 
 
-def judge_kind(spec, endpoint) -> str:
+def judge_kind(spec: TaskSpec, endpoint: Endpoint) -> str:
     j = spec.generation.preferences.judge
     return ("yesno" if endpoint.kind == "embedded" else "rubric") if j == "auto" else j
 
@@ -96,7 +98,7 @@ def parse_judgement(kind: str, raw: str | None) -> tuple[float | None, str]:
     return None, f"judge: unparsable {s[:40]!r}"
 
 
-def validate_answer(spec, answer: str | None) -> tuple[str | None, str]:
+def validate_answer(spec: TaskSpec, answer: str | None) -> tuple[str | None, str]:
     """A candidate answer → (normalized answer, "") or (None, why it is invalid)."""
     if spec.type == "classification":
         return formats.normalize_label(spec, answer)
@@ -112,7 +114,7 @@ def validate_answer(spec, answer: str | None) -> tuple[str | None, str]:
     return answer.strip(), ""
 
 
-def candidate_record(spec, x: dict, stats: list[dict], model: str, price) -> dict:
+def candidate_record(spec: TaskSpec, x: dict, stats: list[dict], model: str, price) -> dict:
     """One committed candidate: its answer, validity, judge score and spend."""
     kind = x["judge_kind"]
     ans, why = validate_answer(spec, x.get("candidate"))
@@ -135,11 +137,11 @@ class CommitCandidates(CommitShards):
     def output_keys(self) -> list[str]:
         return ["candidate", "judgement"]
 
-    def build(self, spec, x: dict, stats: list[dict], price) -> dict:
+    def build(self, spec: TaskSpec, x: dict, stats: list[dict], price) -> dict:
         return candidate_record(spec, x, stats, self.model_name, price)
 
 
-def plan_candidates(spec, rows: datasets.Dataset, kind: str) -> list[dict]:
+def plan_candidates(spec: TaskSpec, rows: datasets.Dataset, kind: str) -> list[dict]:
     pr = spec.generation.preferences
     ok = [r for r in rows if r["status"] == "ok"]
     if pr.max_rows:
@@ -161,7 +163,7 @@ def plan_candidates(spec, rows: datasets.Dataset, kind: str) -> list[dict]:
     return reqs
 
 
-def run_preferences(spec, endpoint, out_dir: Path, rows: datasets.Dataset, caps: dict) -> tuple[dict, str | None]:
+def run_preferences(spec: TaskSpec, endpoint: Endpoint, out_dir: Path, rows: datasets.Dataset, caps: dict) -> tuple[dict, str | None]:
     pr, t = spec.generation.preferences, spec.teacher
     kind = judge_kind(spec, endpoint)
     reqs = plan_candidates(spec, rows, kind)
@@ -202,7 +204,7 @@ def _msg(content: str) -> list[dict]:
     return [{"role": "assistant", "content": content}]
 
 
-def judged_pairs(spec, rows: datasets.Dataset, out_dir: Path, kind: str) -> tuple[list[dict], dict[str, float]]:
+def judged_pairs(spec: TaskSpec, rows: datasets.Dataset, out_dir: Path, kind: str) -> tuple[list[dict], dict[str, float]]:
     """Pairs from committed candidates, plus a per-row judge score (classification: agreement)."""
     pr = spec.generation.preferences
     cands = _candidates(out_dir, plan_candidates(spec, rows, kind))
@@ -228,7 +230,7 @@ def judged_pairs(spec, rows: datasets.Dataset, out_dir: Path, kind: str) -> tupl
     return pairs, agree
 
 
-def wrong_field(spec, answer: dict, rng: random.Random) -> dict | None:
+def wrong_field(spec: TaskSpec, answer: dict, rng: random.Random) -> dict | None:
     """The answer with exactly one field changed, still schema-valid (an extraction hard negative)."""
     props = spec.output_schema["properties"]
     keys = [k for k in props if k in answer]
@@ -259,7 +261,7 @@ def wrong_field(spec, answer: dict, rng: random.Random) -> dict | None:
     return None
 
 
-def hard_negatives(spec, rows: datasets.Dataset) -> list[dict]:
+def hard_negatives(spec: TaskSpec, rows: datasets.Dataset) -> list[dict]:
     ok = rows.filter(lambda r: r["status"] == "ok")
     out = []
     if spec.type == "classification" and not spec.multi_label and len(ok):
@@ -283,7 +285,7 @@ def hard_negatives(spec, rows: datasets.Dataset) -> list[dict]:
     return out
 
 
-def collect_prefs(spec, endpoint, rows: datasets.Dataset, out_dir: Path) -> tuple[datasets.Dataset, dict[str, float]]:
+def collect_prefs(spec: TaskSpec, endpoint: Endpoint, rows: datasets.Dataset, out_dir: Path) -> tuple[datasets.Dataset, dict[str, float]]:
     pairs, agree = judged_pairs(spec, rows, Path(out_dir), judge_kind(spec, endpoint))
     if spec.generation.preferences.hard_negatives:
         pairs += hard_negatives(spec, rows)

@@ -17,12 +17,15 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from curation import formats
 from distilforge.errors import UserError
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 ATTR_KEYS = ("tone", "length", "channel", "typos", "persona")
 
@@ -35,7 +38,7 @@ def h(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
-def teacher_key(spec) -> dict:
+def teacher_key(spec: TaskSpec) -> dict:
     """Teacher settings that change an answer: part of every request id."""
     t = spec.teacher
     return {"model": t.model, "temperature": t.temperature, "max_tokens": t.max_tokens,
@@ -56,7 +59,7 @@ def quotas(n: int, weights: dict[str, float]) -> dict[str, int]:
     return out
 
 
-def load_targets(path: str | Path, spec) -> list[dict]:
+def load_targets(path: str | Path, spec: TaskSpec) -> list[dict]:
     """A targets YAML (list, or {targets: [...]}) → normalized targets; one clear error when bad."""
     p = Path(path)
     try:
@@ -87,7 +90,7 @@ def load_targets(path: str | Path, spec) -> list[dict]:
     return out
 
 
-def _examples_text(spec, rng: random.Random, label: str) -> str:
+def _examples_text(spec: TaskSpec, rng: random.Random, label: str) -> str:
     pool = [e for e in spec.examples if spec.type != "classification" or e.label == label] or list(spec.examples)
     picked = rng.sample(pool, min(3, len(pool)))
     lines = []
@@ -99,7 +102,7 @@ def _examples_text(spec, rng: random.Random, label: str) -> str:
     return "\n".join(lines)
 
 
-def _base_cols(spec) -> dict:
+def _base_cols(spec: TaskSpec) -> dict:
     g = spec.generation
     return {"instruction": spec.instruction, "input_description": g.input_description,
             "schema_text": formats.schema_text(spec) if spec.type == "extraction" else "",
@@ -107,7 +110,7 @@ def _base_cols(spec) -> dict:
             "evolution": "", "description": ""}
 
 
-def _request(spec, tname: str, key: dict, cols: dict, label: str, strategy: str, idx: Any,
+def _request(spec: TaskSpec, tname: str, key: dict, cols: dict, label: str, strategy: str, idx: Any,
              attrs: dict, extra: dict | None = None) -> dict:
     cols = {**cols, **{k: attrs.get(k, "") for k in ATTR_KEYS}, "strategy": strategy}
     msgs = formats.messages(tname, cols)
@@ -116,7 +119,7 @@ def _request(spec, tname: str, key: dict, cols: dict, label: str, strategy: str,
             "parent_id": "", **cols, **(extra or {})}
 
 
-def _label_jobs(spec) -> list[tuple[str, str, int]]:
+def _label_jobs(spec: TaskSpec) -> list[tuple[str, str, int]]:
     """(label, description, count) groups: one per label for classification, one for the others."""
     g = spec.generation
     if spec.type != "classification":
@@ -124,7 +127,7 @@ def _label_jobs(spec) -> list[tuple[str, str, int]]:
     return [(lab.name, lab.description, g.per_label) for lab in spec.labels]
 
 
-def plan_base(spec, targets: list[dict] | None = None) -> list[dict]:
+def plan_base(spec: TaskSpec, targets: list[dict] | None = None) -> list[dict]:
     """Phase 1: attributes / fewshot / targeted requests (no dependency on earlier output)."""
     g = spec.generation
     tname = formats.template_name(spec)
@@ -158,7 +161,7 @@ def plan_base(spec, targets: list[dict] | None = None) -> list[dict]:
     return shard(reqs, g.shard_size, "s-")
 
 
-def plan_evolve(spec, base: list[dict]) -> list[dict]:
+def plan_evolve(spec: TaskSpec, base: list[dict]) -> list[dict]:
     """Phase 2: evolve requests, each naming a phase-1 parent (its text is filled in at run time)."""
     g = spec.generation
     if g.strategies.get("evolve", 0) <= 0:

@@ -24,8 +24,9 @@ from curation.generation.gensteps import CommitShards, PlannedRequests, ledger
 from distilforge import runlock
 from distilforge.errors import RuntimeFailure
 from distilforge.spec import TaskSpec
+from distilforge.teacher import Endpoint
 
-def in_flight(spec: TaskSpec, endpoint) -> int:
+def in_flight(spec: TaskSpec, endpoint: Endpoint) -> int:
     """Requests in flight: `generation.concurrency`, but at least four per server when requests are
     spread over several: distilabel waits for a whole batch, so with one per server the faster
     server idles until the slower one is done (the servers queue the rest: nothing is lost)."""
@@ -33,7 +34,7 @@ def in_flight(spec: TaskSpec, endpoint) -> int:
     return max(spec.generation.concurrency, 4 * n if n > 1 else 1)
 
 
-def run_pipeline(spec: TaskSpec, endpoint, reqs: list[dict], out_dir: Path, phase: str, middle, steps: list[str],
+def run_pipeline(spec: TaskSpec, endpoint: Endpoint, reqs: list[dict], out_dir: Path, phase: str, middle, steps: list[str],
                  caps: dict, prefilled: dict | None = None, commit: type[CommitShards] = CommitShards) -> str | None:
     """Run one phase: PlannedRequests >> middle steps >> `commit`. Returns the cap that stopped it."""
     price = budget.prices(spec)

@@ -30,6 +30,10 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
               "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -82,7 +86,7 @@ def ray_session(backend=None):
             ray.shutdown()
 
 
-def curate_ray(raw, spec, heldout=None, *, backend=None, cache_root=None):
+def curate_ray(raw, spec: TaskSpec, heldout=None, *, backend=None, cache_root=None):
     """`curation.curate.curate` on Ray: same arguments (minus the in-process embedder), same result.
 
     `backend`: a `distilforge.spec.Backend` (default `spec.backend`): cluster address, CPUs for a

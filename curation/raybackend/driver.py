@@ -11,10 +11,14 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from curation.raybackend import groups, rows
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 PARTITION_ROWS = 40_000  # rows per hash-shuffle partition: < 64 MB with a 384-dim vector per row
 
@@ -53,7 +57,7 @@ def _median(hist: Counter) -> float:
 class Run:
     """One Ray curation: the driver-side ledger (who was dropped where, and why) and the passes."""
 
-    def __init__(self, raw, spec, heldout, backend, cache_root):
+    def __init__(self, raw, spec: TaskSpec, heldout, backend, cache_root):
         import ray
 
         self.raw, self.spec, self.cfg, self.heldout = raw, spec, spec.curation, heldout

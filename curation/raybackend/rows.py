@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from curation import agreement, dedup, filters
+
+if TYPE_CHECKING:
+    from distilforge.spec import TaskSpec
 
 Check = tuple[str, str, Callable[[dict], "str | None"]]  # (funnel step, reason, row -> detail|None)
 
@@ -28,7 +31,7 @@ def _judge(r: dict) -> float | None:
     return None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s)
 
 
-def row_checks(spec, has_judge_column: bool) -> list[Check]:
+def row_checks(spec: TaskSpec, has_judge_column: bool) -> list[Check]:
     """The per-row funnel steps in the order `curation.curate.curate` runs them.
 
     A row's verdict is its FIRST failing check: exactly what the local funnel computes by running
@@ -63,7 +66,7 @@ def exact_key(text: str, label: str | None) -> int:
     return int.from_bytes(h, "little", signed=True)
 
 
-def check_batch(batch, spec, has_judge_column: bool, lsh: tuple[int, int] | None) -> dict:
+def check_batch(batch, spec: TaskSpec, has_judge_column: bool, lsh: tuple[int, int] | None) -> dict:
     """Phase A: verdict of every row, plus the per-row keys later passes shuffle on (survivors only).
 
     `batch`: a pyarrow Table of raw rows (with `_k`), turned into the same Python dicts that
