@@ -16,6 +16,7 @@ from rich.table import Table
 
 from distilforge import runlock
 from distilforge.atomic import atomic_write_json
+from distilforge.layout import Run
 from app.registry import stages
 from distilforge.runctx import prepare, set_threads
 
@@ -52,7 +53,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True, res
         console.rule("[bold]report")
         _report(run, task)
         timings["report"] = round(time.time() - t0, 1)
-    atomic_write_json(run / "timings.json", timings)
+    atomic_write_json(Run(run).timings, timings)
     t = Table(title="stage wall time (s)")
     for k in timings:
         t.add_column(k)

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from distilforge.errors import DistilforgeError, UserError, one_line
 from distilforge.atomic import atomic_write_json
+from distilforge.layout import Run
 from distilforge.manifest import sha256_json
 from distilforge.stage import STAGE_NAMES, first_stage_reading
 from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec
@@ -116,7 +117,7 @@ def first_affected(fields: list[str]) -> str:
 
 def bind_spec(run: Path, spec: TaskSpec, spec_path: Path, profile: str | None, respec: bool) -> None:
     """Refuse a spec that differs from the one RUN was made with (unless `respec`); then record it."""
-    p = run / "spec.json"
+    p = Run(run).spec_json
     new = spec_content(spec)
     record = {**new, "_source": str(spec_path), "_profile": profile, "_spec_sha256": spec_hash(new)}
     old = _recorded(p) if p.exists() and not respec else None
@@ -148,7 +149,7 @@ def prepare(run: Path, spec_path: Path | None = None, profile: str | None = None
             run.mkdir(parents=True, exist_ok=True)
         bind_spec(run, spec, spec_path, profile, respec)
         return spec
-    p = run / "spec.json"
+    p = Run(run).spec_json
     if not p.exists():
         raise SpecError(f"{p}: no spec recorded in this run dir (pass --spec TASK.yaml)")
     raw = {k: v for k, v in _recorded(p).items() if not k.startswith("_")}

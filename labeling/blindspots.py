@@ -180,8 +180,14 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     reviews_out = ((read_manifest(r.review) or {}).get("outputs") or {}).get("reviews")
     if reviews_out:
         inputs["reviews"] = reviews_out["sha256"]
+    curated_out = ((read_manifest(r.curate) or {}).get("outputs") or {}).get("curated")
+    if curated_out:
+        inputs["curated"] = curated_out["sha256"]  # row clusters cover every curated row
     st = Stage(r.blindspots, "blindspots", inputs,
                {"k": k, "eval": (read_manifest(r.eval) or {}).get("fingerprint")})
+    if st.is_current() and r.blindspots_json.exists() and r.row_clusters.exists():
+        print("blindspots: inputs unchanged, skipped")
+        return read_manifest(st.dir)
     st.begin()
     rows = load_dataset_dir(path)
     emb = Embedder()

@@ -26,7 +26,7 @@ instruction: Classify the customer's message into its intent.
 labels:
   - {name: card_arrival, description: the customer's new card has not arrived yet}
   - {name: exchange_rate, description: the customer asks what exchange rate is used}
-teacher: {model: qwen2.5-coder-0.5b, max_tokens: 40, temperature: 0.9}
+teacher: {model: qwen2.5-coder-0.5b, max_tokens: 80, temperature: 0.9}
 generation: {per_label: 2, shard_size: 1, seed: 7, invalid_retries: 0,
              input_description: a bank customer writing to the support chat}
 heldout: {source: ../shared/data/banking77/test.csv, label_column: category}
