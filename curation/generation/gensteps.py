@@ -10,6 +10,7 @@ finished shard, committed or not, is appended to the spend ledger (curation/gene
 per-row reasons; the caps are checked against it and `ledger()` reads it with each shard committed
 at most once.
 """
+import hashlib
 import json
 import os
 import time
@@ -37,6 +38,13 @@ class TimedOpenAILLM(OpenAILLM):
     Spreading: each request goes to the server with the fewest requests in flight (ties: the one
     used longest ago). The chosen client is set on `_aclient` right before the parent's method runs;
     the parent reads it before its first `await`, so concurrent requests cannot see each other's.
+
+    Seeding: every request carries a `seed` derived from its messages and how many times this step
+    has asked them before (a re-ask gets a new one). With prompts read in fixed blocks
+    (distilforge/llama_server.py) an answer sampled at any temperature is then a function of the
+    request alone: the same rows whichever replica answers, in whatever order, and after a crash.
+    Without it, llama.cpp seeds each request from the previous one's seed, so a row depends on the
+    requests its server happened to serve before it.
     """
 
     extra_base_urls: list[str] = []
@@ -44,6 +52,7 @@ class TimedOpenAILLM(OpenAILLM):
     _inflight: list = PrivateAttr(default_factory=list)
     _last: list = PrivateAttr(default_factory=list)
     _tick: int = PrivateAttr(default=0)
+    _asked: dict = PrivateAttr(default_factory=dict)
 
     def load(self) -> None:
         super().load()
@@ -60,7 +69,15 @@ class TimedOpenAILLM(OpenAILLM):
         self._inflight = [0] * len(self._clients)
         self._last = [0] * len(self._clients)
 
+    def _seed(self, messages) -> int:
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()
+        k = self._asked.get(key, 0)
+        self._asked[key] = k + 1
+        return int(hashlib.sha256(f"{key}#{k}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
     async def _generate_chat_completion(self, *args, **kwargs):  # type: ignore[override]
+        messages = kwargs.get("input", args[0] if args else None)
+        kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), "seed": self._seed(messages)}
         i = min(range(len(self._clients)), key=lambda k: (self._inflight[k], self._last[k])) if self._clients else -1
         url = self.base_url
         if i >= 0:
