@@ -30,7 +30,7 @@ if [ -e .venv ]; then
   fi
 fi
 venv_ok() {  # -I: no cwd on sys.path, so this checkout must come through the install itself
-  .venv/bin/python -I -c 'import os, sys, distilforge, torch, llama_cpp
+  .venv/bin/python -I -c 'import os, sys, distilforge, app, decision, torch, llama_cpp
 sys.exit(not os.path.realpath(distilforge.__file__).startswith(sys.argv[1] + os.sep))' "$here" >/dev/null 2>&1
 }
 
