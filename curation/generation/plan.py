@@ -19,9 +19,9 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 
 from curation import formats
+from distilforge.yamlfile import read_yaml
 from distilforge.errors import UserError
 
 if TYPE_CHECKING:
@@ -62,10 +62,7 @@ def quotas(n: int, weights: dict[str, float]) -> dict[str, int]:
 def load_targets(path: str | Path, spec: TaskSpec) -> list[dict]:
     """A targets YAML (list, or {targets: [...]}) → normalized targets; one clear error when bad."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise TargetsError(f"{p}: cannot read targets ({e})") from None
+    raw = read_yaml(p, "targets file", TargetsError, mapping=False)  # one line, with the YAML line number
     items = raw.get("targets") if isinstance(raw, dict) else raw
     if not isinstance(items, list) or not items:
         raise TargetsError(f"{p}: expected a non-empty list of targets")
