@@ -39,18 +39,18 @@ class _Hosted(_Strict):
 
 
 class _Tokens(_Strict):
-    input: Optional[float] = Field(None, ge=0)
-    output: Optional[float] = Field(None, ge=0)
+    input: Optional[float] = Field(None, ge=0)  # prompt tokens of one task
+    output: Optional[float] = Field(None, ge=0)  # answer tokens of one task
 
 
 class _Volume(_Strict):
     tasks_per_month: Optional[float] = Field(None, ge=0)
-    months: Optional[float] = Field(None, gt=0)
+    months: Optional[float] = Field(None, gt=0)  # how long the task runs (the horizon)
 
 
 class _Training(_Strict):
-    gpu_per_hour: Optional[float] = Field(None, ge=0)
-    gpu_hours: Optional[float] = Field(None, ge=0)
+    gpu_per_hour: Optional[float] = Field(None, ge=0)  # USD
+    gpu_hours: Optional[float] = Field(None, ge=0)  # None: the train stage's own time when it ran on a GPU
 
 
 class _Serving(_Strict):

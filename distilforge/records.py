@@ -81,9 +81,9 @@ class Tokens(_Record):
 
     prompt: Optional[int] = None
     completion: Optional[int] = None
-    calls: Optional[int] = None
-    servers: Optional[int] = None
-    seconds: Optional[Num] = None
+    calls: Optional[int] = None  # requests
+    servers: Optional[int] = None  # replicas that answered
+    seconds: Optional[Num] = None  # wall time
 
 
 class ModelScore(_Record):
@@ -121,22 +121,22 @@ class Metrics(_RunFile):
 # ---------------------------------------------------------------- decide/decision.json
 
 class Costs(_Record):
-    hosted_per_task_usd: Optional[Num] = None
-    finetune_per_task_usd: Optional[Num] = None
+    hosted_per_task_usd: Optional[Num] = None  # teacher API price of one task
+    finetune_per_task_usd: Optional[Num] = None  # marginal serving cost of one task
     generation_usd: Optional[Num] = None
     training_usd: Optional[Num] = None
     other_upfront_usd: Optional[Num] = None
     serving_fixed_usd: Optional[Num] = None
-    serving_hours: Optional[Num] = None
-    finetune_fixed_usd: Optional[Num] = None
-    lifetime_tasks: Optional[Num] = None
+    serving_hours: Optional[Num] = None  # over the whole horizon
+    finetune_fixed_usd: Optional[Num] = None  # generation + training + other + fixed serving
+    lifetime_tasks: Optional[Num] = None  # tasks/month x months
     hosted_total_usd: Optional[Num] = None
     finetune_total_usd: Optional[Num] = None
     savings_usd: Optional[Num] = None
-    savings_fraction: Optional[Num] = None
-    break_even_tasks: Optional[Num] = None
+    savings_fraction: Optional[Num] = None  # of the hosted total
+    break_even_tasks: Optional[Num] = None  # lifetime tasks where both totals are equal
     break_even_tasks_per_month: Optional[Num] = None
-    volume_for_margin_tasks: Optional[Num] = None
+    volume_for_margin_tasks: Optional[Num] = None  # lifetime tasks where fine-tuning saves `margin`
 
 
 class Quality(_Record):
