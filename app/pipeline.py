@@ -7,6 +7,7 @@ for itself whether its inputs changed.
 """
 from __future__ import annotations
 
+import calendar
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.table import Table
 from distilforge import runlock
 from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
+from distilforge.records import HeldoutLock, StageManifest
 from app.registry import stages
 from distilforge.runctx import prepare, set_threads
 
@@ -30,6 +32,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True, res
     from distilforge.teacher import teacher_endpoint
 
     timings: dict[str, float] = {}
+    outcome: dict[str, str] = {}
     spec = prepare(run, task, profile, respec=respec, create=True)
     lock = runlock.acquire(run, "run")  # noqa: F841 - one writer per RUN until run_all returns
     set_threads()
@@ -43,7 +46,7 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True, res
                 ep = stack.enter_context(teacher_endpoint(spec.teacher, run))
             t0 = time.time()
             console.rule(f"[bold]{info.name}")
-            fn(spec, run, ep)
+            outcome[info.name] = _outcome(fn(spec, run, ep), t0)
             timings[info.name] = round(time.time() - t0, 1)
             if i == teacher_to:
                 stack.close()  # stops the teacher if this run started it
@@ -54,12 +57,26 @@ def run_all(task: Path, profile: str | None, run: Path, report: bool = True, res
         _report(run, task)
         timings["report"] = round(time.time() - t0, 1)
     atomic_write_json(Run(run).timings, timings)
-    t = Table(title="stage wall time (s)")
-    for k in timings:
-        t.add_column(k)
-    t.add_row(*[f"{v:.1f}" for v in timings.values()])
+    t = Table(title="stages")
+    for col in ("stage", "wall (s)", "what it did"):
+        t.add_column(col)
+    for k, v in timings.items():
+        t.add_row(k, f"{v:.1f}", outcome.get(k, ""))
     Console().print(t)
     return timings
+
+
+def _outcome(rec: HeldoutLock | StageManifest | None, t0: float) -> str:
+    """One line from a stage's typed record: whether it ran or found its inputs unchanged, and what
+    it wrote (rows per output)."""
+    if rec is None:
+        return "nothing to do"
+    if isinstance(rec, HeldoutLock):
+        return f"{rec.n} locked rows (sha256 {str(rec.sha256)[:12]})"
+    started = calendar.timegm(time.strptime(rec.started, "%Y-%m-%dT%H:%M:%SZ")) if rec.started else 0
+    rows = ", ".join(f"{k} {o.rows}" for k, o in rec.outputs.items() if o.rows is not None)
+    what = "ran" if started >= int(t0) else "unchanged, skipped"
+    return f"{what}: {rows}" if rows else what
 
 
 def _report(run: Path, task: Path) -> None:

@@ -233,6 +233,23 @@ class StageManifest(_RunFile):
         return cls.read_path(Path(stage_dir) / MANIFEST, error)
 
 
+class HeldoutLock(_RunFile):
+    """`heldout/lock.json` (heldout/lock.py `lock`): which file was locked and the hash of its rows.
+    Every stage that must not see those rows compares against `sha256`."""
+
+    _at = "lock_json"
+
+    source: Optional[str] = None  # as the spec wrote it
+    source_sha256: Optional[str] = None  # of the file when it was locked
+    text_column: Optional[str] = None
+    label_column: Optional[str] = None
+    labels: dict[str, Any] = {}  # task label -> locked rows
+    max_per_label: Optional[int] = None
+    n: Optional[int] = None  # rows locked
+    sha256: Optional[str] = None  # of the locked rows (what verify recomputes)
+    rows: list[Any] = []  # {id, sha256} per locked row
+
+
 # ---------------------------------------------------------------- train/manifest.json
 
 class SftRun(_Record):

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from distilforge.records import HeldoutLock, StageManifest
     from distilforge.spec import TaskSpec
     from distilforge.teacher import Endpoint
 
 
 class StageFn(Protocol):
-    """How a stage is run: `(spec, run dir, teacher endpoint or None) -> what it recorded`."""
+    """How a stage is run: `(spec, run dir, teacher endpoint or None) -> what it recorded` (its
+    manifest read back as a typed record; None when it wrote none)."""
 
-    def __call__(self, spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> Any: ...
+    def __call__(self, spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> StageManifest | HeldoutLock | None: ...
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,11 @@ class StageInfo:
 # style guide, examples): the rows are generated from it.
 PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("heldout", (), ("heldout",)),
+    StageInfo("traffic", ("heldout",), ("traffic", "task"), teacher=True),
     StageInfo("generate", ("heldout",), ("task", "teacher", "generation"), teacher=True),
-    StageInfo("curate", ("generate", "heldout"), ("curation",)),
+    StageInfo("curate", ("generate", "traffic", "heldout"), ("curation",)),
     StageInfo("train", ("curate", "review", "heldout"), ("student", "training")),
-    StageInfo("eval", ("train", "heldout"), ("eval",), teacher=True),
+    StageInfo("eval", ("train", "heldout", "traffic"), ("eval",), teacher=True),
     StageInfo("blindspots", ("train", "eval"), ()),
 )
 STAGE_NAMES = tuple(s.name for s in PIPELINE)

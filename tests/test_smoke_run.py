@@ -110,4 +110,5 @@ def test_rerun_skips_unchanged_stages(smoke_run, fast_teacher):
     for stage in ("generate", "curate", "train", "eval", "blindspots"):  # the report is always rewritten
         assert f"{stage}: inputs unchanged" in r.stderr + r.stdout, r.stderr[-2000:]
     assert "held-out: verified 20 locked rows" in r.stderr
+    assert r.stdout.count("skipped") >= 5, r.stdout[-2000:]  # the stages table says so, from each stage's record
     assert time.time() - t0 < 120
