@@ -1,4 +1,4 @@
-"""`distilforge teacher serve|status|stop`, `distilforge generate` and `distilforge curate`."""
+"""`distilforge teacher serve|status|stop`, `distilforge traffic`, `distilforge generate` and `distilforge curate`."""
 from __future__ import annotations
 
 import json
@@ -117,3 +117,19 @@ def curate_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Opti
         curate_stage(s, run)
     except FileNotFoundError as e:  # a missing stage output (distilforge/manifest.py): rc 2, one line
         fail(str(e))
+
+
+@cli_errors
+def traffic_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+                respec: bool = RespecOpt):
+    """Label the spec's real traffic with the teacher: training rows for curate plus a dev split (needs a held-out lock)."""
+    from curation.traffic import traffic_stage
+    from distilforge.teacher import teacher_endpoint
+
+    s = prepare(run, spec, profile, respec=respec, create=True)
+    with runlock.acquire(run, "traffic"):  # one writer per RUN until this command returns
+        if s.traffic is None:  # nothing to label: no teacher started
+            traffic_stage(s, run, None)
+            return
+        with teacher_endpoint(s.teacher, Run(run).traffic) as ep:
+            traffic_stage(s, run, ep)

@@ -138,18 +138,23 @@ def _reasons(ds) -> dict[str, int]:
 
 def curate_stage(spec: TaskSpec, run: Path) -> dict:
     from curation.curate import curate
+    from curation.traffic import traffic_rows, with_traffic
     from heldout.lock import load_locked, read_lock
 
     r = Run(run)
     gen_hash = output_hash(r.generate, "rows")
     lock_info = read_lock(r.heldout)
-    st = Stage(r.curate, "curate", {"generate": gen_hash, "heldout": lock_info["sha256"]},
+    traffic = traffic_rows(run)  # (rows, hash) when the traffic stage labelled real inputs
+    st = Stage(r.curate, "curate", {"generate": gen_hash, "heldout": lock_info["sha256"],
+                                    **({"traffic": traffic[1]} if traffic else {})},
                {"curation": semantic_dump(spec.curation), "labels": spec.label_names})
     if st.is_current():
         console.print("curate: inputs unchanged, skipped")
         return read_manifest(st.dir)
     st.begin()
     raw = load_dataset_dir(r.generated_rows)
+    if traffic and len(traffic[0]):  # real rows go through the same funnel as generated ones
+        raw = with_traffic(raw, traffic[0])
     if spec.backend.kind == "ray":  # same rows and reasons, spread over a Ray cluster (docs/scaling.md)
         from curation.raybackend import curate_ray
 
@@ -160,7 +165,9 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     st.save("rejected", res.rejected)
     reasons = res.reasons() if hasattr(res, "reasons") else {}
     m = st.finish(funnel=res.funnel, rejected_by_reason=reasons, kept=len(res.kept), dropped=len(res.rejected),
-                  under_filled=res.under_filled, info=res.info, backend=spec.backend.kind)
+                  under_filled=res.under_filled, info=res.info, backend=spec.backend.kind,
+                  **({"traffic": {"rows": len(traffic[0]), "kept": sum(x == "traffic" for x in res.kept["strategy"])}}
+                     if traffic else {}))
     from curation.curate import render_funnel
 
     Console().print(render_funnel(res.funnel, res.under_filled))

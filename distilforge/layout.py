@@ -7,6 +7,7 @@ path here and every reader follows.
 
     RUN/spec.json                 the spec the run is bound to (distilforge/runctx.py)
     RUN/heldout/                  lock.json + the locked rows            (heldout lock)
+    RUN/traffic/                  rows/, dev/, labels.jsonl               (traffic, when the spec has one)
     RUN/generate/                 shards/, ledger.jsonl, rows/, prefs/   (generate)
     RUN/curate/                   curated/, dropped/, prefs/             (curate)
     RUN/review/                   push.json, reviews/, export/           (review push|pull|export)
@@ -199,3 +200,16 @@ class Run:
     @property
     def shadow_log(self) -> Path:  # `abtest --shadow`: both arms' answers, one JSON line per input
         return self.abtest / "shadow.jsonl"
+
+    # --- inside traffic/ (curation package: real inputs labelled by the teacher) ---------------
+    @property
+    def traffic(self) -> Path:
+        return self.root / "traffic"
+
+    @property
+    def traffic_rows(self) -> Path:  # teacher-labelled real rows, generate's columns: curate reads them
+        return self.traffic / "rows"
+
+    @property
+    def traffic_dev(self) -> Path:  # the dev split (id, text, label, label_source): eval scores on it
+        return self.traffic / "dev"

@@ -102,6 +102,18 @@ class ModelScore(_Record):
     row_ids: Optional[list[str]] = None  # `teacher` only: its rows, when a subset
 
 
+class DevScores(_Record):
+    """metrics.json `dev`: base and the kept student on the traffic stage's dev split (real inputs,
+    teacher or gold labels; curation/traffic.py). Another yardstick than the locked test set."""
+
+    what: Optional[str] = None  # "dev (teacher labels)" | "dev (gold labels)"
+    label_source: Optional[str] = None  # "teacher" | "gold"
+    n: Optional[int] = None
+    dev_sha256: Optional[str] = None
+    student: Optional[ModelScore] = None  # accuracy, accuracy_ci, macro_f1
+    base: Optional[ModelScore] = None
+
+
 class Metrics(_RunFile):
     """`eval/metrics.json`: every model scored on the locked held-out set."""
 
@@ -116,6 +128,7 @@ class Metrics(_RunFile):
     comparisons: dict[str, dict[str, Any]] = {}  # paired bootstraps: student_vs_base, ...
     per_label: dict[str, Any] = {}
     served: dict[str, dict[str, Any]] = {}  # `eval --endpoint` results next to the student
+    dev: Optional[DevScores] = None  # the traffic dev split, when the run has one
 
 
 # ---------------------------------------------------------------- decide/decision.json

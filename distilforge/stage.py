@@ -38,7 +38,7 @@ class StageInfo:
 # style guide, examples): the rows are generated from it.
 PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("heldout", (), ("heldout",)),
-    StageInfo("traffic", ("heldout",), ("traffic", "task"), teacher=True),
+    StageInfo("traffic", ("heldout",), ("traffic", "task", "teacher", "curation"), teacher=True),  # curation: decontamination
     StageInfo("generate", ("heldout",), ("task", "teacher", "generation"), teacher=True),
     StageInfo("curate", ("generate", "traffic", "heldout"), ("curation",)),
     StageInfo("train", ("curate", "review", "heldout"), ("student", "training")),

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
-from distilforge.manifest import Stage, read_manifest, sha256_json
+from distilforge.manifest import Stage, read_manifest, sha256_json, verified_output
 from distilforge.spec import TaskSpec
 from heldout import evaluate as ev
 from heldout.lock import HeldoutError, load_locked, lock, verify
@@ -62,8 +62,10 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
     adapters = _student_adapters(run, train_m)
     cfg = {"eval": spec.eval.model_dump(), "teacher": spec.teacher.model if spec.eval.teacher else None,
            "labels": spec.label_names, "system": spec.system_prompt(), "student": base_name}
+    dev = _dev_split(r)  # the traffic stage's dev split (real inputs), scored next to the locked test set
     inputs = {"heldout": info["sha256"], "adapter": train_m["adapter_sha256"],
-              **({"dpo_adapter": train_m["dpo"]["adapter_sha256"]} if train_m.get("dpo") else {})}
+              **({"dpo_adapter": train_m["dpo"]["adapter_sha256"]} if train_m.get("dpo") else {}),
+              **({"traffic_dev": dev[1]} if dev else {})}
     st = Stage(r.eval, "eval", inputs, cfg)
     if st.is_current() and not force:
         console.print("eval: inputs unchanged, skipped")
@@ -103,6 +105,8 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
                "adapter_sha256": train_m["adapter_sha256"], "row_ids": list(rows["id"]),
                "models": models, "comparisons": comparisons,
                "per_label": {m: v["per_label"] for m, v in models.items()}}
+    if dev and len(dev[0]):
+        metrics["dev"] = _dev_scores(spec, dev, base, adapters.get("student") or adapters[f"student_{kept['which']}"])
     for m in models.values():  # predictions stay out of metrics.json; no held-out text anywhere
         m.pop("predictions", None)
     atomic_write_json(r.metrics, metrics)
@@ -110,6 +114,32 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
                     metrics_sha256=sha256_json(metrics))
     write_card(run, metrics)
     print_table(metrics)
+    return out
+
+
+def _dev_split(r: Run):
+    """(dev rows, hash) when the traffic stage wrote a dev split, re-hashed (an edited split is refused)."""
+    m = read_manifest(r.traffic)
+    if not m or "dev" not in (m.get("outputs") or {}):
+        return None
+    return verified_output(r.traffic, "dev", f"distilforge traffic {r.root}")
+
+
+def _dev_scores(spec: TaskSpec, dev, base, student) -> dict:
+    """Base and the kept student on the dev split. Its labels are the teacher's (or the user's gold):
+    a different yardstick from the locked test set, so it is recorded and shown apart from it."""
+    ds, h = dev
+    labels, gold = spec.label_names, list(ds["label"])
+    source = ds["label_source"][0]
+    prompts = [spec.student_prompt(t) for t in ds["text"]]
+    out = {"what": f"dev ({source} labels)", "label_source": source, "n": len(ds), "dev_sha256": h,
+           "row_ids": list(ds["id"])}
+    for name, adapter in (("base", None), ("student", str(student))):
+        s = ev.summarize(ev.score_local(base, adapter, prompts, labels, f"scoring {name} on dev"), gold, labels)
+        out[name] = {k: s[k] for k in ("accuracy", "accuracy_ci", "macro_f1")}
+    # the student's answer per dev row (row_ids order; labels, no text): blind spots rank the dev
+    # clusters by its errors and target the label pairs it confuses (labeling/dev_errors.py)
+    out["student"]["predictions"] = s["predictions"]
     return out
 
 
@@ -124,3 +154,12 @@ def print_table(metrics: dict) -> None:
             shown = f"student (kept: {m['kept']['which']})" if name == "student" and m.get("kept") else name
             t.add_row(shown, f"{m['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{m['macro_f1']:.3f}")
     Console().print(t)
+    dev = metrics.get("dev")
+    if dev:  # a separate table: another yardstick (real traffic, teacher or gold labels), not the locked test set
+        t = Table(title=f"{dev['what']} accuracy (n={dev['n']}, real traffic; not the locked test set)")
+        for col in ("model", "accuracy", "95% CI", "macro-F1"):
+            t.add_column(col)
+        for name in ("base", "student"):
+            lo, hi = dev[name]["accuracy_ci"]
+            t.add_row(name, f"{dev[name]['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{dev[name]['macro_f1']:.3f}")
+        Console().print(t)

@@ -124,3 +124,24 @@ def test_one_setting_each_for_the_base_model_and_structured_output():
         parse_spec({**old, "student": {"base": "smollm2-135m"}})
     with pytest.raises(SpecError, match="same setting"):
         parse_spec({**old, "generation": {**old["generation"], "constrained": False}})
+
+
+def test_traffic_block_validates(monkeypatch):
+    """`traffic:` (real inputs the teacher labels): off by default, the demo's block loads with its
+    profile numbers, the source expands like heldout.source, and gold-label settings need a label column."""
+    raw = yaml.safe_load(TASK.read_text())
+    assert parse_spec({k: v for k, v in raw.items() if k != "traffic"}).traffic is None
+    smoke, demo = load_spec(TASK, "smoke").traffic, load_spec(TASK, "demo").traffic
+    assert (smoke.max_rows, smoke.dev_rows, demo.max_rows, demo.dev_rows) == (6, 4, 320, 100)
+    assert demo.label_column == "category" and demo.dev_labels == "teacher"
+    assert demo.label_map == {"Refund_not_showing_up": "refund_not_showing_up"}
+    monkeypatch.setenv("DISTILFORGE_DATA", "/data")
+    assert load_spec(TASK).traffic.source == "/data/banking77/train.csv"
+    no_gold = {"source": "t.csv", "text_column": "body"}
+    assert parse_spec({**raw, "traffic": no_gold}).traffic.label_column is None
+    for extra, field in (({"labels": ["card_arrival"]}, "labels"), ({"dev_labels": "gold"}, "dev_labels"),
+                         ({"label_map": {"a": "b"}}, "label_map"), ({"max_rows": 0, "dev_rows": 0}, "max_rows"),
+                         ({"dev_rows": -1}, "traffic.dev_rows"), ({"colour": 1}, "traffic.colour")):
+        with pytest.raises(SpecError) as e:
+            parse_spec({**raw, "traffic": {**no_gold, **extra}})
+        assert "traffic" in str(e.value) and field in str(e.value) and "\n" not in str(e.value)
