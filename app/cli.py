@@ -18,7 +18,7 @@ os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")  # our progress bar rep
 warnings.filterwarnings("ignore", message="The 'default' attribute with value None")
 
 from app.registry import stages  # noqa: E402
-from curation.cli import curate_cmd, generate_cmd, teacher_app  # noqa: E402
+from curation.cli import curate_cmd, generate_cmd, teacher_app, traffic_cmd  # noqa: E402
 from distilforge.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USER, DistilforgeError, one_line  # noqa: E402
 from distilforge.runctx import fail  # noqa: E402
 from heldout.cli import eval_cmd, heldout_app  # noqa: E402
@@ -31,7 +31,8 @@ app = typer.Typer(help="distilforge: teacher → curated data → LoRA student �
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(heldout_app, name="heldout")  # the heldout stage: `heldout lock|verify`
 # Stage commands in pipeline order, from the one registry `run` walks too (app/registry.py).
-STAGE_COMMANDS = {"generate": generate_cmd, "curate": curate_cmd, "train": train_cmd, "eval": eval_cmd}
+STAGE_COMMANDS = {"traffic": traffic_cmd, "generate": generate_cmd, "curate": curate_cmd, "train": train_cmd,
+                  "eval": eval_cmd}
 for _info, _ in stages():
     if _info.name in STAGE_COMMANDS:
         app.command(_info.name)(STAGE_COMMANDS[_info.name])
@@ -69,6 +70,16 @@ def blindspots(run: Path = typer.Argument(..., help="Run directory."),
     from labeling.blindspots import blindspots_cmd
 
     blindspots_cmd(run, clusters)
+
+
+@app.command("loop")
+def loop_cmd(run: Path = typer.Argument(..., help="Run directory (made by `distilforge run`, spec with `traffic:`)."),
+             rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds after round 0 (the run as it stands).")):
+    """Error-driven loop on the dev split: blind spots → targeted generation → curate → train → eval, per round
+    (resumable; the round kept is chosen on dev, the locked test score is only recorded)."""
+    from app.loop import run_loop
+
+    run_loop(run, rounds)
 
 
 @app.command("run")

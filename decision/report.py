@@ -22,7 +22,8 @@ from distilforge.layout import Run
 from distilforge.manifest import MANIFEST, read_json, read_manifest
 from distilforge.records import Decision, GenerationResult, Metrics, PricedServing, Tokens, TrainResult
 
-SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "serving", "generation", "economics")
+SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "rounds", "serving", "generation",
+            "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
 _QUALITY = {"student_accuracy", "student_ci", "teacher_accuracy", "teacher_ci", "n_heldout", "student_model"}
 
@@ -347,6 +348,26 @@ def sec_eval(run: Path) -> str:
     return "".join(parts)
 
 
+def sec_rounds(run: Path) -> str:
+    """`distilforge loop` (app/loop.py): each round's dev and test score; the kept round is the best on dev."""
+    p = Run(run) / "loop.json"
+    rounds = _json(p)
+    if not rounds:
+        return not_run("the loop (`distilforge loop RUN --rounds N`)", p)
+
+    def acc(s: dict | None) -> str:
+        s = s or {}
+        ci = s.get("accuracy_ci") or []
+        return "" if s.get("accuracy") is None else _num(s["accuracy"], "{:.3f}") + (
+            f" [{_num(ci[0], '{:.3f}')}, {_num(ci[1], '{:.3f}')}]" if len(ci) == 2 else "")
+
+    rows = [[x.get("round"), x.get("rows"), x.get("targets"), acc(x.get("dev")), acc(x.get("test")),
+             "kept" if x.get("kept") else ""] for x in rounds]
+    note = ("<p>Targets come from blind spots on the dev split; the kept round is the one with the best student "
+            "accuracy on <b>dev</b>. The locked test score is recorded for reading, never used to choose.</p>")
+    return note + table(["round", "training rows", "new targets", "student on dev", "student on test (locked)", ""], rows)
+
+
 def sec_generation(run: Path) -> str:
     r = Run(run)
     gen = GenerationResult.read(r)
@@ -507,6 +528,7 @@ _BUILDERS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "distribution": ("Label / strategy distribution", sec_distribution),
     "coverage": ("Coverage map", sec_coverage), "training": ("Training curves", sec_training),
     "eval": ("Evaluation on the locked held-out set", sec_eval),
+    "rounds": ("Loop rounds (chosen on dev)", sec_rounds),
     "serving": ("Serving the student", sec_serving),
     "generation": ("Generation tokens and cost", sec_generation),
     "economics": ("Decision: fine-tune vs stay hosted", sec_economics),

@@ -43,7 +43,7 @@ PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("curate", ("generate", "traffic", "heldout"), ("curation",)),
     StageInfo("train", ("curate", "review", "heldout"), ("student", "training")),
     StageInfo("eval", ("train", "heldout", "traffic"), ("eval",), teacher=True),
-    StageInfo("blindspots", ("train", "eval"), ()),
+    StageInfo("blindspots", ("train", "eval", "traffic"), ()),  # the dev split, never the locked set
 )
 STAGE_NAMES = tuple(s.name for s in PIPELINE)
 
