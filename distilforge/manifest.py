@@ -86,6 +86,12 @@ def load_dataset_dir(path: str | Path) -> datasets.Dataset:
     path = Path(path)
     if not path.exists():
         raise MissingOutputError(f"{path}: no dataset here (run the stage that writes it first)")
+    state = path / "state.json"
+    if state.exists() and json.loads(state.read_text()).get("_data_files") == []:
+        # `save_to_disk` writes no arrow file for 0 rows and `load_from_disk` then fails with an
+        # IndexError: rebuild the empty dataset from its saved features.
+        features = datasets.DatasetInfo.from_directory(str(path)).features
+        return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     return datasets.load_from_disk(str(path))
 
 
@@ -162,7 +168,7 @@ def outputs_intact(stage_dir: str | Path, m: dict) -> bool:
     """Every dataset a manifest lists is on disk and hashes to what was recorded."""
     for key, out in (m.get("outputs") or {}).items():
         try:
-            if dataset_hash(datasets.load_from_disk(str(Path(stage_dir) / out.get("path", key)))) != out.get("sha256"):
+            if dataset_hash(load_dataset_dir(Path(stage_dir) / out.get("path", key))) != out.get("sha256"):
                 return False
         except Exception:  # noqa: BLE001 - missing or unreadable: not what the stage wrote
             return False
@@ -185,7 +191,7 @@ def verified_output(stage_dir: str | Path, key: str, rerun: str) -> tuple[datase
         raise MissingOutputError(f"{stage_dir / MANIFEST}: stage output '{key}' missing (run that stage first)")
     path, recorded = stage_dir / m["outputs"][key].get("path", key), m["outputs"][key]["sha256"]
     try:
-        ds = datasets.load_from_disk(str(path))
+        ds = load_dataset_dir(path)
     except Exception as e:  # noqa: BLE001 - a half-deleted or foreign folder: same remedy
         raise StaleOutputError(f"{path} cannot be read since {m.get('stage', stage_dir.name)} wrote it "
                                f"({type(e).__name__}): rerun '{rerun}'") from None

@@ -334,9 +334,19 @@ class Curation(_Strict):
 
 
 class Student(_Strict):
-    """`smollm2-135m` and `tiny-random` are embedded (no download); else a local HF folder."""
+    """`smollm2-135m` and `tiny-random` are embedded (no download); else a local HF folder.
+
+    `prompt`: the system prompt the student is trained, scored and served with. `short` is the
+    format's own minimal prompt (classification: the task name; extraction: the name and the JSON
+    keys; instruction: the instruction): the student learns the mapping from the rows, and on CPU
+    training time is proportional to tokens per row (the full instruction + label list is most of a
+    classification row: benchmarks/results/training_prompt.json). `full` is the teacher's prompt.
+    The train stage builds every row's prompt from its text with this setting (changing it retrains
+    without regenerating) and records it; eval scores the adapter with what was recorded.
+    """
 
     base: str = "smollm2-135m"
+    prompt: Literal["short", "full"] = "short"
 
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair",
@@ -574,12 +584,19 @@ class TaskSpec(_Strict):
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
 
-    def student_prompt(self, text: str) -> list[dict]:
-        """The conversational prompt the student sees (TRL `prompt` format)."""
-        return [{"role": "system", "content": self.system_prompt()}, {"role": "user", "content": text}]
+    def student_prompt(self, text: str, mode: Literal["short", "full"] | None = None) -> list[dict]:
+        """The conversational prompt the student sees (TRL `prompt` format); `mode` None: `student.prompt`."""
+        return [{"role": "system", "content": self.system_prompt(mode or self.student.prompt)},
+                {"role": "user", "content": text}]
 
-    def system_prompt(self) -> str:
-        """The student's system prompt for this task type (what it is trained and scored with)."""
+    def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
+        """The system prompt for this task type. `full` (the default): the instruction and the label
+        list or answer format, what the teacher and the untrained base model are asked with. `short`:
+        the format's own minimal prompt a trained student needs (see `Student`)."""
+        if mode == "short":
+            if self.type == "extraction":
+                return f"{self.name}\nJSON keys: {', '.join(self.output_schema['properties'])}"
+            return self.instruction if self.type == "instruction" else self.name
         if self.type == "extraction":
             keys = ", ".join(self.output_schema["properties"])
             return f"{self.instruction}\nAnswer with only a JSON object with the keys: {keys}."
