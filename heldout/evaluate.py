@@ -369,7 +369,7 @@ def endpoint_eval(spec: TaskSpec, run: Path, url: str, *, name: str = "served", 
     model = model or found
     ep = Endpoint(url, model, key, "openai")
     labels = spec.label_names
-    preds, tokens = score_teacher(ep, spec.system_prompt(), [texts_all[i] for i in pos], labels, structured,
+    preds, tokens = score_teacher(ep, spec.system_prompt("full"), [texts_all[i] for i in pos], labels, structured,
                                   spec.teacher.timeout_s, spec.teacher.max_retries)
     gold = [gold_all[i] for i in pos]
     s = summarize(preds, gold, labels)

@@ -41,11 +41,24 @@ def _student_adapters(run: Path, tm: dict) -> dict[str, Path]:
     return {"student": d / tm.get("adapter", "adapter")}
 
 
+def trained_prompt(spec: TaskSpec, train_m: dict) -> tuple[str, str]:
+    """(mode, system text) the kept adapter was trained with, as the train stage recorded them.
+
+    A manifest from before `student.prompt` existed was trained on the full prompt. The recorded
+    text wins over today's spec: an adapter is scored (and exported) with what it learned on."""
+    mode = train_m.get("prompt") or "full"
+    return mode, train_m.get("system_prompt") or spec.system_prompt(mode)
+
+
 def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, force: bool = False) -> dict:
     """Score on the verified held-out set; writes eval/metrics.json, a manifest, and the model card.
 
     With DPO, SFT and SFT+DPO are both scored; `student` is the adapter the train stage kept
     (chosen on its validation rows, never here), with a `kept` field saying which and why.
+
+    Prompts: each adapter is scored with exactly the prompt it was trained with (`trained_prompt`);
+    the base model and the teacher, never trained on this task, get the full prompt (instruction +
+    label list), their only fair chance. Each model's `prompt` field in metrics.json says which.
     """
     from distilforge.card import write_card
     from distilforge.models import student_base_dir
@@ -60,8 +73,10 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
     base = train_m.get("base_dir") if Path(train_m.get("base_dir") or "/nonexistent").exists() else None
     base = base or student_base_dir(base_name)  # the base the adapter was trained on, not today's spec
     adapters = _student_adapters(run, train_m)
+    mode, student_system = trained_prompt(spec, train_m)
     cfg = {"eval": spec.eval.model_dump(), "teacher": spec.teacher.model if spec.eval.teacher else None,
-           "labels": spec.label_names, "system": spec.system_prompt(), "student": base_name}
+           "labels": spec.label_names, "system": spec.system_prompt("full"), "student": base_name,
+           "student_prompt": mode, "student_system": student_system}
     dev = _dev_split(r)  # the traffic stage's dev split (real inputs), scored next to the locked test set
     inputs = {"heldout": info["sha256"], "adapter": train_m["adapter_sha256"],
               **({"dpo_adapter": train_m["dpo"]["adapter_sha256"]} if train_m.get("dpo") else {}),
@@ -75,21 +90,24 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
     idx = ev.sample_rows(len(rows), spec.eval.max_rows)
     rows = rows.select(idx)
     gold, texts = list(rows["label"]), list(rows["text"])
-    prompts = [spec.student_prompt(t) for t in texts]
+    full = [spec.student_prompt(t, "full") for t in texts]
+    trained = [[{"role": "system", "content": student_system}, {"role": "user", "content": t}] for t in texts]
     labels = spec.label_names
     models: dict[str, dict] = {}
-    models["base"] = ev.summarize(ev.score_local(base, None, prompts, labels, "scoring base"), gold, labels)
+    models["base"] = {**ev.summarize(ev.score_local(base, None, full, labels, "scoring base"), gold, labels),
+                      "prompt": "full"}
     for name, path in adapters.items():
-        models[name] = ev.summarize(ev.score_local(base, str(path), prompts, labels, f"scoring {name}"), gold, labels)
+        models[name] = {**ev.summarize(ev.score_local(base, str(path), trained, labels, f"scoring {name}"), gold, labels),
+                        "prompt": mode}
     kept = train_m.get("kept") or {"which": "sft", "why": "SFT only (trained before DPO support)", "selected_on": None}
     if "student" not in models:
         models["student"] = {**models[f"student_{kept['which']}"]}
     models["student"]["kept"] = kept
     if spec.eval.teacher and endpoint is not None:
         t_idx = ev.stratified_rows(gold, spec.eval.teacher_max_per_label)
-        preds, tokens = ev.score_teacher(endpoint, spec.system_prompt(), [texts[i] for i in t_idx], labels,
+        preds, tokens = ev.score_teacher(endpoint, spec.system_prompt("full"), [texts[i] for i in t_idx], labels,
                                          spec.teacher.structured_output, spec.teacher.timeout_s, spec.teacher.max_retries)
-        models["teacher"] = {**ev.summarize(preds, [gold[i] for i in t_idx], labels), "tokens": tokens,
+        models["teacher"] = {**ev.summarize(preds, [gold[i] for i in t_idx], labels), "prompt": "full", "tokens": tokens,
                              "model": endpoint.model, "rows": len(t_idx),
                              "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}
     comparisons = {}
@@ -106,7 +124,8 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
                "models": models, "comparisons": comparisons,
                "per_label": {m: v["per_label"] for m, v in models.items()}}
     if dev and len(dev[0]):
-        metrics["dev"] = _dev_scores(spec, dev, base, adapters.get("student") or adapters[f"student_{kept['which']}"])
+        metrics["dev"] = _dev_scores(spec, dev, base, adapters.get("student") or adapters[f"student_{kept['which']}"],
+                                     student_system)
     for m in models.values():  # predictions stay out of metrics.json; no held-out text anywhere
         m.pop("predictions", None)
     atomic_write_json(r.metrics, metrics)
@@ -125,16 +144,18 @@ def _dev_split(r: Run):
     return verified_output(r.traffic, "dev", f"distilforge traffic {r.root}")
 
 
-def _dev_scores(spec: TaskSpec, dev, base, student) -> dict:
+def _dev_scores(spec: TaskSpec, dev, base, student, student_system: str) -> dict:
     """Base and the kept student on the dev split. Its labels are the teacher's (or the user's gold):
-    a different yardstick from the locked test set, so it is recorded and shown apart from it."""
+    a different yardstick from the locked test set, so it is recorded and shown apart from it.
+    Prompts as on the test set: the full one for the base, the trained one for the student."""
     ds, h = dev
     labels, gold = spec.label_names, list(ds["label"])
     source = ds["label_source"][0]
-    prompts = [spec.student_prompt(t) for t in ds["text"]]
+    full = [spec.student_prompt(t, "full") for t in ds["text"]]
+    trained = [[{"role": "system", "content": student_system}, {"role": "user", "content": t}] for t in ds["text"]]
     out = {"what": f"dev ({source} labels)", "label_source": source, "n": len(ds), "dev_sha256": h,
            "row_ids": list(ds["id"])}
-    for name, adapter in (("base", None), ("student", str(student))):
+    for name, adapter, prompts in (("base", None, full), ("student", str(student), trained)):
         s = ev.summarize(ev.score_local(base, adapter, prompts, labels, f"scoring {name} on dev"), gold, labels)
         out[name] = {k: s[k] for k in ("accuracy", "accuracy_ci", "macro_f1")}
     # the student's answer per dev row (row_ids order; labels, no text): blind spots rank the dev

@@ -38,11 +38,13 @@ def naive_scores(model_path, prompts, labels):
     return out
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_packed_scores_match_naive_loop(banking77_texts, batch_size):
+@pytest.mark.parametrize("batch_size,mode", [(1, "short"), (3, "short"), (8, "short"), (3, "full")])
+def test_packed_scores_match_naive_loop(banking77_texts, batch_size, mode):
+    """`short`: the trained student's prompt (a few shared tokens); `full`: the base model's (a long
+    shared instruction + label list, the prefix that runs once)."""
     spec = load_spec("examples/banking77/task.yaml", profile="smoke")
     texts = banking77_texts[:7]  # different lengths: left padding inside a batch is exercised
-    prompts = [spec.student_prompt(t) for t in texts]
+    prompts = [spec.student_prompt(t, mode) for t in texts]
     base = student_base_dir("tiny-random")
     preds, got = ev.score_local(base, None, prompts, spec.label_names, return_scores=True, batch_size=batch_size)
     want = naive_scores(base, prompts, spec.label_names)

@@ -23,10 +23,10 @@ LABELS = ["card_arrival", "pin_blocked", "exchange_rate"]
 PER_LABEL = 6
 
 
-def make_spec(**training):
+def make_spec(prompt=None, **training):
     raw = yaml.safe_load(TASK.read_text())
     raw["labels"] = [lab for lab in raw["labels"] if lab["name"] in LABELS]
-    raw["student"] = {"base": "tiny-random"}
+    raw["student"] = {"base": "tiny-random", **({"prompt": prompt} if prompt else {})}
     raw["heldout"]["max_per_label"] = 4
     raw["heldout"]["source"] = str(BANKING77 / "test.csv")
     raw["training"] = {"epochs": 2, "batch_size": 4, "max_length": 128, "save_steps": 1, "tensorboard": True,
@@ -85,6 +85,10 @@ def test_sft_then_dpo_then_eval(dpo_run):
 
     m = json.loads((run / "eval" / "metrics.json").read_text())
     assert m["n"] == 12 and {"base", "student_sft", "student_dpo", "student"} <= set(m["models"])
+    # the default short prompt, recorded by train; every adapter scored with it, the base with the full one
+    assert tm["prompt"] == "short" and tm["system_prompt"] == spec.name
+    assert {k: v["prompt"] for k, v in m["models"].items()} == {"base": "full", "student_sft": "short",
+                                                                "student_dpo": "short", "student": "short"}
     assert m["models"]["student"]["kept"]["which"] == kept["which"]
     assert m["models"]["student"]["correct"] == m["models"][f"student_{kept['which']}"]["correct"]
     lo, hi = m["models"]["student_dpo"]["accuracy_ci"]
@@ -153,6 +157,63 @@ def test_resume_gives_the_same_adapter(tmp_path):
         train_stage(make_spec(learning_rate=1e-4), cut, resume=True)
 
 
+def saw_rows(seen: list):
+    """A TrainerCallback appending to `seen` the first tokenized row the trainer starts with, decoded."""
+    from transformers import TrainerCallback
+
+    class Saw(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append(kw["processing_class"].decode(kw["train_dataloader"].dataset[0]["input_ids"]))
+
+    return Saw()
+
+
+def test_train_builds_the_student_prompt_and_eval_scores_with_the_recorded_one(tmp_path, monkeypatch):
+    """The prompt is the train stage's: built from each row's text with `student.prompt` (short by
+    default), whatever the stored `prompt` column says; switching the mode retrains (never skips), and
+    eval scores the adapter with the mode it was trained with, the base with the full prompt."""
+    from heldout import evaluate as ev
+    from heldout.stages import eval_stage
+    from training.stages import train_stage
+
+    short, full = make_spec(epochs=1), make_spec(prompt="full", epochs=1)
+    assert short.student.prompt == "short" and short.system_prompt("short") == short.name
+    full_system = full.system_prompt("full")
+    assert "Answer with exactly one of" in full_system and full.system_prompt() == full_system
+    rows = [{**r, "prompt": [{"role": "system", "content": "a stale prompt from generation"},
+                             {"role": "user", "content": r["text"]}]} for r in train_rows(short).to_list()]
+    run = make_run(tmp_path / "run", short, datasets.Dataset.from_list(rows))
+    seen: list[str] = []
+    tm = train_stage(short, run, callbacks=[saw_rows(seen)])
+    assert short.name in seen[-1] and "Answer with" not in seen[-1] and "stale" not in seen[-1]
+    assert rows[0]["text"] in seen[-1]
+    assert (tm["prompt"], tm["system_prompt"]) == ("short", short.name)
+    assert train_stage(short, run, callbacks=[saw_rows(seen)]) == tm and len(seen) == 1  # unchanged: skipped
+
+    scored: list[tuple] = []
+    real = ev.score_local
+
+    def spy(model, adapter, prompts, labels, *a, **kw):
+        scored.append((adapter, prompts[0][0]["content"]))
+        return real(model, adapter, prompts, labels, *a, **kw)
+
+    monkeypatch.setattr(ev, "score_local", spy)
+    eval_stage(full, run, None)  # today's spec says full; the adapter was trained on short
+    assert scored == [(None, full_system), (str(run / "train" / "adapter"), short.name)]
+    import json
+
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert {k: v["prompt"] for k, v in metrics["models"].items()} == {"base": "full", "student": "short"}
+
+    tm_full = train_stage(full, run, callbacks=[saw_rows(seen)])  # the mode changed: retrained, not skipped
+    assert len(seen) == 2 and "Answer with exactly one of" in seen[-1] and "stale" not in seen[-1]
+    assert tm_full["fingerprint"] != tm["fingerprint"] and tm_full["adapter_sha256"] != tm["adapter_sha256"]
+    assert (tm_full["prompt"], tm_full["system_prompt"]) == ("full", full_system)
+    scored.clear()
+    eval_stage(full, run, None)
+    assert scored == [(None, full_system), (str(run / "train" / "adapter"), full_system)]
+
+
 def test_contaminated_row_makes_train_refuse(tmp_path):
     from training.stages import ContaminationError, train_stage
 
@@ -175,7 +236,7 @@ def test_gate_reads_every_trained_column_and_names_it():
     rows[1]["completion"] = [{"role": "assistant", "content": "a planted answer"}]
     texts, ids, cols = trained_strings(datasets.Dataset.from_list(rows))
     got = set(zip(ids, cols, texts))
-    system = spec.system_prompt()
+    system = spec.system_prompt(spec.student.prompt)  # the rows' prompts are the student's
     assert (rows[0]["id"], "prompt", system) in got and (rows[0]["id"], "prompt", rows[0]["text"]) in got
     assert (rows[1]["id"], "completion", "a planted answer") in got and (rows[0]["id"], "text", rows[0]["text"]) in got
     assert len(texts) == 2 * 4  # per row: system + user, the answer, the text

@@ -9,7 +9,10 @@ into the stage fingerprint); this module keeps them short and identical where th
 * checkpoints live in `<stage>/checkpoints` next to a `fingerprint.json` of the config and data
   that produced them, so `--resume` can never continue a run from a different config;
 * adapters are saved atomically (distilforge/atomic.py), only the trained `default` adapter (DPO
-  on a PeftModel also carries a frozen `ref` copy that must not ship).
+  on a PeftModel also carries a frozen `ref` copy that must not ship);
+* every row's `prompt` is rebuilt from its text with the spec's `student.prompt` (`with_prompts`)
+  before anything trains on it: the prompt is a training concern, so changing it retrains without
+  regenerating, and the column the generator wrote is never what decides.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Iterator
 
 from distilforge.atomic import atomic_path, atomic_write_json
 from distilforge.manifest import sha256_file, sha256_json
-from distilforge.errors import UserError
+from distilforge.errors import DataError, UserError
 
 
 # The `training` fields every method runs with (its own fields follow; see `run_config`).
@@ -35,6 +38,31 @@ def run_config(t, base_model: str, **method) -> dict:
     (a `distilforge.spec.Training`), then the method's own (`method` may override a shared one in
     place, e.g. DPO's batch size). Hashed into the stage fingerprint and recorded in done.json."""
     return {"base_model": base_model, **{k: getattr(t, k) for k in SHARED}, **method}
+
+
+def with_prompts(ds, spec, mode: str | None = None):
+    """`ds` with every row's `prompt` rebuilt by `spec.student_prompt(text, mode)` (mode None:
+    `spec.student.prompt`); other columns (completion, chosen, rejected) untouched, order kept.
+
+    The text is the row's `text` column, else the last user message of its `prompt` (teacher
+    preference pairs carry no `text`). A row with neither is one error line naming it."""
+    cols = ds.column_names
+    if len(ds) == 0:
+        return ds
+    if "text" in cols:
+        texts = list(ds["text"])
+    elif "prompt" in cols:
+        texts = [next((m.get("content") for m in reversed(p or []) if isinstance(m, dict) and m.get("role") == "user"), None)
+                 for p in ds["prompt"]]
+    else:
+        raise DataError("training data lacks a `text` column (or a `prompt` to take the text from)")
+    ids = ds["id"] if "id" in cols else list(range(len(ds)))
+    bad = next((i for i, t in zip(ids, texts) if not isinstance(t, str) or not t), None)
+    if bad is not None:
+        raise DataError(f"training row {bad}: no text to build its prompt from")
+    prompts = [spec.student_prompt(t, mode) for t in texts]
+    out = ds.remove_columns("prompt") if "prompt" in cols else ds
+    return out.add_column("prompt", prompts).select_columns(cols if "prompt" in cols else cols + ["prompt"])
 
 
 class ResumeError(UserError, RuntimeError):

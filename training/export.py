@@ -65,7 +65,8 @@ def _metrics(run: Path) -> Metrics | None:
 def vouch(run: Path, spec: TaskSpec) -> dict:
     """What an export is vouched by, or an ExportError saying why the student may not ship."""
     from heldout.lock import HeldoutError, verify
-    from training.common import dir_hash
+    from heldout.stages import trained_prompt
+    from training.common import dir_hash, with_prompts
     from training.stages import ContaminationError, contamination_gate
 
     r = Run(run)
@@ -103,7 +104,7 @@ def vouch(run: Path, spec: TaskSpec) -> dict:
         raise ExportError(f"refusing to export: {src} changed since the adapter was trained "
                           f"({h[:12]} != {str(tm.data_sha256)[:12]}); re-run train and eval")
     try:
-        contamination_gate(spec, run, ("training", ds))
+        contamination_gate(spec, run, ("training", with_prompts(ds, spec, trained_prompt(spec, tm.model_dump())[0])))
     except ContaminationError as e:
         raise ExportError(f"refusing to export: the student failed the contamination gate: "
                           f"{str(e).removeprefix('refusing to train: ')}") from None
@@ -131,6 +132,7 @@ def export_hf(run: Path, spec: TaskSpec, info: dict, out: Path | None = None) ->
     """Merged HF folder with the training prompt baked into its chat template, card, export.json."""
     from distilforge.card import render_card
     from distilforge.models import load_tokenizer, merge_adapter, student_base_dir
+    from heldout.stages import trained_prompt
 
     r = Run(run)
     tm = TrainResult.read(r, ExportError) or TrainResult()
@@ -141,7 +143,8 @@ def export_hf(run: Path, spec: TaskSpec, info: dict, out: Path | None = None) ->
         tok = load_tokenizer(str(tmp))
         if not tok.chat_template:
             raise ExportError(f"{tm.base_model}: the student's tokenizer has no chat template to serve it with")
-        tok.chat_template = training_chat_template(tok.chat_template, spec.system_prompt())
+        # the prompt the kept adapter was trained with (train/manifest.json), not today's spec's
+        tok.chat_template = training_chat_template(tok.chat_template, trained_prompt(spec, tm.model_dump())[1])
         tok.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(render_card(run, _metrics(run), library="transformers"))
         atomic_write_json(tmp / "export.json", {**info, "format": "hf", "created": _now()})

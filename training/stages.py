@@ -12,6 +12,11 @@ likelihood and DPO is kept only if it is better. The choice is made here, on tra
 not on the locked held-out set, so the held-out score of the kept student is not selected on.
 With no validation rows (tiny runs) SFT is kept: nothing may be chosen by looking at the held-out set.
 
+Every row's `prompt` (SFT rows and preference pairs alike) is rebuilt from its text with
+`student.prompt` before anything below sees it; the mode and the exact system text are in the
+stage's fingerprint and its manifest (`prompt`, `system_prompt`), which eval reads to score the
+adapter with the prompt it was trained with.
+
 The contamination gate sees exactly what the trainers will see: every string of every trained
 column (prompt, completion, chosen, rejected, messages, text) of the dataset files read, and
 those files are hashed again here: a dataset edited after its stage recorded it is refused (the
@@ -145,15 +150,24 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
         prefs, ph = verified_output(r.generate, "prefs", f"distilforge generate {run}")
     inputs = {src: h, "heldout": lock["sha256"], **({"prefs": ph} if ph else {})}
     semantic = semantic_dump(t)
-    st = Stage(r.train, "train", inputs, {**semantic, "base_model": base_name})
+    # The student's prompt is built here from each row's text (common.with_prompts), so what it is
+    # (the mode and the exact system text) is part of what this stage is run with.
+    mode = spec.student.prompt
+    system = spec.system_prompt(mode)
+    st = Stage(r.train, "train", inputs, {**semantic, "base_model": base_name, "student": semantic_dump(spec.student),
+                                          "system_prompt": system})
     if st.is_current() and not force:
         console.print("train: inputs unchanged, skipped")
         return read_manifest(st.dir)
     if len(ds) == 0:
         raise ContaminationError(f"{training_source(run)[1]}: no rows to train on")
+    ds = common.with_prompts(ds, spec, mode)
+    if prefs is not None:
+        prefs = common.with_prompts(prefs, spec, mode)
     split = t.dpo.enabled and spec.type == "classification" and "label" in ds.column_names
     train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if split else (ds, ds.select([]))
     pairs, pairs_src = _preferences(spec, train, prefs) if t.dpo.enabled else (None, None)
+    # (pairs made from the curated rows carry their rebuilt prompts; teacher pairs were rebuilt above)
     contamination_gate(spec, run, ("training", ds), *([("preference", pairs)] if pairs is not None else []))
     st.begin()
 
@@ -193,7 +207,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
         merge_adapter(base, r.adapter, r.merged)
     seconds = sft["seconds"] + (dpo_info["seconds"] if dpo_info else 0)
     m = st.finish(data_source=src, data_sha256=h, rows=len(ds), train_rows=len(train), val_ids=list(val["id"]),
-                  base_model=base_name, base_dir=base,
+                  base_model=base_name, base_dir=base, prompt=mode, system_prompt=system,
                   adapter="adapter", adapter_sha256=common.dir_hash(r.adapter),
                   merged="merged" if t.merge else None, device=sft["device"],
                   train_seconds=round(seconds, 2), train_loss=sft["train_loss"], steps=sft["steps"],
