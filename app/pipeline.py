@@ -73,6 +73,8 @@ def _outcome(rec: HeldoutLock | StageManifest | None, t0: float) -> str:
         return "nothing to do"
     if isinstance(rec, HeldoutLock):
         return f"{rec.n} locked rows (sha256 {str(rec.sha256)[:12]})"
+    if (rec.model_extra or {}).get("skipped"):  # a stage with nothing to do says why in its manifest
+        return str(rec.model_extra["skipped"]).split(";")[0]
     started = calendar.timegm(time.strptime(rec.started, "%Y-%m-%dT%H:%M:%SZ")) if rec.started else 0
     rows = ", ".join(f"{k} {o.rows}" for k, o in rec.outputs.items() if o.rows is not None)
     what = "ran" if started >= int(t0) else "unchanged, skipped"

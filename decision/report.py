@@ -95,9 +95,9 @@ def _json(path: Path) -> dict | None:
 
 def _columns(path: Path, cols: list[str]) -> dict[str, list]:
     """Only the named columns of a saved dataset (missing columns come back empty)."""
-    import datasets
+    from distilforge.manifest import load_dataset_dir
 
-    ds = datasets.load_from_disk(str(path))
+    ds = load_dataset_dir(path)
     return {c: (list(ds[c]) if c in ds.column_names else []) for c in cols}
 
 
@@ -211,16 +211,16 @@ def sec_coverage(run: Path) -> str:
     if not bs or not (bs.get("coverage") or {}).get("points"):
         return not_run("blind-spot analysis (coverage map)", p)
     cov = bs["coverage"]
-    clusters = cov.get("gaps") or []  # every held-out cluster, worst first; `gap` marks the real gaps
+    clusters = cov.get("gaps") or []  # every dev-split cluster, worst first; `gap` marks the real gaps
     gaps = [g for g in clusters if g.get("gap", True)]
     gap_ids = {g.get("cluster") for g in gaps}
     pts = cov["points"]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6))
     syn = [q for q in pts if q.get("kind") == "synthetic"]
-    held = [q for q in pts if q.get("kind") == "heldout"]
+    held = [q for q in pts if q.get("kind") == "dev"]
     ax.scatter([q["x"] for q in syn], [q["y"] for q in syn], s=8, c="#9ecae1", label="synthetic")
-    ax.scatter([q["x"] for q in held], [q["y"] for q in held], s=14, c="#d62728", marker="x", label="held-out")
+    ax.scatter([q["x"] for q in held], [q["y"] for q in held], s=14, c="#d62728", marker="x", label="dev split (real)")
     gap_pts = [q for q in held if q.get("cluster") in gap_ids]
     if gap_pts:
         ax.scatter([q["x"] for q in gap_pts], [q["y"] for q in gap_pts], s=90, facecolors="none",
@@ -231,15 +231,19 @@ def sec_coverage(run: Path) -> str:
                 ax.annotate(f"gap {cid}", (sum(q["x"] for q in cp) / len(cp), sum(q["y"] for q in cp) / len(cp)),
                             fontsize=9, weight="bold")
     ax.legend()
-    ax.set_title("coverage: held-out vs synthetic (2-D projection)")
+    ax.set_title("coverage: real dev split vs training rows (2-D projection)")
     rows = [[g.get("cluster"), "GAP" if g.get("gap", True) else "", g.get("size"), _num(g.get("distance"), "{:.3f}"),
-             g.get("synthetic_rows", ""), _num(g.get("teacher_accuracy"), "{:.2f}") if "teacher_accuracy" in g else "",
+             g.get("synthetic_rows", ""), _num(g.get("error_rate"), "{:.2f}") if "error_rate" in g else "",
+             _num(g.get("teacher_accuracy"), "{:.2f}") if "teacher_accuracy" in g else "",
              ", ".join(f"{k}:{v}" for k, v in (g.get("labels") or {}).items()), ", ".join(g.get("keywords") or [])]
             for g in clusters[:15]]
-    note = (f"<p>{len(held)} held-out points (text not shown), {len(syn)} synthetic points, "
-            f"{len(gaps)} gap cluster(s) of {len(clusters)}. Distance = mean (1 − cosine) from a cluster's real rows to "
-            "their nearest synthetic row; teacher acc = the teacher's held-out accuracy inside the cluster.</p>")
-    head = ["cluster", "gap", "size", "distance", "synthetic rows", "teacher acc", "labels", "keywords"]
+    note = (f"<p>{len(held)} real dev-split points (text not shown), {len(syn)} training points, "
+            f"{len(gaps)} gap cluster(s) of {len(clusters)}. Blind spots are computed on the dev split of real "
+            "traffic, never on the locked test set (that would tune the data to the test). Distance = mean "
+            "(1 − cosine) from a cluster's real rows to their nearest training row; student err = the student's "
+            "error rate on the cluster's dev rows; teacher acc = the teacher's accuracy there (gold dev labels only)."
+            "</p>")
+    head = ["cluster", "gap", "size", "distance", "training rows", "student err", "teacher acc", "labels", "keywords"]
     return img(fig, "coverage map") + note + table(head, rows) + _review_tables(bs.get("review"))
 
 

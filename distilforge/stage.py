@@ -30,7 +30,7 @@ class StageFn(Protocol):
 class StageInfo:
     name: str
     reads: tuple[str, ...]  # stages whose outputs it reads
-    config: tuple[str, ...]  # top-level spec blocks it reads ("*" = the task itself)
+    config: tuple[str, ...]  # spec blocks it may read ("task" = the task definition, which all may read)
     teacher: bool = False  # needs a teacher endpoint
 
 
@@ -40,9 +40,9 @@ PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("heldout", (), ("heldout",)),
     StageInfo("traffic", ("heldout",), ("traffic", "task", "teacher", "curation"), teacher=True),  # curation: decontamination
     StageInfo("generate", ("heldout",), ("task", "teacher", "generation"), teacher=True),
-    StageInfo("curate", ("generate", "traffic", "heldout"), ("curation",)),
-    StageInfo("train", ("curate", "review", "heldout"), ("student", "training")),
-    StageInfo("eval", ("train", "heldout", "traffic"), ("eval",), teacher=True),
+    StageInfo("curate", ("generate", "traffic", "heldout"), ("curation", "generation")),
+    StageInfo("train", ("curate", "review", "heldout"), ("student", "training", "curation")),
+    StageInfo("eval", ("train", "heldout", "traffic"), ("eval", "heldout", "teacher"), teacher=True),
     StageInfo("blindspots", ("train", "eval", "traffic"), ()),  # the dev split, never the locked set
 )
 STAGE_NAMES = tuple(s.name for s in PIPELINE)
@@ -51,3 +51,51 @@ STAGE_NAMES = tuple(s.name for s in PIPELINE)
 def first_stage_reading(block: str) -> str:
     """The first stage that reads a spec block (unknown blocks are the task: `generate`)."""
     return next((s.name for s in PIPELINE if block in s.config), "generate")
+
+
+# The spec's configuration blocks. Everything else on the spec is the task definition, which
+# every stage may read; `backend` says where work runs (local or Ray), never what it computes.
+BLOCKS = frozenset({"teacher", "generation", "curation", "student", "training", "heldout", "traffic", "eval",
+                    "profiles"})
+
+
+class UndeclaredBlock(AttributeError):
+    """A stage read a spec block its StageInfo does not declare: a bug in the stage (its declared
+    inputs, which say what a spec edit invalidates, would be wrong), not in the user's input."""
+
+
+class StageSpec:
+    """The spec as one stage sees it: the task definition plus only the blocks that stage
+    declares in PIPELINE. Reading any other block raises `UndeclaredBlock`, so the declaration is
+    checked every time a stage runs, not trusted. Serialising (`model_dump*`, for distilabel steps
+    that rebuild the spec in a worker) gives the whole spec: a worker is part of its stage."""
+
+    __slots__ = ("_spec", "_info")
+
+    def __init__(self, spec: TaskSpec, info: StageInfo):
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_info", info)
+
+    def __getattr__(self, name: str):
+        info = self._info
+        if name in BLOCKS and name not in info.config:
+            declared = ", ".join(b for b in info.config if b in BLOCKS) or "no block"
+            raise UndeclaredBlock(f"stage '{info.name}' reads spec.{name}, which distilforge/stage.py PIPELINE "
+                                  f"does not declare for it (it declares {declared})")
+        return getattr(self._spec, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError("a stage's view of the spec is read-only")
+
+    def model_copy(self, **kw) -> StageSpec:
+        return StageSpec(self._spec.model_copy(**kw), self._info)
+
+    def __repr__(self) -> str:
+        return f"StageSpec({self._info.name}: {self._spec.name})"
+
+
+def scoped(spec: TaskSpec | StageSpec, stage: str) -> StageSpec:
+    """`spec` as stage `stage` may see it (a view handed to another stage is re-scoped from the
+    whole spec: each stage is held to its own declaration)."""
+    whole = spec._spec if isinstance(spec, StageSpec) else spec
+    return StageSpec(whole, next(s for s in PIPELINE if s.name == stage))

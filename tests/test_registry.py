@@ -33,3 +33,5 @@ def test_outcome_tells_a_run_from_a_skip():
     assert _outcome(rec, now) == "ran: curated 12"
     assert _outcome(rec, now + 5) == "unchanged, skipped: curated 12"
     assert _outcome(None, now) == "nothing to do"
+    skip = StageManifest(stage="blindspots", started=rec.started, skipped="skipped: blind spots need a real split; x")
+    assert _outcome(skip, now) == "skipped: blind spots need a real split"

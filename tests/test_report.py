@@ -74,8 +74,8 @@ def make_run(root: Path) -> Path:
     Stage(run / "review", "review", {}, {}).begin().finish(pushed=50, reviewed=30, approved=27, rejected=3)
 
     pts = [{"x": rng.gauss(0, 1), "y": rng.gauss(0, 1), "kind": "synthetic", "cluster": rng.randint(0, 3)} for _ in range(50)]
-    pts += [{"x": rng.gauss(3, 0.4), "y": rng.gauss(2, 0.4), "kind": "heldout", "cluster": 4} for _ in range(8)]
-    pts += [{"x": rng.gauss(0, 1), "y": rng.gauss(0, 1), "kind": "heldout", "cluster": rng.randint(0, 3)} for _ in range(32)]
+    pts += [{"x": rng.gauss(3, 0.4), "y": rng.gauss(2, 0.4), "kind": "dev", "cluster": 4} for _ in range(8)]
+    pts += [{"x": rng.gauss(0, 1), "y": rng.gauss(0, 1), "kind": "dev", "cluster": rng.randint(0, 3)} for _ in range(32)]
     atomic_write_json(run / "blindspots" / "blindspots.json", {"coverage": {"points": pts, "gaps": [
         {"cluster": 4, "size": 8, "distance": 0.61, "labels": {"exchange_rate": 6, "card_arrival": 2},
          "keywords": ["rate", "currency"]}]}})
@@ -156,6 +156,7 @@ def test_full_report_in_headless_chromium(tmp_path):
     assert "http://" not in html.split("</style>")[0] and "<script" not in html  # nothing to fetch
     charts = pngs(html)
     assert len(charts) >= 7  # funnel, distribution, coverage, training, eval, confusion, tokens, cost
+    assert "40 real dev-split points" in html  # the coverage map shows the dev split, never the locked set
     assert all(spread(p) > 5 for p in charts), [round(spread(p), 1) for p in charts]
     assert 'class="error"' not in html
 

@@ -43,12 +43,15 @@ def test_every_stage_wrote_its_dataset_and_manifest(smoke_run):
     decision = json.loads((smoke_run / "decide" / "decision.json").read_text())
     html = (smoke_run / "report.html").read_text()
     assert esc(decision["verdict_line"]) in html and all(f'<section id="{sid}">' in html for sid in SECTIONS)
-    # blind spots: the clusters partition the 20 locked rows; one target per gap cluster
+    # blind spots: the clusters partition the real dev split's rows (never the locked ones); one
+    # gap target per gap cluster (error and contrastive targets come on top)
     bs = json.loads((smoke_run / "blindspots" / "blindspots.json").read_text())
     gaps = bs["coverage"]["gaps"]
-    assert bs["coverage"]["heldout_rows"] == 20 and sum(g["size"] for g in gaps) == 20
+    dev = datasets.load_from_disk(str(smoke_run / "traffic" / "dev"))
+    assert bs["coverage"]["dev_rows"] == len(dev) > 0 and sum(g["size"] for g in gaps) == len(dev)
     targets = yaml.safe_load((smoke_run / "blindspots" / "targets.yaml").read_text())["targets"]
-    assert len(targets) == sum(g["gap"] for g in gaps) == read_manifest(smoke_run / "blindspots")["gaps"]
+    gap_targets = [t for t in targets if t.get("kind", "gap") == "gap"]
+    assert len(gap_targets) == sum(g["gap"] for g in gaps) == read_manifest(smoke_run / "blindspots")["gaps"]
     assert all(t["label"] in labels and t["count"] >= 4 for t in targets)
 
 
