@@ -229,6 +229,9 @@ def _agreement(pairs: list[tuple[str | None, str]], labels: list[str]) -> dict |
 def traffic_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> dict:
     """Real traffic → RUN/traffic/{rows,dev,dropped}; skipped when the spec has no `traffic` block
     or nothing changed (same source rows, settings, task, teacher and held-out lock)."""
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "traffic")  # only the spec blocks PIPELINE declares for this stage
     from heldout.lock import load_locked, read_lock
 
     r = Run(run)

@@ -22,6 +22,9 @@ console = Console(stderr=True)
 
 def lock_stage(spec: TaskSpec, run: Path, force: bool = False) -> dict:
     """Lock once. An existing lock is verified, never silently replaced (that would bless an edit)."""
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "heldout")  # only the spec blocks PIPELINE declares for this stage
     r = Run(run)
     d = r.heldout
     if r.lock_json.exists() and not force:
@@ -60,6 +63,9 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
     the base model and the teacher, never trained on this task, get the full prompt (instruction +
     label list), their only fair chance. Each model's `prompt` field in metrics.json says which.
     """
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "eval")  # only the spec blocks PIPELINE declares for this stage
     from distilforge.card import write_card
     from distilforge.models import student_base_dir
 

@@ -221,6 +221,9 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     """Coverage of the dev split by the training rows (approved export, else curated), the student's
     errors on it (from eval's per-row dev predictions), and, once reviews were pulled, where
     reviewers reject and how far the teacher-judge agrees. Never opens the locked test set."""
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "blindspots")  # only the spec blocks PIPELINE declares for this stage
     from curation.embed import Embedder
     from distilforge.manifest import Stage, load_dataset_dir, read_manifest, sha256_json
     from distilforge.sources import training_source

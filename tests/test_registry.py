@@ -35,3 +35,21 @@ def test_outcome_tells_a_run_from_a_skip():
     assert _outcome(None, now) == "nothing to do"
     skip = StageManifest(stage="blindspots", started=rec.started, skipped="skipped: blind spots need a real split; x")
     assert _outcome(skip, now) == "skipped: blind spots need a real split"
+
+
+def test_a_stage_sees_only_the_spec_blocks_it_declares():
+    import pytest
+
+    from distilforge.stage import UndeclaredBlock, scoped
+
+    spec = load_spec(TASK, profile="smoke")
+    cur = scoped(spec, "curate")
+    assert cur.curation.dedup.exact is True and cur.label_names == spec.label_names  # declared + the task
+    with pytest.raises(UndeclaredBlock, match=r"stage 'curate' reads spec.training, which .* declares curation, generation"):
+        cur.training
+    bs = scoped(cur, "blindspots")  # re-scoped from the whole spec, held to its own declaration
+    with pytest.raises(UndeclaredBlock):
+        bs.heldout  # blind spots never read the locked set's settings
+    with pytest.raises(AttributeError):
+        cur.name = "x"  # read-only
+    assert cur.model_dump(mode="json") == spec.model_dump(mode="json")  # a worker of the stage gets the whole spec

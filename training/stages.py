@@ -133,6 +133,9 @@ def _preferences(spec: TaskSpec, train: datasets.Dataset,
 def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = False,
                 callbacks: list | None = None) -> dict:
     """Train (or skip when inputs are unchanged). `resume`: continue finished sub-stages and checkpoints."""
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "train")  # only the spec blocks PIPELINE declares for this stage
     from heldout.lock import read_lock
     from training.dpo import dpo_config, train_dpo
     from distilforge.models import merge_adapter, student_base_dir
