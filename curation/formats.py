@@ -26,7 +26,10 @@ DEFAULT_TEMPLATE = {"classification": "classification_v3", "extraction": "extrac
 # Every generation request carries all of these (empty when a strategy does not use one), so one
 # TextGeneration step with one template serves every strategy.
 COLUMNS = ["strategy", "instruction", "input_description", "description", "tone", "length", "channel", "typos",
-           "persona", "examples_text", "keywords", "schema_text", "style_guide", "parent_text", "evolution"]
+           "persona", "examples_text", "keywords", "schema_text", "style_guide", "parent_text", "evolution",
+           "n_messages", "slots"]
+# Templates that ask for `generation.inputs_per_request` inputs at once (a JSON list), per task type.
+BATCH_TEMPLATE = {"classification": "classification_batch_v1"}
 
 
 def features(**columns: str) -> datasets.Features:
@@ -195,6 +198,103 @@ def _parse(spec: TaskSpec, raw: str | None, finish_reason: str | None, completio
     if bad:
         return None, bad
     return {"text": text, "answer": canonical_json(spec, out)}, ""
+
+
+def batch_template_name(spec: TaskSpec) -> str | None:
+    """The template of a request for several inputs at once, or None where each row is one request
+    (inputs_per_request 1, or a task type without a batch template)."""
+    if spec.generation.inputs_per_request <= 1:
+        return None
+    return BATCH_TEMPLATE.get(spec.type)
+
+
+def batch_response_schema() -> dict:
+    """JSON Schema of a batch answer: {"messages": [str, ...]} (the length is asked for, and checked
+    by `parse_batch`: a grammar that forces it makes small teachers pad with copies)."""
+    return {"type": "object", "properties": {"messages": {"type": "array", "items": {"type": "string"}}},
+            "required": ["messages"]}
+
+
+def batch_extra_body(spec: TaskSpec, endpoint_kind: str) -> dict:
+    return extra_body(structured_mode(spec.teacher, endpoint_kind, spec.generation), batch_response_schema())
+
+
+def _scan_strings(raw: str) -> list | None:
+    """The complete items of the first JSON list in `raw`, even when the list is cut off (an answer
+    truncated at max_tokens keeps its finished messages) or followed by chatter. None: no list."""
+    key = raw.find('"messages"')
+    lo = raw.find("[", key if key >= 0 else 0)
+    if lo < 0:
+        return None
+    dec, i, items = json.JSONDecoder(), lo + 1, []
+    while True:
+        while i < len(raw) and raw[i] in " \t\r\n,":
+            i += 1
+        if i >= len(raw) or raw[i] == "]":
+            return items
+        try:
+            item, i = dec.raw_decode(raw, i)
+        except json.JSONDecodeError:
+            return items
+        items.append(item)
+
+
+def _batch_items(raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[list | None, str]:
+    obj, err = _loads(raw, finish_reason, completion_tokens)
+    if err and raw and raw.strip():
+        lo, hi = raw.find("["), raw.rfind("]")
+        if 0 <= lo < hi and raw.find("{") < 0:  # a bare (possibly fenced) list
+            try:
+                obj, err = json.loads(raw[lo:hi + 1]), ""
+            except json.JSONDecodeError:
+                pass
+        if err:
+            items = _scan_strings(raw)
+            if items:
+                return items, ""
+    if err:
+        return None, err
+    if isinstance(obj, list):
+        return obj, ""
+    if isinstance(obj, dict):
+        got = obj.get("messages")
+        if isinstance(got, list):
+            return got, ""
+        if got is None and _text(obj, "message"):  # one {"message": ...} answer: a list of one
+            return [obj["message"]], ""
+        if got is not None:
+            return None, f"'messages' is a {type(got).__name__}, not a list"
+        return None, "JSON without a 'messages' list"
+    return None, f"JSON is a {type(obj).__name__}, not a list of messages"
+
+
+def parse_batch(spec: TaskSpec, raw: str | None, n: int, finish_reason: str | None = None,
+                completion_tokens: int = 0) -> list[tuple[dict | None, str]]:
+    """A batch answer → one (fields, "") or (None, reason) per asked message, in order. Lenient
+    like `parse` (fences, text around the JSON, a list cut off by max_tokens keeps its complete
+    items); messages beyond `n` are ignored; a missing or unusable one has its reason (it is
+    re-asked or becomes a failed row; no row is ever made up). Never raises."""
+    items, err = _batch_items(raw, finish_reason, completion_tokens)
+    if items is None:
+        return [(None, err)] * n
+    seeds = {" ".join(e.input.split()).lower() for e in spec.examples}
+    out: list[tuple[dict | None, str]] = []
+    for i in range(n):
+        if i >= len(items):
+            cut = f", cut off at max_tokens ({completion_tokens} tokens)" if finish_reason == "length" else ""
+            out.append((None, f"the teacher's list had {len(items)} of {n} messages{cut}"))
+            continue
+        item = items[i]
+        if isinstance(item, dict):
+            item = item.get("message", item.get("text"))
+        text = " ".join(item.split()) if isinstance(item, str) else ""
+        if not text:
+            out.append((None, f"message {i + 1} of the list is empty or not a string"))
+        elif text.lower() in seeds:
+            out.append((None, "copied a seed example verbatim"))
+        else:
+            out.append(({"text": text, "answer": ""}, ""))
+    return out
 
 
 def canonical_json(spec: TaskSpec, obj: dict) -> str:

@@ -24,6 +24,8 @@ def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
 
     t = spec.teacher
     gen = semantic_dump(spec.generation)
+    if gen.get("inputs_per_request") == 1:  # the default: runs from before the field keep their fingerprint
+        del gen["inputs_per_request"]
     return {"name": spec.name, "type": spec.type, "labels": [lab.model_dump() for lab in spec.labels],
             "instruction": spec.instruction, "multi_label": spec.multi_label, "output_schema": spec.output_schema,
             "style_guide": spec.style_guide, "examples": [e.model_dump(mode="json") for e in spec.examples],

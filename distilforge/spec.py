@@ -175,6 +175,10 @@ class Generation(_Strict):
         "more specific: add concrete details such as amounts, dates, places or names",
         "noisier: informal, with typos, filler words and an unrelated remark"])
     invalid_retries: int = Field(1, ge=0)  # re-asks for unparsable / schema-invalid answers
+    # Classification: one teacher request asks for this many distinct messages of one label and
+    # strategy at once (a JSON list), so the prompt is read once per k rows; teacher.max_tokens is
+    # then per message. 1: one request per row (evolve rows and other task types always are).
+    inputs_per_request: int = Field(1, ge=1, le=16)
     # Generation requests constrain the answer to its JSON schema the way every teacher call does
     # (teacher.structured_output: the one setting for how). False is much faster on llama.cpp (its
     # JSON grammar is checked against the whole 151k-token vocab at every sampled token: ~1.7 s per

@@ -218,3 +218,81 @@ def test_teacher_cli_serves_lists_and_stops_replicas():
     assert stop.returncode == 0 and "stopped" in stop.stdout
     st = cli("teacher", "status").stdout
     assert "smollm2-135m" not in st
+
+
+BATCHED = TINY.replace("per_label: 2, shard_size: 1, seed: 7, invalid_retries: 0",
+                       "per_label: 4, shard_size: 4, seed: 7, invalid_retries: 1, inputs_per_request: 4")
+
+
+def test_batched_requests_give_distinct_rows_exactly_once(tmp_path, fast_teacher):
+    """`inputs_per_request: 4`: one request per 4 rows of a label; every row keeps the id the one-row
+    plan gives it, rows of one request are different texts, the request's tokens are split over its
+    rows, and a rerun asks nothing again (a lost shard is asked again and comes back the same)."""
+    from curation.generation.generate import plan_all
+    from distilforge.spec import load_spec
+
+    assert BATCHED != TINY
+    run, spec_path = tmp_path / "run", tiny_spec(tmp_path, BATCHED)
+    r = cli("generate", run, "--spec", spec_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ds, m = rows_of(run), manifest(run)
+    (tmp_path / "k1").mkdir()
+    single = load_spec(tiny_spec(tmp_path / "k1", BATCHED.replace(", inputs_per_request: 4", "")))
+    assert sorted(ds["id"]) == sorted(r["request_id"] for r in plan_all(single, tmp_path / "k1")[0])  # the k=1 ids
+    assert len(ds) == 8 and len(set(ds["id"])) == 8 and m["pending_shards"] == 0
+    assert m["planned_requests"] == 2 and m["planned_rows"] == 8 and m["spent"]["requests"] >= 2
+    b = m["batches"]
+    assert b["requests"] == 2 and len(b["near_duplicates_by_batch"]) == 2 and b["ok_rows"] == m["ok"] >= 4, ds["error"]
+    assert b["near_duplicate_rows"] == sum(b["near_duplicates_by_batch"].values())
+    base, _ = plan_all(load_spec(spec_path), run / "generate")
+    batch_of = {r["request_id"]: r["batch_id"] for r in base}
+    texts: dict[str, list[str]] = {}
+    for row in ds:
+        assert row["label"] in ("card_arrival", "exchange_rate") and (row["status"] == "ok") == (row["error"] == "")
+        assert row["prompt_tokens"] > 0 and row["completion_tokens"] >= 0 and row["latency_s"] > 0
+        if row["status"] == "ok":
+            texts.setdefault(batch_of[row["id"]], []).append(" ".join(row["text"].lower().split()))
+    for t in texts.values():
+        assert len(set(t)) == len(t), t  # no two rows of one request are the same text
+    # every token the ledger paid for is on some row (split evenly, nothing lost or counted twice)
+    assert m["spent"]["tokens"] == sum(ds["prompt_tokens"]) + sum(ds["completion_tokens"])
+    ledger_lines = (run / "generate" / "ledger.jsonl").read_text()
+    before = shard_bytes(run)
+    assert len(before) == 2
+    (run / "generate" / "manifest.json").unlink()  # generate runs again: every shard is committed
+    r = cli("generate", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "generate" / "ledger.jsonl").read_text() == ledger_lines and shard_bytes(run) == before
+    assert sorted(zip(rows_of(run)["id"], rows_of(run)["text"])) == sorted(zip(ds["id"], ds["text"]))
+    lost = sorted((run / "generate" / "shards").glob("*.jsonl"))[0]
+    lost.unlink()  # as if a kill -9 landed before this shard's commit
+    (run / "generate" / "manifest.json").unlink()
+    r = cli("generate", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = rows_of(run)  # asked again with the same per-request seed: the same rows
+    assert sorted(zip(again["id"], again["text"], again["status"])) == sorted(zip(ds["id"], ds["text"], ds["status"]))
+    assert shard_bytes(run).keys() == before.keys() and len(manifest(run)["batches"]["near_duplicates_by_batch"]) == 2
+
+
+def test_batch_answers_parse_leniently_and_never_invent_rows():
+    """The list parser on hand-written answers: fenced JSON with chatter, a short list, a list cut
+    off at max_tokens, a non-list, extra items (ignored), items that are objects or empty."""
+    from curation import formats
+    from distilforge.spec import parse_spec
+    import yaml
+
+    spec = parse_spec(yaml.safe_load(TINY))
+    ok = lambda got: [f["text"] if f else None for f, _ in got]  # noqa: E731
+    got = formats.parse_batch(spec, '```json\n{"messages": ["where is  my card", "card not here"]}\n```\nHope it helps!', 2)
+    assert ok(got) == ["where is my card", "card not here"] and [e for _, e in got] == ["", ""]
+    got = formats.parse_batch(spec, '{"messages": ["a", "b"]}', 4)
+    assert ok(got) == ["a", "b", None, None] and got[2][1] == "the teacher's list had 2 of 4 messages"
+    got = formats.parse_batch(spec, '{"messages": ["a", "b", "c', 3, "length", 40)
+    assert ok(got) == ["a", "b", None] and "cut off at max_tokens" in got[2][1]
+    for raw, why in (('{"messages": "a"}', "'messages' is a str, not a list"), ("no json here", "not JSON"),
+                     ('{"texts": ["a"]}', "JSON without a 'messages' list"), (None, "no output from teacher")):
+        got = formats.parse_batch(spec, raw, 2)
+        assert ok(got) == [None, None] and all(e.startswith(why) for _, e in got), got
+    assert ok(formats.parse_batch(spec, '["a", "b", "c", "d", "e"]', 3)) == ["a", "b", "c"]  # extras ignored
+    got = formats.parse_batch(spec, '{"messages": [{"message": "x"}, "", 7]}', 3)
+    assert ok(got) == ["x", None, None] and got[1][1] == "message 2 of the list is empty or not a string"

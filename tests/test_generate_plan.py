@@ -182,3 +182,34 @@ def test_cli_bad_targets_file_is_one_line_and_starts_nothing(tmp_path):
             "--targets", bad)
     assert r.returncode == 2 and "targets[0].label: 'no_such_intent'" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "run" / "generate" / "shards").exists()
+
+
+def test_inputs_per_request_keeps_row_ids_and_shards_whole_batches(tmp_path):
+    """k > 1 asks for the same rows (the k = 1 ids), k rows of one label and strategy per request,
+    shards made of whole batches and never sharing a name with a k = 1 shard; k = 1 leaves the
+    plan and the generate fingerprint exactly as they were before the field existed."""
+    from curation.stages import generation_config
+
+    raw = _raw(EXAMPLES / "banking77" / "task.yaml")
+    raw["profiles"]["demo"]["generation"] = {**raw["profiles"]["demo"].get("generation", {}), "inputs_per_request": 1}
+    one = parse_spec(raw, profile="demo")
+    assert "inputs_per_request" not in generation_config(one)["generation"]
+    raw["profiles"]["demo"]["generation"]["inputs_per_request"] = 4
+    four = parse_spec(raw, profile="demo")
+    (b1, _), (b4, _) = plan_all(one, tmp_path), plan_all(four, tmp_path)
+    assert sorted(r["request_id"] for r in b4) == sorted(r["request_id"] for r in b1)
+    assert not {r["shard_id"] for r in b4} & {r["shard_id"] for r in b1}
+    assert generation_config(four)["generation"]["inputs_per_request"] == 4
+    batches: dict[str, list[dict]] = {}
+    for r in b4:
+        batches.setdefault(r["batch_id"], []).append(r)
+    assert all(len(v) <= 4 and len({(r["label"], r["strategy"], r["shard_id"]) for r in v}) == 1 for v in batches.values())
+    assert sum(len(v) == 4 for v in batches.values()) >= len(batches) - len(four.labels) * 2
+    assert all(sorted(r["batch_i"] for r in v) == list(range(len(v))) for v in batches.values())
+    reqs = plan.batch_requests(four, b4)
+    assert len(reqs) == len(batches) and all(q["n_messages"] == len(batches[q["request_id"]]) for q in reqs)
+    msgs = formats.messages("classification_batch_v1", reqs[0])
+    assert f"exactly {reqs[0]['n_messages']} strings" in msgs[1]["content"] and "DIFFERENT" in msgs[1]["content"]
+    with pytest.raises(SpecError, match="inputs_per_request"):
+        raw["profiles"]["demo"]["generation"]["inputs_per_request"] = 17
+        parse_spec(raw, profile="demo")

@@ -122,8 +122,10 @@ def calibrate(spec: TaskSpec, endpoint: Endpoint, reqs: list[dict], k: int) -> d
 
     from curation import formats
 
-    tname = formats.template_name(spec)
-    kw = formats.generation_extra_body(spec, endpoint.kind)
+    batched = "n_messages" in reqs[0]  # batch requests (generation.inputs_per_request > 1)
+    tname = formats.batch_template_name(spec) if batched else formats.template_name(spec)
+    kw = formats.batch_extra_body(spec, endpoint.kind) if batched else formats.generation_extra_body(spec, endpoint.kind)
+    max_tokens = spec.teacher.max_tokens * (spec.generation.inputs_per_request if batched else 1) + (16 if batched else 0)
     client = OpenAI(base_url=endpoint.base_url, api_key=reveal(endpoint.api_key), max_retries=spec.teacher.max_retries,
                     timeout=spec.teacher.timeout_s)
     p_tok = c_tok = chars = fails = 0
@@ -132,13 +134,17 @@ def calibrate(spec: TaskSpec, endpoint: Endpoint, reqs: list[dict], k: int) -> d
     for r in picked:
         msgs = formats.messages(tname, r)
         resp = client.chat.completions.create(model=endpoint.model, messages=msgs, temperature=spec.teacher.temperature,
-                                              max_tokens=spec.teacher.max_tokens, **kw)
+                                              max_tokens=max_tokens, **kw)
         p_tok += resp.usage.prompt_tokens
         c_tok += resp.usage.completion_tokens
         chars += _chars(msgs)
-        ok, _ = formats.parse(spec, resp.choices[0].message.content, resp.choices[0].finish_reason,
-                              resp.usage.completion_tokens)
-        fails += ok is None
+        args = (resp.choices[0].message.content, resp.choices[0].finish_reason)
+        if batched:  # the share of asked messages that did not come back usable
+            got = formats.parse_batch(spec, args[0], r["n_messages"], args[1], resp.usage.completion_tokens)
+            fails += sum(f is None for f, _ in got) / len(got)
+        else:
+            ok, _ = formats.parse(spec, *args, resp.usage.completion_tokens)
+            fails += ok is None
     n = len(picked)
     return {"requests": n, "tokens_per_char": p_tok / max(chars, 1), "completion_mean": c_tok / n,
             "fail_rate": fails / n, "prompt_tokens": p_tok, "completion_tokens": c_tok,
@@ -151,9 +157,17 @@ def forecast(spec: TaskSpec, endpoint: Endpoint, base: list[dict], evolve: list[
 
     tname = formats.template_name(spec)
     todo = [r for r in base if r["shard_id"] not in done]
+    rows = len(todo)
+    btname = formats.batch_template_name(spec)
+    if btname and todo:  # one request per batch of inputs_per_request rows
+        from curation.generation.plan import batch_requests
+
+        todo = batch_requests(spec, todo)
+    per = rows / len(todo) if todo else 1.0  # rows per base request
     cal = calibrate(spec, endpoint, todo, k)
     ratio = cal["tokens_per_char"] if cal else 1 / CHARS_PER_TOKEN
-    comp = cal["completion_mean"] if cal else _COMPLETION_GUESS[spec.type] * spec.teacher.max_tokens
+    comp1 = (cal["completion_mean"] / per) if cal else _COMPLETION_GUESS[spec.type] * spec.teacher.max_tokens  # per row
+    comp = comp1 * per  # per base request
     retry = 1 + (cal["fail_rate"] if cal else 0.05) * spec.generation.invalid_retries
     over = 0 if cal else PER_MESSAGE_TOKENS
 
@@ -161,8 +175,9 @@ def forecast(spec: TaskSpec, endpoint: Endpoint, base: list[dict], evolve: list[
         return msgs_chars * ratio + over * n_msgs
 
     phases = {"base": {"requests": round(len(todo) * retry),
-                       "prompt_tokens": retry * sum(est(_chars(formats.messages(tname, r))) for r in todo),
+                       "prompt_tokens": retry * sum(est(_chars(formats.messages(btname or tname, r))) for r in todo),
                        "completion_tokens": retry * comp * len(todo)}}
+    comp = comp1  # per row: evolve rows are asked one by one, preference candidates are per row
     ev_todo = [r for r in evolve if r["shard_id"] not in done]
     if ev_todo:
         text_chars = comp * 0.8 / ratio  # a parent message is most of its JSON answer
@@ -171,7 +186,7 @@ def forecast(spec: TaskSpec, endpoint: Endpoint, base: list[dict], evolve: list[
                             "completion_tokens": retry * comp * len(ev_todo)}
     pr = spec.generation.preferences
     if pr.enabled:
-        rows = len(todo) + len(ev_todo)
+        rows = rows + len(ev_todo)
         rows = min(rows, pr.max_rows) if pr.max_rows else rows
         text_tok = comp * 0.8
         ans_tok = {"classification": 6, "extraction": comp * 0.6, "instruction": comp * 0.7}[spec.type]

@@ -63,6 +63,25 @@ def _gen_steps(spec: TaskSpec, endpoint: Endpoint):
     return middle
 
 
+def _batch_steps(spec: TaskSpec, endpoint: Endpoint):
+    """The middle step for batch requests (generation.inputs_per_request > 1): max_tokens is per
+    message, so a request for k messages may write k times as many (plus the list's wrapper)."""
+    from curation.generation.batched import BatchedGeneration
+
+    tname = formats.batch_template_name(spec)
+    template = formats.template_text(tname)
+    extra = formats.batch_extra_body(spec, endpoint.kind)
+    max_tokens = spec.teacher.max_tokens * spec.generation.inputs_per_request + 16
+
+    def middle(c: int):
+        return [BatchedGeneration(name="generate", spec_json=spec.model_dump_json(),
+                                  llm=llm(endpoint, spec.teacher, spec.teacher.temperature, max_tokens, extra),
+                                  template=template, columns=template_columns(template),
+                                  system_prompt=formats.system_text(tname) or None, input_batch_size=c,
+                                  add_raw_output=False, add_raw_input=False)]
+    return middle
+
+
 # --- orchestration -----------------------------------------------------------------------
 
 def saved_targets(out_dir: Path) -> list[dict]:
@@ -82,8 +101,15 @@ def add_targets(out_dir: Path, targets: list[dict]) -> list[dict]:
 
 
 def plan_all(spec: TaskSpec, out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Phase-1 and evolve rows. With inputs_per_request k > 1 the same rows (same ids) are grouped
+    into batch requests and sharded by whole batches (plan.batch); evolve rows, asked one by one,
+    get shards of their own (`e<k>-`): their parents' texts differ from a k = 1 run's."""
     base = plan.plan_base(spec, saved_targets(out_dir))
-    return base, plan.plan_evolve(spec, base)
+    evolve = plan.plan_evolve(spec, base)
+    if formats.batch_template_name(spec):
+        k = spec.generation.inputs_per_request
+        base, evolve = plan.batch(spec, base), plan.shard(evolve, spec.generation.shard_size, f"e{k}-")
+    return base, evolve
 
 
 def _committed_rows(out_dir: Path, reqs: list[dict]) -> dict[str, dict]:
@@ -141,15 +167,22 @@ def generate(spec: TaskSpec, endpoint: Endpoint, out_dir: str | Path, max_cost: 
             n = max(tot["requests"], 1)
             caps["est"] = {"tokens": tot["tokens"] / n, "cost": tot["cost_usd"] / n}
         else:
-            caps["est"] = {"tokens": spec.teacher.max_tokens * 3.0,
-                           "cost": budget.cost(spec.teacher.max_tokens * 2, spec.teacher.max_tokens, budget.prices(spec))}
+            k = spec.generation.inputs_per_request if formats.batch_template_name(spec) else 1
+            caps["est"] = {"tokens": spec.teacher.max_tokens * (2.0 + k),
+                           "cost": budget.cost(spec.teacher.max_tokens * 2, spec.teacher.max_tokens * k, budget.prices(spec))}
     budget.prices(spec, warn=True)
     base, evolve = plan_all(spec, out_dir)
     done0 = committed_shards(out_dir)
     t0 = time.time()
     stopped = None
     todo = [r for r in base if r["shard_id"] not in done0]
-    if todo:
+    batched = formats.batch_template_name(spec) is not None
+    if todo and batched:
+        from curation.generation.batched import BatchCommitShards
+
+        stopped = run_pipeline(spec, endpoint, plan.batch_requests(spec, todo), out_dir, "base",
+                               _batch_steps(spec, endpoint), ["generate"], caps, commit=BatchCommitShards)
+    elif todo:
         stopped = run_pipeline(spec, endpoint, todo, out_dir, "base", _gen_steps(spec, endpoint), ["generate"], caps)
     if evolve and not stopped:
         parents = _committed_rows(out_dir, base)
@@ -169,10 +202,17 @@ def generate(spec: TaskSpec, endpoint: Endpoint, out_dir: str | Path, max_cost: 
     done = committed_shards(out_dir)
     shards = sorted({r["shard_id"] for r in base + evolve})
     pending = len(set(shards) - done) + prefs_stats.get("pending_shards", 0)
-    return {"planned_requests": len(base) + len(evolve), "shards": len(shards),
+    extra = {}
+    if batched:
+        from curation.generation.batched import batch_stats
+
+        extra["batches"] = batch_stats(spec, base, _committed_rows(out_dir, base))
+    n_req = len({r["batch_id"] for r in base}) + len(evolve) if batched else len(base) + len(evolve)
+    return {"planned_requests": n_req, **({"planned_rows": len(base) + len(evolve)} if batched else {}),
+            "shards": len(shards),
             "skipped_shards": len(done0 & set(shards)), "committed_shards": len(done & set(shards)),
             "pending_shards": pending, "stopped_by": stopped, "seconds": round(time.time() - t0, 2),
-            "strategies": _count(r["strategy"] for r in base + evolve), "preferences": prefs_stats or None}
+            "strategies": _count(r["strategy"] for r in base + evolve), "preferences": prefs_stats or None, **extra}
 
 
 def _count(xs) -> dict[str, int]:

@@ -278,18 +278,18 @@ class CommitShards(Step):
             p_tok = sum(int(s.get("input_tokens") or 0) for st in stats for s in st)
             c_tok = sum(int(s.get("output_tokens") or 0) for st in stats for s in st)
             failed = any(x.get(k) is None for x in buf for k in self.output_keys())
-            errors = {x["request_id"]: no_answer_reason(x, self.steps, self.output_keys()) for x in buf
-                      if any(x.get(k) is None for k in self.output_keys())}
+            errors = {rid: no_answer_reason(x, self.steps, self.output_keys()) for x in buf
+                      if any(x.get(k) is None for k in self.output_keys()) for rid in self.row_ids(x)}
             won = False
             if not failed:
-                rows = [self.build(spec, x, st, price) for x, st in zip(buf, stats)]
+                rows = [row for x, st in zip(buf, stats) for row in self.build_rows(spec, x, st, price)]
                 rows += self.prefilled.get(r["shard_id"], [])
                 errors = {x["id"]: x["error"] for x in rows if x.get("error") and x.get("status", "ok") != "ok"}
                 won = commit(shard_path(Path(self.out_dir), r["shard_id"]), rows)
                 r["committed"] = won
             entry = {"shard": r["shard_id"], "phase": self.phase, "committed": won,
                      "requests": sum(int(x.get("attempts") or 1) for x in buf) * len(self.steps),
-                     "rows": len(buf), "prompt_tokens": p_tok, "completion_tokens": c_tok,
+                     "rows": sum(len(self.row_ids(x)) for x in buf), "prompt_tokens": p_tok, "completion_tokens": c_tok,
                      "cost_usd": budget.cost(p_tok, c_tok, price), "endpoint": self.base_url, "errors": errors}
             if not failed and not won:
                 entry["duplicate"] = True  # another writer committed it first: spend only, rows kept as theirs
@@ -299,6 +299,13 @@ class CommitShards(Step):
     def output_keys(self) -> list[str]:
         """The answer columns a row needs before its shard can be committed."""
         return ["generation"]
+
+    def row_ids(self, x: dict) -> list[str]:
+        """The ids of the rows one answered request becomes (several for a batch request)."""
+        return [x["request_id"]]
+
+    def build_rows(self, spec: TaskSpec, x: dict, stats: list[dict], price) -> list[dict]:
+        return [self.build(spec, x, stats, price)]
 
     def build(self, spec: TaskSpec, x: dict, stats: list[dict], price) -> dict:
         """The committed row for one answered request (curation/generation/judge.py's CommitCandidates builds
@@ -317,10 +324,11 @@ def no_answer_reason(x: dict, steps: list[str], keys: list[str]) -> str:
 
 
 def to_row(spec: TaskSpec, req: dict, raw: str | None, st: dict, model: str, base_url: str, price, attempts: int = 1,
-           error: str | None = None) -> dict:
-    """One shard row. `prompt`/`completion` are rebuilt from text/answer by `collect`."""
+           error: str | None = None, parsed: tuple[dict | None, str] | None = None) -> dict:
+    """One shard row. `prompt`/`completion` are rebuilt from text/answer by `collect`. `parsed`:
+    the answer already parsed (one message of a batch answer, curation/generation/batched.py)."""
     p_tok, c_tok = int(st.get("input_tokens") or 0), int(st.get("output_tokens") or 0)
-    fields, err = (None, error) if error else formats.parse(spec, raw, st.get("finish_reason"), c_tok)
+    fields, err = (None, error) if error else parsed or formats.parse(spec, raw, st.get("finish_reason"), c_tok)
     if err and attempts > 1:
         err = f"{err} (after {attempts} attempts)"
     return {"id": req["request_id"], "label": req["label"], "text": (fields or {}).get("text", ""),

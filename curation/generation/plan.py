@@ -193,3 +193,86 @@ def shard(reqs: list[dict], size: int, prefix: str) -> list[dict]:
         for r in group:
             r["shard_id"], r["shard_n"] = sid, len(group)
     return reqs
+
+
+# --- several inputs per request (generation.inputs_per_request) ---------------------------------
+
+def slot_line(attrs: dict) -> str:
+    """One message's style in a batch request: the sampled attributes, as the single template says them."""
+    a = {k: v for k, v in attrs.items() if v}
+    parts = [f"{a['tone']} tone" if "tone" in a else "", a.get("length", ""),
+             f"written {a.get('channel', '')}{a.get('typos', '')}".strip() if "channel" in a or "typos" in a else "",
+             f"by {a['persona']}" if "persona" in a else ""]
+    parts += [f"{k}: {v}" for k, v in sorted(a.items()) if k not in ATTR_KEYS]
+    return ", ".join(p for p in parts if p) or "any style"
+
+
+def slots_text(lines: list[str]) -> str:
+    return "\n".join(f"{i + 1}. {line}" for i, line in enumerate(lines))
+
+
+def batch(spec: TaskSpec, base: list[dict]) -> list[dict]:
+    """Group phase-1 requests into requests of `inputs_per_request` rows (same label, strategy,
+    situation and keywords; each row keeps its own id, attributes and style line) and re-shard by
+    whole batches, so a shard is still committed only when every row of it came back.
+
+    Every row gets `batch_id` (hash of the batch's messages and row ids: an edited batch template
+    or another grouping asks again), `batch_i` (its place in the list) and `batch_n`. A shard holds
+    about `shard_size` rows (at least one batch); its id hashes its batch ids, so it never collides
+    with a one-row-per-request shard of the same run dir."""
+    g = spec.generation
+    k = g.inputs_per_request
+    tname = formats.batch_template_name(spec)
+    if tname is None:
+        return base
+    key = teacher_key(spec)
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(base, key=lambda r: h(r["request_id"])):
+        gk = h(r["label"], r["strategy"], r["description"], r["keywords"])
+        groups.setdefault(gk, []).append(dict(r))
+    batches = []
+    for gk in sorted(groups):
+        rows = groups[gk]
+        for i in range(0, len(rows), k):
+            part = rows[i:i + k]
+            lines = [slot_line(json.loads(r["attributes"])) for r in part]
+            msgs = formats.messages(tname, {**part[0], "n_messages": len(part), "slots": slots_text(lines)})
+            bid = "b-" + h(msgs, key, g.seed, [r["request_id"] for r in part])[:16]
+            for j, r in enumerate(part):
+                r.update(batch_id=bid, batch_i=j, batch_n=len(part), slot=lines[j])
+            batches.append((bid, part))
+    batches.sort(key=lambda b: h(b[0]))
+    per = max(1, g.shard_size // k)
+    out = []
+    for i in range(0, len(batches), per):
+        group = batches[i:i + per]
+        sid = "s-" + h(["batch", [b for b, _ in group]])[:12]
+        n = sum(len(rows) for _, rows in group)
+        for _, rows in group:
+            for r in rows:
+                r["shard_id"], r["shard_n"] = sid, n
+                out.append(r)
+    return out
+
+
+def batch_requests(spec: TaskSpec, rows: list[dict]) -> list[dict]:
+    """The teacher requests for batched rows (one per `batch_id`, in row order): the first row's
+    columns plus the list of slots; `rows_json` carries each row's id, label, strategy and
+    attributes for the commit step. `shard_n` counts requests here (the commit step's unit)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["batch_id"], []).append(r)
+    per_shard: dict[str, int] = {}
+    for part in by.values():
+        per_shard[part[0]["shard_id"]] = per_shard.get(part[0]["shard_id"], 0) + 1
+    out = []
+    for bid, part in by.items():
+        part = sorted(part, key=lambda r: r["batch_i"])
+        lines = [r["slot"] for r in part]
+        cols = {c: part[0].get(c, "") for c in formats.COLUMNS}
+        out.append({**cols, "request_id": bid, "label": part[0]["label"], "n_messages": len(part),
+                    "slots": slots_text(lines), "slots_json": json.dumps(lines),
+                    "rows_json": json.dumps([{k: r.get(k, "") for k in ("request_id", "label", "strategy", "attributes",
+                                                                        "parent_id")} for r in part]),
+                    "shard_id": part[0]["shard_id"], "shard_n": per_shard[part[0]["shard_id"]]})
+    return out

@@ -155,11 +155,12 @@ def _watch(spec: TaskSpec, out_dir: Path, reqs: list[dict], phase: str, stop: th
     cols = (TextColumn(f"[bold]{phase}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*cols, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(phase, total=len(reqs), completed=0, info="")
+        total = sum(int(r.get("n_messages") or 1) for r in reqs)  # rows: a batch request asks for several
+        task = bar.add_task(phase, total=total, completed=0, info="")
         while True:
             done = stop.is_set()
             new = ledger(out_dir)[start:]  # each shard committed at most once (gensteps.ledger)
-            rows = min(sum(e.get("rows", 0) for e in new if e.get("committed")), len(reqs))
+            rows = min(sum(e.get("rows", 0) for e in new if e.get("committed")), total)
             toks = sum(e.get("completion_tokens", 0) for e in new)
             cost = budget.spent(out_dir)["cost_usd"]
             dt = max(time.time() - t0, 1e-6)
