@@ -62,6 +62,9 @@ def generate_stage(spec: TaskSpec, run: Path, endpoint: Endpoint, max_cost: floa
                    max_tokens: int | None = None) -> dict:
     """Teacher → RUN/generate/rows. Failed rows are results (status/error); a run where no row is
     usable still writes its rows and manifest, then raises GenerationFailed (one line, rc 1)."""
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "generate")  # only the spec blocks PIPELINE declares for this stage
     from curation.generation import budget
     from curation.generation.generate import collect, generate, generation_caps
     from curation.generation.runner import GenerationFailed
@@ -139,6 +142,9 @@ def _reasons(ds) -> dict[str, int]:
 
 
 def curate_stage(spec: TaskSpec, run: Path) -> dict:
+    from distilforge.stage import scoped
+
+    spec = scoped(spec, "curate")  # only the spec blocks PIPELINE declares for this stage
     from curation.curate import curate
     from curation.traffic import traffic_rows, with_traffic
     from heldout.lock import load_locked, read_lock
