@@ -11,8 +11,9 @@ target asks the teacher for rows that are clearly `a` and could be mistaken for 
 (and so its description in the prompt) is `a`, the keywords are the words that pull real `a`
 messages towards `b`. That is exactly the boundary the student has not learned, and it goes
 through the plain targets format (`label`, `keywords`, `attributes`, `count`) that
-`distilforge generate --targets` reads; `contrast` and `instruction` say the intent for a reader
-(and for a generator that learns to use them).
+`distilforge generate --targets` reads; `contrast` reaches the teacher too (the request's
+situation says what the message must not read like: plan.py `_situation`), `instruction` says
+the intent for a reader.
 """
 from __future__ import annotations
 

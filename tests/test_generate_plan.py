@@ -213,3 +213,24 @@ def test_inputs_per_request_keeps_row_ids_and_shards_whole_batches(tmp_path):
     with pytest.raises(SpecError, match="inputs_per_request"):
         raw["profiles"]["demo"]["generation"]["inputs_per_request"] = 17
         parse_spec(raw, profile="demo")
+
+
+def test_contrastive_target_asks_for_the_boundary(tmp_path):
+    """A blind-spot target that says the student confuses a with b asks the teacher for a message
+    that is clearly a and names b's situation as what it must not read like."""
+    spec = load_spec(EXAMPLES / "banking77" / "task.yaml", "smoke")
+    desc = {lab.name: lab.description for lab in spec.labels}
+    p = tmp_path / "targets.yaml"
+    p.write_text("targets:\n- {label: lost_or_stolen_card, contrast: card_arrival, keywords: [card], count: 2}\n"
+                 "- {label: lost_or_stolen_card, keywords: [card], count: 2}\n")
+    targets = plan.load_targets(p, spec)
+    assert targets[0]["contrast"] == "card_arrival" and "contrast" not in targets[1]
+    reqs = [r for r in plan.plan_base(spec, targets) if r["strategy"] == "targeted"]
+    contrastive = [r for r in reqs if "not a case where" in r["description"]]
+    assert len(reqs) == 4 and len(contrastive) == 2
+    assert all(desc["card_arrival"] in r["description"] and r["description"].startswith(desc["lost_or_stolen_card"])
+               for r in contrastive)
+    assert len({r["request_id"] for r in reqs}) == 4
+    p.write_text("targets:\n- {label: card_arrival, contrast: card_arrival, count: 1}\n")
+    with pytest.raises(plan.TargetsError, match=r"targets\[0\]\.contrast: 'card_arrival' is not another"):
+        plan.load_targets(p, spec)

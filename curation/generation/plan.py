@@ -82,8 +82,13 @@ def load_targets(path: str | Path, spec: TaskSpec) -> list[dict]:
         count = t.get("count", 5)
         if not isinstance(count, int) or count < 1:
             raise TargetsError(f"{p}: targets[{i}].count: must be a positive integer")
-        out.append({"label": label, "keywords": kw, "attributes": {k: str(v) for k, v in attrs.items()},
-                    "count": count})
+        contrast = t.get("contrast") or ""
+        if contrast and (spec.type != "classification" or contrast not in spec.label_names or contrast == label):
+            raise TargetsError(f"{p}: targets[{i}].contrast: '{contrast}' is not another of the task's labels")
+        item = {"label": label, "keywords": kw, "attributes": {k: str(v) for k, v in attrs.items()}, "count": count}
+        if contrast:  # only when set: targets files without it keep their request ids
+            item["contrast"] = contrast
+        out.append(item)
     return out
 
 
@@ -153,9 +158,20 @@ def plan_base(spec: TaskSpec, targets: list[dict] | None = None) -> list[dict]:
         rng = random.Random(h(g.seed, spec.name, "target", t))
         for j in range(t["count"]):
             attrs = {**{k: rng.choice(v) for k, v in sorted(g.attributes.items()) if v}, **t["attributes"]}
-            cols = {**base, "description": desc.get(t["label"], ""), "keywords": ", ".join(t["keywords"])}
+            cols = {**base, "description": _situation(desc, t), "keywords": ", ".join(t["keywords"])}
             reqs.append(_request(spec, tname, key, cols, t["label"], "targeted", [h(t)[:12], j], attrs))
     return shard(reqs, g.shard_size, "s-")
+
+
+def _situation(desc: dict[str, str], target: dict) -> str:
+    """The situation a targeted request describes. A contrastive target (blind spots: the student
+    confuses `label` with `contrast` on the dev split) asks for a message that is clearly the one
+    and names what it must not read like, so the rows teach the boundary, not just the label."""
+    own = desc.get(target["label"], "")
+    other = target.get("contrast")
+    if not other:
+        return own
+    return f"{own} (make it clearly this, not a case where {desc.get(other, other)})"
 
 
 def plan_evolve(spec: TaskSpec, base: list[dict]) -> list[dict]:
