@@ -18,6 +18,18 @@ Modes:
 Throughput = tokens the trainer processes (its tokenized dataset, identical across modes) × epochs
 / seconds inside `trainer.train()` (model load and tokenization excluded for every mode alike).
 Goal: distilforge / plain >= 1.0; packed / plain >= 1.3.
+
+The student's prompt (`student.prompt`, --prompts): the same ~48 rows trained by train_sft with
+the `full` system prompt (instruction + the ten labels, today's teacher prompt) vs the `short` one
+(the task name), then `short` with `packing: true` and with `padding_free: true`. Reported per
+mode: tokens/row (mean prompt + completion tokens through the student's chat template) and
+seconds per epoch; written to benchmarks/results/training_prompt.json.
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/training.py --prompts
+
+  prompt-full, prompt-short          train_sft, spec defaults, rows built with that prompt mode
+  prompt-short-packed                short + `packing: true`
+  prompt-short-padfree               short + `padding_free: true`
 """
 from __future__ import annotations
 
@@ -37,9 +49,13 @@ TRAIN = ROOT / ".." / "shared" / "data" / "banking77" / "train.csv"
 TASK = ROOT / "examples" / "banking77" / "task.yaml"
 HP = dict(epochs=1, learning_rate=2e-4, batch_size=8, max_length=192, lora_r=16, lora_alpha=32, lora_dropout=0.05,
           seed=0)
+PROMPT_MODES = ["prompt-full", "prompt-short", "prompt-short-packed", "prompt-short-padfree"]
+PROMPT_OUT = ROOT / "benchmarks" / "results" / "training_prompt.json"
 
 
-def rows(n: int):
+def rows(n: int, prompt: str = "full"):
+    """`n` rows of the task's intents (round-robin quota per label) with the `prompt` mode's prompt.
+    The older modes keep the full prompt they were measured with."""
     import datasets
 
     from distilforge.spec import load_spec
@@ -52,8 +68,19 @@ def rows(n: int):
             lab = r["category"].lower() if r["category"].lower() in labels else r["category"]
             if lab in labels and seen.get(lab, 0) < per and len(out) < n:
                 seen[lab] = seen.get(lab, 0) + 1
-                out.append({"prompt": spec.student_prompt(r["text"]), "completion": [{"role": "assistant", "content": lab}]})
+                out.append({"prompt": spec.student_prompt(r["text"], prompt),
+                            "completion": [{"role": "assistant", "content": lab}]})
     return datasets.Dataset.from_list(out)
+
+
+def tokens_per_row(ds) -> float:
+    """Mean prompt + completion tokens of a row through the student's chat template (what SFT trains on)."""
+    from distilforge.models import load_tokenizer, student_base_dir
+
+    tok = load_tokenizer(student_base_dir("smollm2-135m"))
+    n = [len(tok(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False), add_special_tokens=False).input_ids)
+         for r in ds]
+    return round(sum(n) / len(n), 1)
 
 
 def run_plain(ds, out: Path, gc: bool) -> dict:
@@ -82,14 +109,14 @@ def run_plain(ds, out: Path, gc: bool) -> dict:
     return {"seconds": secs, "tokens": int(dataset_tokens(trainer.train_dataset) * HP["epochs"])}
 
 
-def run_distilforge(ds, out: Path, packing: bool) -> dict:
+def run_distilforge(ds, out: Path, packing: bool, padding_free: bool = False) -> dict:
     from distilforge.spec import Training
     from distilforge.models import student_base_dir
     from training.sft import train_sft
 
-    t = Training(**{k: v for k, v in HP.items()}, packing=packing)
+    t = Training(**{k: v for k, v in HP.items()}, packing=packing, padding_free=padding_free)
     res = train_sft(t, student_base_dir("smollm2-135m"), ds, out, tb_dir=out / "tb")
-    return {"seconds": res["seconds"], "tokens": res["tokens"]}
+    return {"seconds": res["seconds"], "tokens": res["tokens"], "steps": res["steps"]}  # packing: fewer, fuller steps
 
 
 def one(mode: str, n: int) -> dict:
@@ -98,23 +125,49 @@ def one(mode: str, n: int) -> dict:
     from training.common import peak_rss_mb
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
-    ds = rows(n)
+    prompt = "short" if mode.startswith("prompt-short") else "full"
+    ds = rows(n, prompt)
     with tempfile.TemporaryDirectory() as d:
         if mode.startswith("plain"):
             r = run_plain(ds, Path(d), gc=mode == "plain")
         else:
-            r = run_distilforge(ds, Path(d), packing=mode.endswith("packed"))
-    return {"mode": mode, "rows": len(ds), **r, "tokens_per_s": r["tokens"] / r["seconds"],
+            r = run_distilforge(ds, Path(d), packing=mode.endswith("packed"), padding_free=mode.endswith("padfree"))
+    return {"mode": mode, "rows": len(ds), "prompt": prompt, "tokens_per_row": tokens_per_row(ds), **r,
+            "seconds_per_epoch": round(r["seconds"] / HP["epochs"], 2), "tokens_per_s": r["tokens"] / r["seconds"],
             "peak_rss_mb": peak_rss_mb()}
+
+
+def prompt_summary(results: dict, rows_n: int, epochs: float) -> dict:
+    """full vs short (tokens/row, s/epoch) and short vs its packed / padding-free variants."""
+    full, short = results["prompt-full"], results["prompt-short"]
+    out = {"rows": rows_n, "epochs": epochs, "threads": int(os.environ.get("OMP_NUM_THREADS") or 2),
+           "student": "smollm2-135m", "task": str(TASK.relative_to(ROOT)),
+           "hyper_parameters": {**HP}, "modes": results,
+           "short_vs_full": {"tokens_per_row": [full["tokens_per_row"], short["tokens_per_row"]],
+                             "tokens_ratio": round(short["tokens_per_row"] / full["tokens_per_row"], 3),
+                             "seconds_per_epoch": [full["seconds_per_epoch"], short["seconds_per_epoch"]],
+                             "speedup": round(full["seconds_per_epoch"] / short["seconds_per_epoch"], 2)}}
+    for m in ("prompt-short-packed", "prompt-short-padfree"):
+        if m in results:
+            out[f"{m.removeprefix('prompt-')}_vs_short"] = {
+                "seconds_per_epoch": [short["seconds_per_epoch"], results[m]["seconds_per_epoch"]],
+                "speedup": round(short["seconds_per_epoch"] / results[m]["seconds_per_epoch"], 2)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=["plain", "plain-nogc", "distilforge", "distilforge-packed"])
-    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--rows", type=int, default=None, help="rows (default 64; 48 with --prompts)")
     ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--prompts", action="store_true",
+                    help=f"the student-prompt comparison ({', '.join(PROMPT_MODES)}; 48 rows unless --rows) "
+                         f"written to {PROMPT_OUT.relative_to(ROOT)}")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.prompts:
+        a.modes = PROMPT_MODES
+    a.rows = a.rows or (48 if a.prompts else 64)
     HP["epochs"] = a.epochs
     if a.one:
         print("RESULT " + json.dumps(one(a.one, a.rows)), flush=True)
@@ -127,8 +180,8 @@ def main() -> None:
         if p.returncode or not line:
             sys.exit(f"{mode} failed:\n{p.stderr[-3000:]}")
         results[mode] = r = json.loads(line[7:])
-        print(f"{mode:20s} {int(r['tokens']):6d} tok in {r['seconds']:6.1f}s = {r['tokens_per_s']:6.1f} tok/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"{mode:20s} {r['tokens_per_row']:6.1f} tok/row {int(r['tokens']):6d} tok in {r['seconds']:6.1f}s "
+              f"= {r['tokens_per_s']:6.1f} tok/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     if "plain" in results:
         ref = results["plain"]["tokens_per_s"]
         for mode, r in results.items():
@@ -136,6 +189,14 @@ def main() -> None:
                 goal = 1.3 if mode.endswith("packed") else 1.0
                 ratio = r["tokens_per_s"] / ref
                 print(f"ratio {mode:20s} / plain = {ratio:.2f}  (goal >= {goal}: {'met' if ratio >= goal else 'NOT met'})")
+    if a.prompts:
+        from distilforge.atomic import atomic_write_json
+
+        summary = prompt_summary(results, a.rows, a.epochs)
+        atomic_write_json(PROMPT_OUT, summary)
+        print(json.dumps({k: v for k, v in summary.items() if k.endswith("_vs_full") or k.endswith("_vs_short")}, indent=2))
+        print(f"written {PROMPT_OUT}")
+        return
     print(json.dumps(results, indent=2))
 
 
