@@ -92,7 +92,7 @@ def structured_mode(teacher: Teacher, endpoint_kind: str, generation=None) -> st
     mode = teacher.structured_output
     if mode == "auto":
         mode = "llama_cpp" if endpoint_kind == "embedded" else "openai"
-    return mode
+    return "none" if mode == "fallback" else mode  # fallback: lenient parsing, invalid answers re-asked
 
 
 def generation_extra_body(spec: TaskSpec, endpoint_kind: str) -> dict:

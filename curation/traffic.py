@@ -262,7 +262,11 @@ def traffic_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> dict:
     clean, leaked = _decontaminated(distinct, cfg.dev_rows + cfg.max_rows, spec, heldout)
     dropped += leaked
     dev, train = clean[:cfg.dev_rows], clean[cfg.dev_rows:]
-    answers, teacher = label_texts(spec, endpoint, [x["text"] for x in dev + train], st.dir)
+    # gold dev labels need no teacher answer (the teacher's agreement with gold is then measured on
+    # the training rows, whose gold labels are the slice filter's)
+    asked = (dev if cfg.dev_labels == "teacher" else []) + train
+    answers, teacher = label_texts(spec, endpoint, [x["text"] for x in asked], st.dir)
+    answers.update({x["text"]: answers.get(x["text"]) for x in dev})  # gold dev rows: None (not asked)
     rows, dev_rows = [], []
     for x in train:
         lab = answers[x["text"]]

@@ -103,8 +103,10 @@ class Teacher(_Strict):
     # Transport retries (429 / 5xx / timeouts / dropped connections) done by the openai client:
     # exponential backoff 0.5 s·2^n (max 8 s) minus up to 25 % jitter, Retry-After honoured (<= 2 min).
     max_retries: int = Cosmetic(4, ge=0)
-    # "llama.cpp" takes {"type":"json_object","schema":...}; OpenAI takes json_schema.
-    structured_output: Literal["auto", "llama_cpp", "openai", "none"] = "auto"
+    # "llama.cpp" takes {"type":"json_object","schema":...}; OpenAI takes json_schema. "fallback":
+    # the label questions (eval, agreement, traffic) run unconstrained and use the grammar/schema
+    # only to re-ask an answer that names no label; generation requests then run unconstrained.
+    structured_output: Literal["auto", "llama_cpp", "openai", "none", "fallback"] = "auto"
     # Prices per 1M tokens. None: look the model up in curation/generation/budget.py's PRICES (unknown model: 0, warned).
     price_in_per_m: float | None = Field(None, ge=0)
     price_out_per_m: float | None = Field(None, ge=0)
