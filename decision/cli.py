@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from distilforge.atomic import atomic_path, atomic_write_json
 from distilforge.layout import Run
 from distilforge.manifest import read_json
-from distilforge.records import Decision, GenerationResult, Metrics, ModelScore, TrainResult
+from distilforge.records import Decision, GenerationResult, Metrics, ModelScore, StageManifest, TrainResult
 from distilforge.runctx import check_run, cli_errors, fail, prepare
 from distilforge.yamlfile import read_yaml, validated
 from decision import abtest as ab
@@ -164,6 +164,13 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
         t = gen.tokens
         g_cost = ((t.prompt or 0) * inp.hosted_in_per_m + (t.completion or 0) * inp.hosted_out_per_m) / 1e6
         g_where = "generate/manifest.json tokens priced at the hosted rates (the teacher ran at $0)"
+    # Labelling real traffic is teacher work for the dataset too: priced the same way, never dropped.
+    traffic = StageManifest.in_folder(r.traffic, EconomicsError)
+    t_tok = ((traffic.model_extra or {}).get("teacher") or {}).get("tokens") if traffic else None
+    if t_tok and inp.hosted_in_per_m is not None and inp.hosted_out_per_m is not None:
+        t_cost = ((t_tok.get("prompt") or 0) * inp.hosted_in_per_m + (t_tok.get("completion") or 0) * inp.hosted_out_per_m) / 1e6
+        g_cost = (g_cost or 0.0) + t_cost
+        g_where = " + ".join(w for w in (g_where, "traffic/manifest.json labelling tokens at the hosted rates") if w)
     put("generation_cost_usd", cfg.generation_cost_usd, "generation_cost_usd", g_cost, g_where)
 
     train = TrainResult.read(r, EconomicsError) or TrainResult()

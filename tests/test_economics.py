@@ -151,6 +151,7 @@ def _mini_run(tmp_path, device: str):
 
 def test_cpu_train_time_is_never_turned_into_gpu_hours(tmp_path):
     from decision.cli import DecideConfig, decide_run
+    from distilforge.atomic import atomic_write_json
 
     run = _mini_run(tmp_path, "cpu")
     cfg = DecideConfig.model_validate({"hosted": {"price_in_per_m": 1.0, "price_out_per_m": 4.0},
@@ -163,6 +164,13 @@ def test_cpu_train_time_is_never_turned_into_gpu_hours(tmp_path):
     assert d["costs"]["generation_usd"] == pytest.approx(3.0)
     assert d["quality"]["student_model"] == "student_sft"
     assert (run / "decide" / "decision.json").exists()
+
+    # labelling real traffic is teacher work too: 500k in + 100k out at the same prices = $0.90 more
+    atomic_write_json(run / "traffic" / "manifest.json", {"stage": "traffic", "teacher": {
+        "tokens": {"prompt": 500_000, "completion": 100_000}}})
+    d = decide_run(run, cfg)
+    assert d["costs"]["generation_usd"] == pytest.approx(3.9)
+    assert "traffic/manifest.json" in d["inputs"]["sources"]["generation_cost_usd"]
 
     gpu = _mini_run(tmp_path / "g", "cuda:0")
     d = decide_run(gpu, cfg)
