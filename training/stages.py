@@ -164,6 +164,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
         return read_manifest(st.dir)
     if len(ds) == 0:
         raise ContaminationError(f"{training_source(run)[1]}: no rows to train on")
+    stored = ds  # as the upstream stage saved it: its own `prompt` column is gated too (below)
     ds = common.with_prompts(ds, spec, mode)
     if prefs is not None:
         prefs = common.with_prompts(prefs, spec, mode)
@@ -171,7 +172,11 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if split else (ds, ds.select([]))
     pairs, pairs_src = _preferences(spec, train, prefs) if t.dpo.enabled else (None, None)
     # (pairs made from the curated rows carry their rebuilt prompts; teacher pairs were rebuilt above)
-    contamination_gate(spec, run, ("training", ds), *([("preference", pairs)] if pairs is not None else []))
+    # The rebuilt rows are what is trained on; the stored ones are checked as well, so a dataset that
+    # carries held-out text in a trained column is refused even where the rebuild would drop it
+    # (strings both share are embedded once).
+    contamination_gate(spec, run, ("training", stored), ("training", ds),
+                       *([("preference", pairs)] if pairs is not None else []))
     st.begin()
 
     sft_dir = r.sft
