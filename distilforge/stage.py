@@ -77,6 +77,8 @@ class StageSpec:
         object.__setattr__(self, "_info", info)
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_spec", "_info"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
         info = self._info
         if name in BLOCKS and name not in info.config:
             declared = ", ".join(b for b in info.config if b in BLOCKS) or "no block"
@@ -86,6 +88,9 @@ class StageSpec:
 
     def __setattr__(self, name: str, value) -> None:
         raise AttributeError("a stage's view of the spec is read-only")
+
+    def __reduce__(self):  # a Ray worker of the stage gets the same view
+        return (StageSpec, (self._spec, self._info))
 
     def model_copy(self, **kw) -> StageSpec:
         return StageSpec(self._spec.model_copy(**kw), self._info)

@@ -53,3 +53,9 @@ def test_a_stage_sees_only_the_spec_blocks_it_declares():
     with pytest.raises(AttributeError):
         cur.name = "x"  # read-only
     assert cur.model_dump(mode="json") == spec.model_dump(mode="json")  # a worker of the stage gets the whole spec
+    import pickle
+
+    back = pickle.loads(pickle.dumps(cur))  # a Ray worker of the stage gets the same view
+    assert back.curation == spec.curation and back.name == spec.name
+    with pytest.raises(UndeclaredBlock):
+        back.training

@@ -73,12 +73,14 @@ def test_generated_rows_are_trl_prompt_completion(smoke_run):
 
 def test_curated_plus_rejected_accounts_for_every_row(smoke_run):
     raw = datasets.load_from_disk(str(smoke_run / "generate" / "rows"))
+    traffic = datasets.load_from_disk(str(smoke_run / "traffic" / "rows"))  # teacher-labelled real inputs
     kept = datasets.load_from_disk(str(smoke_run / "curate" / "curated"))
     rej = datasets.load_from_disk(str(smoke_run / "curate" / "rejected"))
-    assert sorted(list(kept["id"]) + list(rej["id"])) == sorted(raw["id"])
+    assert len(traffic) > 0 and set(traffic["strategy"]) == {"traffic"}
+    assert sorted(list(kept["id"]) + list(rej["id"])) == sorted(list(raw["id"]) + list(traffic["id"]))
     assert all(r for r in rej["reason"])
     funnel = read_manifest(smoke_run / "curate")["funnel"]
-    assert funnel[0]["in"] == len(raw) and funnel[-1]["out"] == len(kept)
+    assert funnel[0]["in"] == len(raw) + len(traffic) and funnel[-1]["out"] == len(kept)
     for a, b in zip(funnel, funnel[1:]):
         assert a["out"] == b["in"], (a, b)
     assert all(f["in"] - f["dropped"] == f["out"] for f in funnel), funnel

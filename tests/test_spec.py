@@ -132,7 +132,7 @@ def test_traffic_block_validates(monkeypatch):
     raw = yaml.safe_load(TASK.read_text())
     assert parse_spec({k: v for k, v in raw.items() if k != "traffic"}).traffic is None
     smoke, demo = load_spec(TASK, "smoke").traffic, load_spec(TASK, "demo").traffic
-    assert (smoke.max_rows, smoke.dev_rows, demo.max_rows, demo.dev_rows) == (6, 4, 320, 100)
+    assert (smoke.max_rows, smoke.dev_rows, demo.max_rows, demo.dev_rows) == (6, 4, 300, 60)
     assert demo.label_column == "category" and demo.dev_labels == "teacher"
     assert demo.label_map == {"Refund_not_showing_up": "refund_not_showing_up"}
     monkeypatch.setenv("DISTILFORGE_DATA", "/data")
