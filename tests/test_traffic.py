@@ -27,15 +27,25 @@ from distilforge.spec import parse_spec
 from distilforge.teacher import Endpoint
 
 LABELS = ["card_arrival", "exchange_rate"]
-SLICE = [("I am still waiting on my card?", "card_arrival"),
-         ("What can I do if my card still hasn't arrived after 2 weeks?", "card_arrival"),
-         ("Can I track my card while it is in the process of delivery?", "card_arrival"),
-         ("What foreign exchange rate will I get on weekdays and on the weekends?", "exchange_rate"),
-         ("Will my money be of equal value when I travel abroad?", "exchange_rate")]
-OFF_SLICE = [("I have exceeded the number of PIN attempts", "pin_blocked"),
-             ("I locked myself out of my account, how do I unblock my PIN?", "pin_blocked")]
-EXACT = "how do i locate my card"  # locked: "How do I locate my card?" (first card_arrival test row)
-NEAR = "Hello there, I still have not received my new card, I ordered over a week ago."  # locked minus "Hello there,"
+
+
+def _rows(name: str) -> list[tuple[str, str]]:
+    """(text, intent) rows of a Banking77 file, read from ../shared at run time (never copied here)."""
+    with open(BANKING77 / name, newline="") as f:
+        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+
+
+def _of(rows: list[tuple[str, str]], label: str, picks: list[int]) -> list[tuple[str, str]]:
+    mine = [r for r in rows if r[1] == label]
+    return [mine[i] for i in picks]
+
+
+_TRAIN, _TEST = _rows("train.csv"), _rows("test.csv")
+SLICE = _of(_TRAIN, "card_arrival", [0, 1, 3]) + _of(_TRAIN, "exchange_rate", [3, 1])  # TRAIN texts of the 2 intents
+OFF_SLICE = _of(_TRAIN, "pin_blocked", [0, 1])  # TRAIN texts of another intent
+_LOCKED = [t for t, _ in _of(_TEST, "card_arrival", [0, 1])]  # locked: the first card_arrival TEST rows
+EXACT = _LOCKED[0].lower().rstrip("?")  # an exact copy (other casing, no "?")
+NEAR = "Hello there, " + _LOCKED[1]  # the locked row with a greeting in front (n-gram overlap)
 
 
 def write_spec(tmp, base_url: str, name: str = "spec.yaml", **traffic) -> tuple:
