@@ -31,7 +31,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import datasets
 
@@ -75,47 +75,61 @@ def _read_cache(path: Path) -> dict[str, str]:
     return out
 
 
+def ask_labels(spec: TaskSpec, endpoint: Endpoint, texts: list[str], cache: Path,
+               failure: Callable[[int, int, str], Exception]) -> tuple[dict[str, str], dict]:
+    """{text: the teacher's blind label (or `<invalid>`)} for every text, with the teacher-eval
+    question (`heldout.evaluate.score_teacher`). Answers are cached in `cache` per (teacher model,
+    prompt, text) and appended with fsync after each chunk, so a rerun asks only what is missing.
+    When the teacher fails mid-way, `failure(labelled, total, reason)` is raised (distinct texts
+    labelled so far, distinct texts in all): what was answered stays cached. Used by generate's
+    agreement check and the traffic stage alike, so one text gets one answer in both."""
+    from heldout.evaluate import score_teacher
+    from openai import APIError
+
+    system = spec.system_prompt()
+    have = _read_cache(cache)
+    key = {t: _key(endpoint.model, system, t) for t in texts}
+    todo = [t for t in dict.fromkeys(texts) if key[t] not in have]
+    total = len(key)
+    t0, tokens = time.time(), {"prompt": 0, "completion": 0}
+    for c0 in range(0, len(todo), CHUNK):
+        chunk = todo[c0:c0 + CHUNK]
+        try:
+            preds, tok = score_teacher(endpoint, system, chunk, spec.label_names, spec.teacher.structured_output,
+                                       spec.teacher.timeout_s, spec.teacher.max_retries)
+        except (APIError, RuntimeFailure, OSError) as e:
+            raise failure(total - len(todo) + c0, total, one_line(e)) from None
+        tokens["prompt"] += tok["prompt"]
+        tokens["completion"] += tok["completion"]
+        with cache.open("a") as f:
+            f.write("".join(json.dumps({"key": key[t], "label": p}) + "\n" for t, p in zip(chunk, preds)))
+            f.flush()
+            os.fsync(f.fileno())
+        have.update((key[t], p) for t, p in zip(chunk, preds))
+    return ({t: have[key[t]] for t in key},
+            {"asked_now": len(todo), "cached": total - len(todo), "tokens": tokens, "seconds": round(time.time() - t0, 2)})
+
+
 def label_rows(spec: TaskSpec, endpoint: Endpoint, ds: datasets.Dataset, out_dir: str | Path) -> tuple[datasets.Dataset, dict]:
     """`ds` with a `teacher_label` column, and the manifest's `teacher_agreement` block.
 
     Only ok rows are asked. Raises AgreementFailed (labels so far kept in the cache) when the
     teacher fails mid-way: curating half-labelled rows would silently skip the check for the rest."""
-    from heldout.evaluate import score_teacher
-    from openai import APIError
-
     labels = spec.label_names
-    system = spec.system_prompt()
-    path = Path(out_dir) / CACHE
-    have = _read_cache(path)
-    keys = [_key(endpoint.model, system, t) if s == "ok" else None for t, s in zip(ds["text"], ds["status"])]
-    todo = list(dict.fromkeys(k for k in keys if k is not None and k not in have))
-    text_of = {k: t for k, t in zip(keys, ds["text"]) if k is not None}
-    t0, tokens = time.time(), {"prompt": 0, "completion": 0}
-    for c0 in range(0, len(todo), CHUNK):
-        chunk = todo[c0:c0 + CHUNK]
-        try:
-            preds, tok = score_teacher(endpoint, system, [text_of[k] for k in chunk], labels,
-                                       spec.teacher.structured_output, spec.teacher.timeout_s, spec.teacher.max_retries)
-        except (APIError, RuntimeFailure, OSError) as e:
-            done = sum(k in have for k in dict.fromkeys(k for k in keys if k is not None))
-            raise AgreementFailed(
-                f"teacher agreement: the teacher failed after labelling {done} of {len(text_of)} rows "
-                f"({one_line(e)}); the generated rows and labels so far are kept: rerun generate to finish") from None
-        tokens["prompt"] += tok["prompt"]
-        tokens["completion"] += tok["completion"]
-        lines = "".join(json.dumps({"key": k, "label": p}) + "\n" for k, p in zip(chunk, preds))
-        with path.open("a") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        have.update(zip(chunk, preds))
-    col = [have.get(k) if k is not None else None for k in keys]
+    ok_texts = [t for t, st in zip(ds["text"], ds["status"]) if st == "ok"]
+
+    def failed(done: int, total: int, reason: str) -> Exception:
+        return AgreementFailed(f"teacher agreement: the teacher failed after labelling {done} of {total} rows "
+                               f"({reason}); the generated rows and labels so far are kept: rerun generate to finish")
+
+    answers, asked_info = ask_labels(spec, endpoint, ok_texts, Path(out_dir) / CACHE, failed)
+    col = [answers[t] if st == "ok" else None for t, st in zip(ds["text"], ds["status"])]
     ds = ds.add_column(COLUMN, col, feature=datasets.Value("string"))
     asked = [(lab, t) for lab, t, s in zip(ds["label"], col, ds["status"]) if s == "ok"]
     valid = [(lab, t) for lab, t in asked if t in labels]
-    info = {"rows": len(asked), "asked_now": len(todo), "cached": len(asked) - len(todo),
+    info = {"rows": len(asked), "asked_now": asked_info["asked_now"], "cached": len(asked) - asked_info["asked_now"],
             "agree": sum(lab == t for lab, t in valid), "disagree": sum(lab != t for lab, t in valid),
-            "invalid": len(asked) - len(valid), "seconds": round(time.time() - t0, 2), "tokens": tokens}
+            "invalid": len(asked) - len(valid), "seconds": asked_info["seconds"], "tokens": asked_info["tokens"]}
     info["disagreement_rate"] = round(info["disagree"] / len(valid), 4) if valid else None
     return ds, info
 

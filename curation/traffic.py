@@ -30,11 +30,8 @@ Without a `traffic` block the stage writes nothing and records "skipped: no traf
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +41,7 @@ from rich.console import Console
 
 from curation import agreement, decontam, formats
 from curation.dedup import normalize
-from distilforge.errors import RuntimeFailure, UserError, one_line
+from distilforge.errors import RuntimeFailure, UserError
 from distilforge.layout import Run
 from distilforge.manifest import MANIFEST, Stage, read_manifest, sha256_json, verified_output
 from distilforge.spec import semantic_dump
@@ -162,41 +159,20 @@ def _decontaminated(rows: list[dict], need: int, spec: TaskSpec, heldout: datase
 # ---------------------------------------------------------------- ask the teacher
 
 def label_texts(spec: TaskSpec, endpoint: Endpoint, texts: list[str], out_dir: Path) -> tuple[dict[str, str], dict]:
-    """{text: teacher label or `<invalid>`} and the numbers for the manifest.
+    """{text: teacher label or `<invalid>`} and the numbers for the manifest: teacher agreement's
+    question and cache (agreement.py `ask_labels`), so a text labelled there or here is the same
+    answer; rows already in RUN/traffic/labels.jsonl are not asked again."""
+    def failed(done: int, total: int, reason: str) -> Exception:
+        return TrafficLabelFailed(f"traffic: the teacher failed after labelling {done} of {total} rows ({reason}); "
+                                  "the labels so far are cached: rerun traffic to finish")
 
-    The request and its cache key are teacher agreement's (agreement.py `label_rows`), so a text
-    labelled there or here is the same answer; rows already in RUN/traffic/labels.jsonl are not asked."""
-    from openai import APIError
-
-    from heldout.evaluate import score_teacher
-
-    system = spec.system_prompt()
-    path = out_dir / CACHE
-    have = agreement._read_cache(path)
-    key = {t: agreement._key(endpoint.model, system, t) for t in texts}
-    todo = [t for t in dict.fromkeys(texts) if key[t] not in have]
-    if todo:
-        console.print(f"traffic: the teacher labels {len(todo)} row(s) ({len(texts) - len(todo)} cached)")
-    t0, tokens = time.time(), {"prompt": 0, "completion": 0}
-    for c0 in range(0, len(todo), agreement.CHUNK):
-        chunk = todo[c0:c0 + agreement.CHUNK]
-        try:
-            preds, tok = score_teacher(endpoint, system, chunk, spec.label_names, spec.teacher.structured_output,
-                                       spec.teacher.timeout_s, spec.teacher.max_retries)
-        except (APIError, RuntimeFailure, OSError) as e:
-            raise TrafficLabelFailed(
-                f"traffic: the teacher failed after labelling {c0} of {len(todo)} rows ({one_line(e)}); "
-                "the labels so far are cached: rerun traffic to finish") from None
-        tokens["prompt"] += tok["prompt"]
-        tokens["completion"] += tok["completion"]
-        with path.open("a") as f:
-            f.write("".join(json.dumps({"key": key[t], "label": p}) + "\n" for t, p in zip(chunk, preds)))
-            f.flush()
-            os.fsync(f.fileno())
-        have.update((key[t], p) for t, p in zip(chunk, preds))
-    got = {t: have[key[t]] if have[key[t]] in spec.label_names else INVALID for t in texts}
-    info = {"model": endpoint.model, "rows": len(set(texts)), "asked_now": len(todo), "cached": len(set(texts)) - len(todo),
-            "tokens": tokens, "seconds": round(time.time() - t0, 2)}
+    distinct = len(set(texts))
+    answers, asked = agreement.ask_labels(spec, endpoint, texts, out_dir / CACHE, failed)
+    if asked["asked_now"]:
+        console.print(f"traffic: the teacher labelled {asked['asked_now']} row(s) ({asked['cached']} cached)")
+    got = {t: a if a in spec.label_names else INVALID for t, a in answers.items()}
+    info = {"model": endpoint.model, "rows": distinct, "asked_now": asked["asked_now"], "cached": asked["cached"],
+            "tokens": asked["tokens"], "seconds": asked["seconds"]}
     return got, info
 
 

@@ -197,3 +197,27 @@ def test_ray_backend_makes_the_same_decisions(tmp_path):
         strip = lambda f: [{k: v for k, v in s.items() if k != "seconds"} for s in f]  # noqa: E731
         assert strip(other.funnel) == strip(local.funnel)
         assert other.info["teacher_agreement"] == local.info["teacher_agreement"]
+
+
+def test_teacher_failure_midway_keeps_what_was_labelled(tmp_path):
+    """`ask_labels` (generate's agreement check and the traffic stage): a teacher that fails raises the
+    caller's one-line error with how many texts are labelled; cached answers are not asked again."""
+    from distilforge.secrets import Secret
+    from distilforge.spec import load_spec
+    from distilforge.teacher import Endpoint
+
+    spec = load_spec("examples/banking77/task.yaml", profile="smoke")
+    spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"max_retries": 0, "timeout_s": 2})})
+    dead = Endpoint("http://127.0.0.1:9/v1", "qwen2.5-coder-0.5b", Secret("none"), "openai")
+    cache = tmp_path / "labels.jsonl"
+    key = agreement._key(dead.model, spec.system_prompt(), "cached text")
+    cache.write_text(json.dumps({"key": key, "label": "card_arrival"}) + "\n")
+
+    class Failed(Exception):
+        pass
+
+    with pytest.raises(Failed, match=r"^1 of 2: "):
+        agreement.ask_labels(spec, dead, ["cached text", "new text", "cached text"], cache,
+                             lambda done, total, why: Failed(f"{done} of {total}: {why}"))
+    got, info = agreement.ask_labels(spec, dead, ["cached text"], cache, lambda *a: Failed("asked"))
+    assert got == {"cached text": "card_arrival"} and info["asked_now"] == 0 and info["cached"] == 1
