@@ -247,10 +247,10 @@ def score_teacher(endpoint: Endpoint, system_prompt: str, texts: list[str], labe
 
     def ask(client, text: str) -> tuple[str, list]:
         raw, usage = request(client, text, fmt)
-        pred = _label_of(raw, labels)
+        pred = parse_label(raw, labels)
         if fallback and pred == "<invalid>":
             raw, again = request(client, text, retry_fmt)
-            return _label_of(raw, labels), [usage, again]
+            return parse_label(raw, labels), [usage, again]
         return pred, [usage]
 
     with progress("scoring teacher", len(texts)) as bar:
@@ -271,15 +271,6 @@ def score_teacher(endpoint: Endpoint, system_prompt: str, texts: list[str], labe
                 f.result()
     return preds, {"prompt": tok[0], "completion": tok[1], "calls": len(texts), "servers": len(clients),
                    "seconds": round(time.time() - t0, 2), **({"requests": asked[0]} if fallback else {})}
-
-
-def _label_of(raw: str, labels: list[str]) -> str:
-    """The label of a JSON answer {"label": ...} (or the first label named in a broken one)."""
-    try:
-        pred = json.loads(raw).get("label", "")
-    except (json.JSONDecodeError, AttributeError):
-        pred = next((lab for lab in labels if lab in raw), "")
-    return pred if pred in labels else "<invalid>"
 
 
 def paired_bootstrap(a: list[int], b: list[int], n_boot: int = 2000, seed: int = 0) -> dict:
