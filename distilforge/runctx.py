@@ -28,7 +28,7 @@ from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
 from distilforge.manifest import sha256_json
 from distilforge.stage import STAGE_NAMES, first_stage_reading
-from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec
+from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec, validate_spec
 
 console = Console(stderr=True)
 
@@ -95,7 +95,7 @@ def _current_form(recorded: dict) -> dict:
     """A spec recorded by an earlier version (e.g. flat `curation:` keys), as this version writes
     it, so that a spelling change alone is not "a different spec". Unreadable: compared as is."""
     try:
-        return spec_content(TaskSpec.model_validate({k: v for k, v in recorded.items() if not k.startswith("_")}))
+        return spec_content(validate_spec({k: v for k, v in recorded.items() if not k.startswith("_")}))
     except ValueError:
         return recorded
 
@@ -154,7 +154,7 @@ def prepare(run: Path, spec_path: Path | None = None, profile: str | None = None
         raise SpecError(f"{p}: no spec recorded in this run dir (pass --spec TASK.yaml)")
     raw = {k: v for k, v in _recorded(p).items() if not k.startswith("_")}
     try:
-        return TaskSpec.model_validate(raw)
+        return validate_spec(raw)
     except ValueError as e:
         raise SpecError(f"{p}: not a valid recorded spec ({str(e).splitlines()[0]}); "
                         "pass --spec TASK.yaml --respec to rewrite it") from None

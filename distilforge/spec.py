@@ -11,11 +11,11 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from distilforge.errors import UserError
-from distilforge.yamlfile import read_yaml, validated
+from distilforge.yamlfile import field_path, read_yaml
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -501,13 +501,15 @@ class Backend(_Strict):
 
 
 class TaskSpec(_Strict):
+    """What every task type shares. A spec is one of the three subclasses below, chosen by `type`
+    (a pydantic discriminated union, `validate_spec`): each owns its own fields and prompts, so a
+    classification-only setting on an extraction spec is an error naming the field, and code that
+    needs labels asks a classification spec for them instead of checking `type` first.
+    What differs in behaviour per type lives in heldout/formats/ (one TaskFormat per type)."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    type: Literal["classification", "extraction", "instruction"] = "classification"
+    type: Literal["classification", "extraction", "instruction"]
     instruction: str = Field(min_length=1)
-    labels: list[Label] = Field(default_factory=list)  # classification: at least 2
-    multi_label: bool = False  # classification: a row may carry several labels ("a, b")
-    output_schema: dict[str, Any] | None = None  # extraction: JSON Schema of the answer object
-    style_guide: str | None = None  # instruction: how responses should read
     examples: list[Example] = Field(default_factory=list)  # seeds for the `fewshot` strategy
     teacher: Teacher = Teacher()
     generation: Generation = Generation()
@@ -538,6 +540,47 @@ class TaskSpec(_Strict):
             raw["student"] = {**student, "base": value}
         return raw
 
+    @model_validator(mode="after")
+    def _fewshot_needs_examples(self) -> "TaskSpec":
+        for i, ex in enumerate(self.examples):
+            self.check_example(i, ex)
+        if self.generation.strategies.get("fewshot", 0) > 0 and not self.examples:
+            raise ValueError("generation.strategies.fewshot: needs seed `examples` in the spec")
+        return self
+
+    def check_example(self, i: int, ex: Example) -> None:
+        """Raise ValueError naming `examples.<i>` when a seed example does not fit this task type."""
+
+    @property
+    def label_names(self) -> list[str]:
+        """The label set; empty for task types without labels."""
+        return []
+
+    def student_prompt(self, text: str, mode: Literal["short", "full"] | None = None) -> list[dict]:
+        """The conversational prompt the student sees (TRL `prompt` format); `mode` None: `student.prompt`."""
+        return [{"role": "system", "content": self.system_prompt(mode or self.student.prompt)},
+                {"role": "user", "content": text}]
+
+    def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
+        """The system prompt. `full` (the default): the instruction and the label list or answer
+        format, what the teacher and the untrained base model are asked with. `short`: the format's
+        own minimal prompt a trained student needs (see `Student`)."""
+        raise NotImplementedError
+
+
+class ClassificationSpec(TaskSpec):
+    """A router / intent classifier: one label (or several, `multi_label`) per input."""
+
+    type: Literal["classification"] = "classification"
+    labels: list[Label] = Field(default_factory=list)  # at least 2
+    multi_label: bool = False  # a row may carry several labels ("a, b")
+
+    @model_validator(mode="after")
+    def _two_labels(self) -> "ClassificationSpec":
+        if len(self.labels) < 2:
+            raise ValueError("labels: a classification task needs at least 2 labels")
+        return self
+
     @field_validator("labels")
     @classmethod
     def _unique(cls, v: list[Label]) -> list[Label]:
@@ -547,11 +590,31 @@ class TaskSpec(_Strict):
             raise ValueError(f"duplicate label names: {', '.join(dup)}")
         return v
 
+    def check_example(self, i: int, ex: Example) -> None:
+        if ex.label not in set(self.label_names):
+            raise ValueError(f"examples.{i}.label: '{ex.label}' is not one of the task's labels")
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
+        if mode == "short":
+            return self.name
+        if self.multi_label:
+            return f"{self.instruction}\nAnswer with one or more of: {', '.join(self.label_names)} (comma-separated)."
+        return f"{self.instruction}\nAnswer with exactly one of: {', '.join(self.label_names)}."
+
+
+class ExtractionSpec(TaskSpec):
+    """An extractor: a JSON object (`output_schema`, JSON Schema) pulled out of each input."""
+
+    type: Literal["extraction"] = "extraction"
+    output_schema: dict[str, Any]
+
     @field_validator("output_schema")
     @classmethod
-    def _valid_schema(cls, v: dict | None) -> dict | None:
-        if v is None:
-            return v
+    def _valid_schema(cls, v: dict) -> dict:
         import jsonschema
 
         try:
@@ -562,55 +625,59 @@ class TaskSpec(_Strict):
             raise ValueError("must describe an object: type: object with properties")
         return v
 
-    @model_validator(mode="after")
-    def _type_needs(self) -> "TaskSpec":
-        if self.type == "classification" and len(self.labels) < 2:
-            raise ValueError("labels: a classification task needs at least 2 labels")
-        if self.type == "extraction" and self.output_schema is None:
-            raise ValueError("output_schema: an extraction task needs a JSON Schema for its answers")
-        if self.multi_label and self.type != "classification":
-            raise ValueError("multi_label: only for classification tasks")
-        known = set(self.label_names)
-        for i, ex in enumerate(self.examples):
-            if self.type == "classification" and ex.label not in known:
-                raise ValueError(f"examples.{i}.label: '{ex.label}' is not one of the task's labels")
-            if self.type == "extraction":
-                import jsonschema
+    def check_example(self, i: int, ex: Example) -> None:
+        import jsonschema
 
-                err = next(iter(jsonschema.validators.validator_for(self.output_schema)(self.output_schema)
-                                .iter_errors(ex.output)), None)
-                if err is not None:
-                    raise ValueError(f"examples.{i}.output: does not match output_schema: {err.message}")
-        fewshot = self.generation.strategies.get("fewshot", 0) > 0
-        if fewshot and not self.examples:
-            raise ValueError("generation.strategies.fewshot: needs seed `examples` in the spec")
-        return self
+        err = next(iter(jsonschema.validators.validator_for(self.output_schema)(self.output_schema)
+                        .iter_errors(ex.output)), None)
+        if err is not None:
+            raise ValueError(f"examples.{i}.output: does not match output_schema: {err.message}")
 
     @property
-    def label_names(self) -> list[str]:
-        return [lab.name for lab in self.labels]
-
-    def student_prompt(self, text: str, mode: Literal["short", "full"] | None = None) -> list[dict]:
-        """The conversational prompt the student sees (TRL `prompt` format); `mode` None: `student.prompt`."""
-        return [{"role": "system", "content": self.system_prompt(mode or self.student.prompt)},
-                {"role": "user", "content": text}]
+    def fields(self) -> list[str]:
+        """The answer's keys, in schema order."""
+        return list(self.output_schema["properties"])
 
     def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
-        """The system prompt for this task type. `full` (the default): the instruction and the label
-        list or answer format, what the teacher and the untrained base model are asked with. `short`:
-        the format's own minimal prompt a trained student needs (see `Student`)."""
         if mode == "short":
-            if self.type == "extraction":
-                return f"{self.name}\nJSON keys: {', '.join(self.output_schema['properties'])}"
-            return self.instruction if self.type == "instruction" else self.name
-        if self.type == "extraction":
-            keys = ", ".join(self.output_schema["properties"])
-            return f"{self.instruction}\nAnswer with only a JSON object with the keys: {keys}."
-        if self.type == "instruction":
-            return self.instruction
-        if self.multi_label:
-            return f"{self.instruction}\nAnswer with one or more of: {', '.join(self.label_names)} (comma-separated)."
-        return f"{self.instruction}\nAnswer with exactly one of: {', '.join(self.label_names)}."
+            return f"{self.name}\nJSON keys: {', '.join(self.fields)}"
+        return f"{self.instruction}\nAnswer with only a JSON object with the keys: {', '.join(self.fields)}."
+
+
+class InstructionSpec(TaskSpec):
+    """Free-form replies (e.g. a support bot's first answer), judged pairwise against the teacher."""
+
+    type: Literal["instruction"] = "instruction"
+    style_guide: str | None = None  # how responses should read
+
+    def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
+        return self.instruction
+
+
+# `type` picks the class; a spec without one is a classification task (as before the union).
+SPEC_TYPES: dict[str, type[TaskSpec]] = {"classification": ClassificationSpec, "extraction": ExtractionSpec,
+                                         "instruction": InstructionSpec}
+AnyTaskSpec = Annotated[Union[ClassificationSpec, ExtractionSpec, InstructionSpec], Field(discriminator="type")]
+_ADAPTER = TypeAdapter(AnyTaskSpec)
+
+
+def validate_spec(raw: Any) -> TaskSpec:
+    """The spec class for `raw["type"]` (default classification), validated (pydantic's
+    ValidationError on bad input; `parse_spec` turns it into one line naming the field)."""
+    if isinstance(raw, dict) and "type" not in raw:
+        raw = {**raw, "type": "classification"}
+    return _ADAPTER.validate_python(raw)
+
+
+def _spec_error(e: ValidationError, raw: Any, source: str) -> SpecError:
+    """The first error as one line, located without the union's tag (`labels`, not
+    `classification.labels`)."""
+    err = e.errors()[0]
+    tag = raw.get("type", "classification") if isinstance(raw, dict) else None
+    loc = err["loc"][1:] if err["loc"][:1] == (tag,) else err["loc"]
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return SpecError(f"{source}: field '{field_path(loc)}': {msg}{more}")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -633,10 +700,9 @@ def parse_spec(raw: Any, *, source: str = "<spec>", profile: str | None = None) 
             raise SpecError(f"{source}: profiles.{profile}: no such profile (known: {known})")
         raw = _merge({k: v for k, v in raw.items()}, profiles[profile] or {})
     try:
-        return validated(TaskSpec, raw, source, SpecError)
-    except SpecError as e:
-        msg = str(e)
-        raise SpecError(msg if msg.startswith(f"{source}: ") else f"{source}: {msg}") from None
+        return validate_spec(raw)
+    except ValidationError as e:
+        raise _spec_error(e, raw, source) from None
 
 
 def load_spec(path: str | Path, profile: str | None = None) -> TaskSpec:

@@ -27,7 +27,7 @@ from distilabel.steps.tasks import TextGeneration
 from curation import dedup, formats
 from curation.generation.gensteps import CommitShards, SentinelAware, stats_of, to_row
 from curation.generation.plan import slots_text
-from distilforge.spec import TaskSpec
+from distilforge.spec import TaskSpec, validate_spec
 
 NEAR_DUPLICATE = 0.7  # word-bigram Jaccard at or above which two messages of a batch count as one
 
@@ -40,7 +40,7 @@ class BatchedGeneration(SentinelAware, TextGeneration):
     spec_json: str
 
     def process(self, inputs: StepInput):  # type: ignore[override]
-        spec = TaskSpec.model_validate_json(self.spec_json)
+        spec = validate_spec(json.loads(self.spec_json))
         by_id = {r["request_id"]: r for r in inputs if not r.get("sentinel")}
         outs = next(super().process(inputs))
         state: dict[str, list] = {}

@@ -24,7 +24,7 @@ from distilabel.steps.tasks import TextGeneration
 
 from curation import formats
 from curation.generation import budget
-from distilforge.spec import TaskSpec, Teacher
+from distilforge.spec import TaskSpec, Teacher, validate_spec
 from distilforge.secrets import redact, reveal
 from distilforge.teacher import Endpoint
 
@@ -169,7 +169,7 @@ class ValidatedGeneration(SentinelAware, TextGeneration):
     spec_json: str
 
     def process(self, inputs: StepInput):  # type: ignore[override]
-        spec = TaskSpec.model_validate_json(self.spec_json)
+        spec = validate_spec(json.loads(self.spec_json))
         outs = next(super().process(inputs))
         for o in outs:
             o["attempts"] = 1
@@ -263,7 +263,7 @@ class CommitShards(Step):
         return ["committed"]
 
     def process(self, inputs: StepInput):  # type: ignore[override]
-        spec = TaskSpec.model_validate_json(self.spec_json)
+        spec = validate_spec(json.loads(self.spec_json))
         price = (self.price_in, self.price_out)
         for r in inputs:
             r["committed"] = False
