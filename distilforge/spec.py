@@ -475,6 +475,9 @@ class Eval(_Strict):
     # The teacher is scored through its endpoint, one request per row: on a CPU box that is the
     # slow part, so it may be scored on a label-stratified subset (comparisons use the same rows).
     teacher_max_per_label: int | None = Field(None, gt=0)
+    # Task types without labels (extraction, instruction): the teacher is scored on a seeded random
+    # subset of this many of the scored rows (the report says how many rows each number stands on).
+    teacher_max_rows: int | None = Field(None, gt=0)
     batch_size: int = Field(16, gt=0)
 
 

@@ -39,7 +39,7 @@ def verify_cmd(run: Path = RunArg):
 
     try:
         s = prepare(run)
-        info = verify(s.heldout, s.label_names, Run(run).heldout)
+        info = verify(s.heldout, s, Run(run).heldout)
     except FileNotFoundError as e:  # not one of ours: still one line, rc 2
         fail(str(e))
     typer.echo(f"ok: {info['n']} rows, sha256 {info['sha256']}")
@@ -68,7 +68,7 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
         s = prepare(run, spec, profile, respec=respec)
         from heldout.lock import verify
 
-        verify(s.heldout, s.label_names, Run(run).heldout)  # refuse before starting anything
+        verify(s.heldout, s, Run(run).heldout)  # refuse before starting anything
         if endpoint is not None:
             _eval_endpoint(s, run, endpoint, endpoint_name, endpoint_model, endpoint_key_env, structured, max_per_label)
             return

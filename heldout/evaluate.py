@@ -13,14 +13,11 @@ import copy
 import json
 import random
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from distilforge.errors import RuntimeFailure
 from distilforge.secrets import reveal
 
 if TYPE_CHECKING:
@@ -210,10 +207,8 @@ def score_teacher(endpoint: Endpoint, system_prompt: str, texts: list[str], labe
                   timeout: float = 120, max_retries: int = 4) -> tuple[list[str], dict]:
     """Teacher predictions through its OpenAI-compatible endpoint(s), constrained to the label set.
     With several servers (replicas), one thread per server; predictions keep the input order."""
-    from openai import OpenAI
+    from heldout.answers import ask_teacher
 
-    urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
-    clients = [OpenAI(base_url=u, api_key=reveal(endpoint.api_key), timeout=timeout, max_retries=max_retries) for u in urls]
     schema = {"type": "object", "properties": {"label": {"type": "string", "enum": labels}}, "required": ["label"]}
     if structured == "auto":
         structured = "llama_cpp" if endpoint.kind == "embedded" else "openai"
@@ -230,47 +225,21 @@ def score_teacher(endpoint: Endpoint, system_prompt: str, texts: list[str], labe
     # got right 7/16 vs 12/16 on Banking77 train rows) keeps the answers the grammar gives.
     retry_fmt = ({"type": "json_object", "schema": schema} if endpoint.kind == "embedded" else
                  {"type": "json_schema", "json_schema": {"name": "label", "schema": schema, "strict": True}})
-    preds: list[str] = [""] * len(texts)
-    tok, asked = [0, 0], [0]
-    lock = threading.Lock()
-    t0 = time.time()
 
-    def request(client, text: str, response_format: dict | None):
-        kw = {"extra_body": {"response_format": response_format}} if response_format else {}
-        r = client.chat.completions.create(
-            model=endpoint.model, temperature=0, max_tokens=24,
-            messages=[{"role": "system", "content": system_prompt + ' Reply as JSON: {"label": "<label>"}'},
-                      {"role": "user", "content": text}], **kw)
-        if not getattr(r, "choices", None):  # an error body behind a 200 (some proxies): say what came back
-            raise RuntimeFailure(f"teacher at {endpoint.base_url} answered without choices: {str(r)[:200]}")
-        return r.choices[0].message.content or "", r.usage
+    def ask(request, msgs: list[dict]) -> tuple[str, list]:
+        raw, usage = request(msgs)
+        if fallback and parse_label(raw, labels) == "<invalid>":
+            raw, again = request(msgs, retry_fmt)
+            return raw, [usage, again]
+        return raw, [usage]
 
-    def ask(client, text: str) -> tuple[str, list]:
-        raw, usage = request(client, text, fmt)
-        pred = parse_label(raw, labels)
-        if fallback and pred == "<invalid>":
-            raw, again = request(client, text, retry_fmt)
-            return parse_label(raw, labels), [usage, again]
-        return pred, [usage]
-
-    with progress("scoring teacher", len(texts)) as bar:
-
-        def worker(k: int) -> None:  # server k answers rows k, k+n, ... in order (its prompt cache stays warm)
-            for i in range(k, len(texts), len(clients)):
-                preds[i], usages = ask(clients[k], texts[i])
-                with lock:
-                    for usage in usages:
-                        if usage:
-                            tok[0] += usage.prompt_tokens
-                            tok[1] += usage.completion_tokens
-                    asked[0] += len(usages)
-                    bar.advance()
-
-        with ThreadPoolExecutor(max_workers=len(clients)) as pool:
-            for f in [pool.submit(worker, k) for k in range(len(clients))]:
-                f.result()
-    return preds, {"prompt": tok[0], "completion": tok[1], "calls": len(texts), "servers": len(clients),
-                   "seconds": round(time.time() - t0, 2), **({"requests": asked[0]} if fallback else {})}
+    sys_text = system_prompt + ' Reply as JSON: {"label": "<label>"}'
+    answers, tokens = ask_teacher(endpoint, [[{"role": "system", "content": sys_text}, {"role": "user", "content": t}]
+                                             for t in texts], max_tokens=24, response_format=fmt, timeout=timeout,
+                                  max_retries=max_retries, desc="scoring teacher", ask=ask)
+    if not fallback:
+        tokens.pop("requests")
+    return [parse_label(a, labels) for a in answers], tokens
 
 
 def paired_bootstrap(a: list[int], b: list[int], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -370,7 +339,7 @@ def endpoint_eval(spec: TaskSpec, run: Path, url: str, *, name: str = "served", 
         raise HeldoutError(f"eval --endpoint: only classification tasks are scored through an endpoint "
                            f"('{spec.name}' is {spec.type})")
     r = Run(run)
-    info = verify(spec.heldout, spec.label_names, r.heldout)
+    info = verify(spec.heldout, spec, r.heldout)
     rows = load_locked(r.heldout)
     rows = rows.select(sample_rows(len(rows), spec.eval.max_rows))
     gold_all, texts_all, ids_all = list(rows["label"]), list(rows["text"]), list(rows["id"])

@@ -17,6 +17,7 @@ import json
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any, Callable
 
 import datasets
 
@@ -139,18 +140,28 @@ def _load(source: str) -> tuple[datasets.Dataset, str | None]:
     raise HeldoutError(f"heldout.source: {source}: no such file. {MISSING_HINT}")
 
 
-def _read_source(source: str, text_col: str, label_col: str) -> tuple[list[dict], str | None]:
+def _read_source(source: str, text_col: str, label_col: str | None,
+                 target: Callable[[Any], str]) -> tuple[list[dict], str | None]:
+    """Canonical (text, label) rows; `label` is the task format's target string ('' without a target
+    column: an instruction task's held-out rows are inputs only)."""
     ds, source_hash = _load(source)
     for col in (text_col, label_col):
-        if col not in ds.column_names:
+        if col is not None and col not in ds.column_names:
             raise HeldoutError(f"{source}: column '{col}' not found (columns: {', '.join(ds.column_names)})")
-    names = ds.features[label_col].names if hasattr(ds.features[label_col], "names") else None
+    names = ds.features[label_col].names if label_col and hasattr(ds.features[label_col], "names") else None
     rows = []
     for i, r in enumerate(ds):
-        text, label = r[text_col], r[label_col]
+        text, label = r[text_col], (r[label_col] if label_col else "")
         if text is None or label is None:
             raise HeldoutError(f"{source}: row {i + 2}: empty '{text_col if text is None else label_col}'")
-        rows.append({"text": canonical(text), "label": names[label] if names else canonical(label)})
+        if names:
+            label = names[label]
+        else:
+            try:
+                label = target(label)
+            except (ValueError, TypeError) as e:
+                raise HeldoutError(f"{source}: row {i + 2}: '{label_col}': {e}") from None
+        rows.append({"text": canonical(text), "label": canonical(label) if isinstance(label, str) else label})
     return rows, source_hash
 
 
@@ -166,16 +177,27 @@ def _select(rows: list[dict], labels: list[str], max_per_label: int | None) -> l
     return out
 
 
-def build_rows(heldout_cfg, labels: list[str]) -> tuple[list[dict], str | None]:
-    """Read, canonicalize and filter the held-out source; rows get ids `h<index>-<sha[:10]>`."""
-    raw, file_hash = _read_source(heldout_cfg.source, heldout_cfg.text_column, heldout_cfg.label_column)
-    for r in raw:
-        r["label"] = heldout_cfg.label_map.get(r["label"], r["label"])
-    use = heldout_cfg.labels or labels
-    rows = _select(raw, use, heldout_cfg.max_per_label)
-    missing = sorted(set(use) - {r["label"] for r in rows})
-    if missing:
-        raise HeldoutError(f"{heldout_cfg.source}: no held-out rows for label(s): {', '.join(missing)}")
+def build_rows(heldout_cfg, spec) -> tuple[list[dict], str | None]:
+    """Read, canonicalize and filter the held-out source; rows get ids `h<index>-<sha[:10]>`.
+    The task's format (heldout/formats) says how a row's target is read and whether rows carry
+    labels to select (`labels`, `label_map`, `max_per_label` only mean something for those)."""
+    from heldout.formats import task_format
+
+    fmt = task_format(spec)
+    label_col = heldout_cfg.label_column if fmt.heldout_has_target else None
+    raw, file_hash = _read_source(heldout_cfg.source, heldout_cfg.text_column, label_col, fmt.heldout_target)
+    if fmt.has_labels:
+        for r in raw:
+            r["label"] = heldout_cfg.label_map.get(r["label"], r["label"])
+        use = heldout_cfg.labels or spec.label_names
+        rows = _select(raw, use, heldout_cfg.max_per_label)
+        missing = sorted(set(use) - {r["label"] for r in rows})
+        if missing:
+            raise HeldoutError(f"{heldout_cfg.source}: no held-out rows for label(s): {', '.join(missing)}")
+    else:
+        rows = raw
+    if not rows:
+        raise HeldoutError(f"{heldout_cfg.source}: no held-out rows")
     for i, r in enumerate(rows):
         r["sha256"] = row_sha(r["text"], r["label"])
         r["id"] = f"h{i:05d}-{r['sha256'][:10]}"
@@ -186,13 +208,13 @@ def _overall(hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
-def lock(heldout_cfg, labels: list[str], out_dir: str | Path) -> dict:
-    """Write `out_dir/lock.json` and the canonical rows dataset `out_dir/rows`."""
+def lock(heldout_cfg, spec, out_dir: str | Path) -> dict:
+    """Write `out_dir/lock.json` and the canonical rows dataset `out_dir/rows` (`spec`: the task)."""
     out_dir = Path(out_dir)
-    rows, file_hash = build_rows(heldout_cfg, labels)
+    rows, file_hash = build_rows(heldout_cfg, spec)
     hashes = [r["sha256"] for r in rows]
     counts: dict[str, int] = {}
-    for r in rows:
+    for r in rows if spec.label_names else []:  # label counts; other targets are not categories
         counts[r["label"]] = counts.get(r["label"], 0) + 1
     ds = datasets.Dataset.from_list([{"id": r["id"], "text": r["text"], "label": r["label"]} for r in rows])
     save_dataset(ds, out_dir / ROWS)
@@ -233,7 +255,7 @@ def read_lock(lock_dir: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
-def verify(heldout_cfg, labels: list[str], lock_dir: str | Path) -> dict:
+def verify(heldout_cfg, spec, lock_dir: str | Path) -> dict:
     """Raise HeldoutError naming the first change since `lock`; return the lock info if intact."""
     info = read_lock(lock_dir)
     locked = [r["sha256"] for r in info["rows"]]
@@ -241,7 +263,7 @@ def verify(heldout_cfg, labels: list[str], lock_dir: str | Path) -> dict:
         raise HeldoutError(f"{Path(lock_dir) / LOCK}: lock file itself was edited (overall hash mismatch)")
     if heldout_cfg.source != info["source"]:
         raise HeldoutError(f"held-out source changed: locked {info['source']}, spec now says {heldout_cfg.source}")
-    rows, file_hash = build_rows(heldout_cfg, labels)
+    rows, file_hash = build_rows(heldout_cfg, spec)
     msg = _diff(locked, [r["sha256"] for r in rows], f"{heldout_cfg.source}")
     if msg:
         raise HeldoutError(f"held-out set changed since it was locked — {msg}; refusing to trust it")

@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
                 rows.append({"id": f"{lab}-{seen[lab]}", "label": lab, "text": r["text"], "strategy": "test",
                              "prompt": spec.student_prompt(r["text"]),
                              "completion": [{"role": "assistant", "content": lab}]})
-    lock(spec.heldout, spec.label_names, run / "heldout")
+    lock(spec.heldout, spec, run / "heldout")
     st = Stage(run / "curate", "curate", {}, {}).begin()
     st.save("curated", datasets.Dataset.from_list(rows))
     st.finish()

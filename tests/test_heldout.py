@@ -16,7 +16,7 @@ def locked(tmp_path, banking77_copy, monkeypatch):
     monkeypatch.setenv("DISTILFORGE_DATA", str(banking77_copy))
     spec = load_spec(TASK)
     spec.heldout.labels = ["card_arrival", "pin_blocked"]
-    info = lock(spec.heldout, spec.label_names, tmp_path / "heldout")
+    info = lock(spec.heldout, spec, tmp_path / "heldout")
     return spec, tmp_path / "heldout", banking77_copy / "banking77" / "test.csv", info
 
 
@@ -40,7 +40,7 @@ def test_lock_is_canonical_and_complete(locked):
     ds = load_locked(d)
     assert len(ds) == 80 and len(set(ds["id"])) == 80
     assert all(t == " ".join(t.split()) for t in ds["text"])
-    assert verify(spec.heldout, spec.label_names, d)["sha256"] == info["sha256"]
+    assert verify(spec.heldout, spec, d)["sha256"] == info["sha256"]
 
 
 def test_edit_one_byte_is_caught(locked):
@@ -53,7 +53,7 @@ def test_edit_one_byte_is_caught(locked):
     lines[k] = bytes(line)
     src.write_bytes(b"\n".join(lines))
     with pytest.raises(HeldoutError, match=r"row 5 was edited"):
-        verify(spec.heldout, spec.label_names, d)
+        verify(spec.heldout, spec, d)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -74,7 +74,7 @@ def test_structural_changes_are_caught(locked, change, message):
         rows[j][0] += "!"
     _write(src, rows)
     with pytest.raises(HeldoutError, match=message):
-        verify(spec.heldout, spec.label_names, d)
+        verify(spec.heldout, spec, d)
 
 
 def test_locked_copy_and_lock_file_tamper(locked):
@@ -82,7 +82,7 @@ def test_locked_copy_and_lock_file_tamper(locked):
     lock_file = d / "lock.json"
     lock_file.write_text(lock_file.read_text().replace(info["rows"][0]["sha256"], "0" * 64))
     with pytest.raises(HeldoutError, match="lock file itself was edited"):
-        verify(spec.heldout, spec.label_names, d)
+        verify(spec.heldout, spec, d)
     assert read_lock(d)["n"] == 80
 
 
@@ -126,27 +126,27 @@ def test_dataset_folder_source_locks_the_same_rows_as_the_file(locked, tmp_path,
     spec, _, src, file_info = locked
     folder = _dataset_dir(kind, src, tmp_path / f"hub-{kind}")
     spec.heldout.source = str(folder)
-    info = lock(spec.heldout, spec.label_names, tmp_path / f"lock-{kind}")
+    info = lock(spec.heldout, spec, tmp_path / f"lock-{kind}")
     assert info["n"] == file_info["n"] == 80
     assert info["rows"] == file_info["rows"] and info["sha256"] == file_info["sha256"]
     assert list(load_locked(tmp_path / f"lock-{kind}")["text"]) == list(load_locked(tmp_path / "heldout")["text"])
-    assert info["source_sha256"] and verify(spec.heldout, spec.label_names, tmp_path / f"lock-{kind}")["n"] == 80
+    assert info["source_sha256"] and verify(spec.heldout, spec, tmp_path / f"lock-{kind}")["n"] == 80
     spec.heldout.source = f"{folder}:validation"  # a split the folder does not have: named, with the ones it has
     with pytest.raises(HeldoutError, match=r"no split 'validation' \(splits: test"):
-        lock(spec.heldout, spec.label_names, tmp_path / "lock-bad-split")
+        lock(spec.heldout, spec, tmp_path / "lock-bad-split")
 
 
 def test_dataset_folder_edit_is_caught(locked, tmp_path):
     spec, _, src, _ = locked
     folder = _dataset_dir("csv", src, tmp_path / "hub")
     spec.heldout.source = str(folder)
-    lock(spec.heldout, spec.label_names, tmp_path / "lock")
+    lock(spec.heldout, spec, tmp_path / "lock")
     rows = _rows(folder / "test.csv")
     j = next(i for i, r in enumerate(rows) if i and r[1] == "exchange_rate")  # outside the locked labels
     rows[j][0] += "!"
     _write(folder / "test.csv", rows)
     with pytest.raises(HeldoutError, match="file bytes changed"):
-        verify(spec.heldout, spec.label_names, tmp_path / "lock")
+        verify(spec.heldout, spec, tmp_path / "lock")
 
 
 @pytest.mark.parametrize("source", ["{tmp}/nowhere/banking77/test.csv", "data/banking77/test.csv"])
@@ -154,7 +154,7 @@ def test_missing_source_says_where_the_data_is_expected(tmp_path, source):
     spec = load_spec(TASK)
     spec.heldout.source = source.format(tmp=tmp_path)
     with pytest.raises(HeldoutError) as e:
-        lock(spec.heldout, spec.label_names, tmp_path / "heldout")
+        lock(spec.heldout, spec, tmp_path / "heldout")
     msg = str(e.value)
     assert msg.startswith(f"heldout.source: {spec.heldout.source}: no such file.") and "DISTILFORGE_DATA" in msg
     assert "\n" not in msg and not (tmp_path / "heldout").exists()

@@ -120,7 +120,7 @@ def case(tmp_path_factory):
     spec = make_spec()
     raw = datasets.Dataset.from_list(banking_rows(spec))
     d = tmp_path_factory.mktemp("heldout")
-    lock(spec.heldout, spec.label_names, d)
+    lock(spec.heldout, spec, d)
     held = load_locked(d)
     emb = Embedder(cache_root=tmp_path_factory.mktemp("emb-local"), threads=1)
     return spec, raw, held, curate(raw, spec, held, embedder=emb), tmp_path_factory.mktemp("emb-ray"), emb
@@ -181,7 +181,7 @@ def test_per_label_dedup_and_balance_match_too(case, local_ray):
 
 
 def make_run(path, spec, raw):
-    lock(spec.heldout, spec.label_names, path / "heldout")
+    lock(spec.heldout, spec, path / "heldout")
     st = Stage(path / "generate", "generate", {}, {"test": 1}).begin()
     st.save("rows", raw)
     st.finish()

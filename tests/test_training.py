@@ -49,7 +49,7 @@ def train_rows(spec) -> datasets.Dataset:
 
 
 def make_run(path, spec, ds=None):
-    lock(spec.heldout, spec.label_names, path / "heldout")
+    lock(spec.heldout, spec, path / "heldout")
     st = Stage(path / "curate", "curate", {}, {}).begin()
     st.save("curated", ds if ds is not None else train_rows(spec))
     st.finish()
@@ -257,7 +257,7 @@ def test_gate_does_not_flag_label_answers_but_flags_held_out_answers(tmp_path):
     raw["curation"] = {**raw.get("curation", {}), "decontam_cosine": 0.90}  # the threshold it failed at
     spec = parse_spec(raw)
     run = tmp_path / "run"
-    lock(spec.heldout, spec.label_names, run / "heldout")
+    lock(spec.heldout, spec, run / "heldout")
     held = load_locked(run / "heldout")
     # the premise: some label name is as close to a held-out row as the cosine threshold
     emb = Embedder(spec.curation.embeddings.model)

@@ -89,7 +89,7 @@ def vouch(run: Path, spec: TaskSpec) -> dict:
                           f"({str(m.adapter_sha256)[:12]}, kept is {str(tm.adapter_sha256)[:12]}); "
                           f"run `distilforge eval {run}`")
     try:
-        lock = verify(spec.heldout, spec.label_names, r.heldout)
+        lock = verify(spec.heldout, spec, r.heldout)
     except HeldoutError as e:
         raise ExportError(f"refusing to export: {e}") from None
     for what, h in (("eval", m.heldout_sha256), ("train", tm.heldout_lock_sha256)):

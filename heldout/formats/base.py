@@ -33,6 +33,7 @@ class TaskFormat:
     batch_template: ClassVar[str | None] = None  # template asking for several inputs per request
     has_labels: ClassVar[bool] = False  # rows carry a `label` a curator can filter and balance by
     headline_metric: ClassVar[str] = "accuracy"  # the metrics key `decide` and the report lead with
+    heldout_has_target: ClassVar[bool] = True  # locked rows carry a reference answer (`heldout.label_column`)
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
@@ -128,6 +129,31 @@ class TaskFormat:
     def max_tokens(self) -> int:
         """Tokens a served or scored answer may need."""
         return 512
+
+    def teacher_response_format(self, endpoint_kind: str) -> dict | None:
+        """`response_format` for asking the teacher to answer an input, from `teacher.structured_output`
+        and `answer_request_schema` (None: unconstrained, the answer is validated after)."""
+        schema, mode = self.answer_request_schema(), self.spec.teacher.structured_output
+        if schema is None or mode in ("none", "fallback"):
+            return None
+        if mode == "auto":
+            mode = "llama_cpp" if endpoint_kind == "embedded" else "openai"
+        if mode == "llama_cpp":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+    def answer_inputs(self, endpoint, texts: list[str], desc: str = "asking the teacher") -> tuple[list[str | None], dict]:
+        """The teacher's answer to each input as the task asks it (full system prompt, temperature 0):
+        canonical answers, None where it gave nothing usable, and the tokens spent. What the eval's
+        teacher row, the traffic stage and teacher agreement all ask, so they agree by construction."""
+        from heldout.answers import ask_teacher
+
+        t = self.spec.teacher
+        msgs = [self.spec.student_prompt(x, "full") for x in texts]
+        raw, tokens = ask_teacher(endpoint, msgs, max_tokens=max(t.max_tokens, self.max_tokens()),
+                                  response_format=self.teacher_response_format(endpoint.kind),
+                                  timeout=t.timeout_s, max_retries=t.max_retries, desc=desc)
+        return [self.validate_answer(a)[0] for a in raw], tokens
 
     def evaluate(self, ctx: Any) -> dict:
         """Score base, student and teacher on the locked rows (heldout/stages.py eval_stage)."""

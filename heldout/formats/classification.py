@@ -122,3 +122,80 @@ class ClassificationFormat(TaskFormat):
 
     def max_tokens(self) -> int:
         return 64
+
+    def answer_inputs(self, endpoint, texts: list[str], desc: str = "asking the teacher") -> tuple[list[str | None], dict]:
+        """The label question the teacher eval asks (heldout/evaluate.py `score_teacher`: JSON label,
+        `teacher.structured_output`, fallback re-asks); None where the answer names no label."""
+        from heldout import evaluate as ev
+
+        t = self.spec.teacher
+        preds, tokens = ev.score_teacher(endpoint, self.spec.system_prompt("full"), texts, self.spec.label_names,
+                                         t.structured_output, t.timeout_s, t.max_retries)
+        return [None if p == "<invalid>" else p for p in preds], tokens
+
+    # ------------------------------------------------------------------ scoring
+    def evaluate(self, ctx) -> dict:
+        """Accuracy by label likelihood for base and student(s) (heldout/evaluate.py `score_local`),
+        the teacher through its endpoint on a label-stratified subset (`eval.teacher_max_per_label`),
+        paired bootstraps on the same rows, and the dev split when there is one."""
+        from heldout import evaluate as ev
+
+        spec, rows = ctx.spec, ctx.rows
+        gold, texts, labels = list(rows["label"]), list(rows["text"]), spec.label_names
+        full, trained = ctx.full_prompts(texts), ctx.trained_prompts(texts)
+        models: dict[str, dict] = {}
+        models["base"] = {**ev.summarize(ev.score_local(ctx.base, None, full, labels, "scoring base"), gold, labels),
+                          "prompt": "full"}
+        for name, path in ctx.adapters.items():
+            models[name] = {**ev.summarize(ev.score_local(ctx.base, str(path), trained, labels, f"scoring {name}"),
+                                           gold, labels), "prompt": ctx.student_mode}
+        if "student" not in models:
+            models["student"] = {**models[f"student_{ctx.kept['which']}"]}
+        models["student"]["kept"] = ctx.kept
+        t_idx = ev.stratified_rows(gold, spec.eval.teacher_max_per_label)
+        if ctx.endpoint is not None:
+            t = spec.teacher
+            preds, tokens = ev.score_teacher(ctx.endpoint, spec.system_prompt("full"), [texts[i] for i in t_idx],
+                                             labels, t.structured_output, t.timeout_s, t.max_retries)
+            models["teacher"] = {**ev.summarize(preds, [gold[i] for i in t_idx], labels), "prompt": "full",
+                                 "tokens": tokens, "model": ctx.endpoint.model, "rows": len(t_idx),
+                                 "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}
+        for m in models.values():
+            m.update(score=m["accuracy"], score_ci=m["accuracy_ci"], table={"macro-F1": m["macro_f1"]})
+            m.setdefault("rows", len(gold))
+        comparisons = {}
+        if "teacher" in models:
+            comparisons["student_vs_teacher"] = {
+                **ev.paired_bootstrap([models["student"]["correct"][i] for i in t_idx], models["teacher"]["correct"]),
+                "rows": len(t_idx)}
+        comparisons["student_vs_base"] = ev.paired_bootstrap(models["student"]["correct"], models["base"]["correct"])
+        if "student_dpo" in models:
+            comparisons["dpo_vs_sft"] = ev.paired_bootstrap(models["student_dpo"]["correct"],
+                                                            models["student_sft"]["correct"])
+        out = {"labels": labels, "models": models, "comparisons": comparisons,
+               "per_label": {m: v["per_label"] for m, v in models.items()}}
+        if ctx.dev is not None:
+            out["dev"] = self._dev_scores(ctx)
+        return out
+
+    def _dev_scores(self, ctx) -> dict:
+        """Base and the kept student on the dev split. Its labels are the teacher's (or the user's
+        gold): a different yardstick from the locked test set, so it is recorded and shown apart.
+        Prompts as on the test set: the full one for the base, the trained one for the student."""
+        from heldout import evaluate as ev
+
+        ds, h = ctx.dev
+        labels, gold = self.spec.label_names, list(ds["label"])
+        source = ds["label_source"][0]
+        student = ctx.adapters.get("student") or ctx.adapters[f"student_{ctx.kept['which']}"]
+        out = {"what": f"dev ({source} labels)", "label_source": source, "n": len(ds), "dev_sha256": h,
+               "row_ids": list(ds["id"])}
+        for name, adapter, prompts in (("base", None, ctx.full_prompts(ds["text"])),
+                                       ("student", str(student), ctx.trained_prompts(ds["text"]))):
+            s = ev.summarize(ev.score_local(ctx.base, adapter, prompts, labels, f"scoring {name} on dev"), gold, labels)
+            out[name] = {k: s[k] for k in ("accuracy", "accuracy_ci", "macro_f1")}
+            out[name].update(score=s["accuracy"], score_ci=s["accuracy_ci"])
+        # the student's answer per dev row (row_ids order; labels, no text): blind spots rank the dev
+        # clusters by its errors and target the label pairs it confuses (labeling/dev_errors.py)
+        out["student"]["predictions"] = s["predictions"]
+        return out

@@ -14,6 +14,7 @@ class InstructionFormat(TaskFormat):
     type = "instruction"
     template = "instruction_v1"
     headline_metric = "win_or_tie"
+    heldout_has_target = False  # real inputs, no reference replies: scored against the teacher's
 
     # ------------------------------------------------------------------ generation
     def answer_schema(self) -> dict:

@@ -68,7 +68,7 @@ def locked_run(run: Path, spec_path: Path):
     from heldout.lock import load_locked, lock
 
     spec = prepare(run, spec_path, create=True)
-    lock(spec.heldout, spec.label_names, run / "heldout")
+    lock(spec.heldout, spec, run / "heldout")
     return spec, load_locked(run / "heldout")
 
 
