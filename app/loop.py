@@ -5,7 +5,8 @@
 
 Everything that *chooses* here looks only at the traffic stage's dev split (real inputs, kept
 apart from training): blind spots cluster the dev rows and rank them by the student's errors
-there, and the round kept for shipping is the one with the best student accuracy on dev. The
+there, and the round kept for shipping is the one with the best student score on dev (eval's
+headline metric: accuracy, micro field-F1 or win-or-tie against the teacher, by task type). The
 locked test set is only scored by `eval`; each round's test score is recorded in RUN/loop.json
 for the reader and never read back by anything that decides. Choosing rounds (or data) by the
 test score would tune the data to the test set and leave no honest number to ship on.
@@ -30,6 +31,7 @@ from rich.table import Table
 
 from distilforge import runlock
 from distilforge.atomic import atomic_copy_dir, atomic_write_bytes, atomic_write_json
+from distilforge.card import headline, metric_of
 from distilforge.errors import UserError
 from distilforge.layout import Run
 from distilforge.manifest import MANIFEST, read_json
@@ -70,20 +72,34 @@ def for_round(targets: list[dict], rnd: int) -> list[dict]:
     return out
 
 
+def _scored(entry: dict, metric: str) -> dict:
+    """{metric, score, score_ci} of one metrics entry (+ accuracy, accuracy_ci for a classifier, the
+    names loop.json has always had)."""
+    value, ci = headline(entry)
+    out = {"metric": metric, "score": value, "score_ci": ci}
+    if metric == "accuracy":
+        out.update(accuracy=value, accuracy_ci=ci)
+    return out
+
+
 def score(run: Path) -> dict:
-    """The kept student's accuracy on dev and on the locked test set, from eval's metrics.json."""
+    """The kept student's headline score on dev and on the locked test set, from eval's metrics.json."""
     m = read_json(Run(run).metrics, LoopError) or {}
+    metric = metric_of(m)
     dev = (m.get("dev") or {}).get("student") or {}
     test = (m.get("models") or {}).get("student") or {}
-    pick = ("accuracy", "accuracy_ci")
-    return {"dev": {k: dev.get(k) for k in pick}, "test": {k: test.get(k) for k in pick}}
+    return {"dev": _scored(dev, metric), "test": _scored(test, metric)}
+
+
+def _dev_score(x: dict) -> float | None:
+    return headline(x.get("dev") or {})[0]
 
 
 def choose(rounds: list[dict]) -> int | None:
-    """The round to ship: best student accuracy on dev (ties: the earlier, smaller one). The test
+    """The round to ship: best student score on dev (ties: the earlier, smaller one). The test
     score is not looked at."""
-    scored = [x for x in rounds if (x.get("dev") or {}).get("accuracy") is not None]
-    return max(scored, key=lambda x: (x["dev"]["accuracy"], -x["round"]))["round"] if scored else None
+    scored = [x for x in rounds if _dev_score(x) is not None]
+    return max(scored, key=lambda x: (_dev_score(x), -x["round"]))["round"] if scored else None
 
 
 def _record(run: Path, rnd: int, targets: int, rounds: list[dict]) -> list[dict]:
@@ -106,15 +122,17 @@ def _record(run: Path, rnd: int, targets: int, rounds: list[dict]) -> list[dict]
 
 
 def _ci(s: dict) -> str:
-    if s.get("accuracy") is None:
+    value, ci = headline(s)
+    if value is None:
         return "-"
-    lo, hi = s.get("accuracy_ci") or (None, None)
-    return f"{s['accuracy']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+    lo, hi = ci or (None, None)
+    return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
 
 
 def table(rounds: list[dict]) -> Table:
-    t = Table(title="loop (kept = best student accuracy on dev; the test score is recorded, never used to choose)")
-    for col in ("round", "rows", "new targets", "dev accuracy", "test accuracy", "kept"):
+    metric = next((x["dev"]["metric"] for x in rounds if (x.get("dev") or {}).get("metric")), "accuracy")
+    t = Table(title=f"loop (kept = best student {metric} on dev; the test score is recorded, never used to choose)")
+    for col in ("round", "rows", "new targets", f"dev {metric}", f"test {metric}", "kept"):
         t.add_column(col)
     for x in rounds:
         t.add_row(str(x["round"]), str(x.get("rows")), str(x.get("targets")), _ci(x["dev"]), _ci(x["test"]),
@@ -140,7 +158,7 @@ def run_loop(run: Path, rounds: int) -> list[dict]:
     Console().print(table(done))
     kept = next((x for x in done if x.get("kept")), None)
     if kept and kept is not done[-1]:
-        console.print(f"loop: round {kept['round']} has the best dev accuracy; its adapter is {kept['adapter']} "
+        console.print(f"loop: round {kept['round']} has the best dev score; its adapter is {kept['adapter']} "
                       f"(RUN/train holds round {done[-1]['round']}'s)")
     return done
 

@@ -17,6 +17,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 from distilforge.atomic import atomic_path, atomic_write_json
+from distilforge.card import headline, metric_of, pairwise_of
 from distilforge.layout import Run
 from distilforge.manifest import read_json
 from distilforge.records import Decision, GenerationResult, Metrics, ModelScore, StageManifest, TrainResult
@@ -109,13 +110,20 @@ def pick_student(models: dict, wanted: str | None = None) -> str | None:
     return next((k for k in STUDENT_KEYS if k in models), None)
 
 
-def _ci(m: ModelScore, where: str) -> tuple[float, float] | None:
-    ci = m.accuracy_ci
+def _score(m: ModelScore, where: str) -> tuple[float | None, tuple[float, float] | None]:
+    """A model's headline score and CI (`score` / `score_ci`; `accuracy` / `accuracy_ci` in metrics
+    written before every entry carried `score`), the CI checked to be [lo, hi]."""
+    value, ci = headline(m)
+    name = "accuracy_ci" if getattr(m, "score", None) is None and m.accuracy is not None else "score_ci"
     if ci is None:
-        return None
+        return value, None
     if not isinstance(ci, (list, tuple)) or len(ci) != 2:
-        raise EconomicsError(f"{where}: accuracy_ci must be [lo, hi], got {ci!r}")
-    return float(ci[0]), float(ci[1])
+        raise EconomicsError(f"{where}: {name} must be [lo, hi], got {ci!r}")
+    return value, (float(ci[0]), float(ci[1]))
+
+
+_PAIRWISE_KEYS = ("n", "wins", "ties", "losses", "win_rate", "tie_rate", "loss_rate", "win_rate_tie_half",
+                  "win_rate_tie_half_ci", "unparsable", "position_bias")
 
 
 def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] | None = None) -> EconInputs:
@@ -198,12 +206,16 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
             src[name] = f"flag --{name.replace('_', '-')}"
 
     key = pick_student(models, ov.get("student_model") or cfg.student_model)
+    inp.metric = metric_of(metrics)
     if key and "teacher" in models:
         s, t = models[key], models["teacher"]
         inp.student_model = key
-        inp.student_accuracy, inp.student_ci = s.accuracy, _ci(s, f"{r.metrics}: models.{key}")
-        inp.teacher_accuracy, inp.teacher_ci = t.accuracy, _ci(t, f"{r.metrics}: models.teacher")
+        inp.student_accuracy, inp.student_ci = _score(s, f"{r.metrics}: models.{key}")
+        inp.teacher_accuracy, inp.teacher_ci = _score(t, f"{r.metrics}: models.teacher")
         inp.n_heldout = metrics.n
+        if inp.metric == "win_or_tie":  # the teacher is the reference: its wins / losses decide
+            pw = pairwise_of(s)
+            inp.pairwise = {k: pw[k] for k in _PAIRWISE_KEYS if k in pw} if pw else None
         src["quality"] = f"measured: eval/metrics.json models.{key} vs models.teacher"
 
     for k, ans in cfg.precheck.model_dump().items():
@@ -364,7 +376,7 @@ def _shadow(a: str, b: str, inputs: Path, run: Optional[Path], log: Optional[Pat
     if run is None:
         fail("--shadow needs --run RUN (the task prompt and labels both arms are asked with)")
     spec = prepare(run)
-    if spec.type != "classification":
+    if not spec.label_names:  # both arms are asked for a label
         fail(f"--shadow: only classification tasks are compared so far ('{spec.name}' is {spec.type})")
     log = log or Run(run).shadow_log
     r = ab.shadow(inputs, a, b, system_prompt=spec.system_prompt(), labels=spec.label_names, log=log,

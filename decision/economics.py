@@ -26,12 +26,20 @@ GPU cost is never guessed: a CPU run's time is not scaled into GPU hours. Withou
 hours (given, or measured on a GPU by the train stage) the fine-tune cost is unknown and the
 verdict says `needs input`.
 
-Quality rule (CI-aware non-inferiority on the locked held-out set), with tol = quality_tolerance:
-  worse        : student CI upper bound < teacher accuracy - tol (the data show it is worse)
-  inconclusive : not worse, but the student's point accuracy < teacher accuracy - tol
+Quality rule (CI-aware non-inferiority on the locked held-out set), with tol = quality_tolerance,
+on the task's headline score (`metric`: accuracy for classification, micro field-F1 for
+extraction; the `student_accuracy` / `teacher_accuracy` inputs hold that score whatever its name):
+  worse        : student CI upper bound < teacher score - tol (the data show it is worse)
+  inconclusive : not worse, but the student's point score < teacher score - tol
                  (the CI still allows "equal": more held-out data / a better student needed)
-  ok           : student point accuracy >= teacher accuracy - tol (which implies the CI upper
+  ok           : student point score >= teacher score - tol (which implies the CI upper
                  bound is too, i.e. the looser "upper bound >= teacher" rule also holds)
+Instruction tasks (`metric` win_or_tie) have no teacher score: the teacher's replies are the
+reference the student's are judged against, both orders (heldout/pairwise.py). "At least equal"
+is then "the student wins at least as often as it loses": with w = (wins + ties / 2) / n (the
+tie-half win rate; w >= 0.5 exactly when wins >= losses), the same rule reads with 0.5 in the
+teacher's place: worse when w's CI upper bound < 0.5 - tol, ok when w >= 0.5 - tol, else
+inconclusive.
 
 Verdict, first match wins:
   1. quality worse                                   -> stay hosted (however cheap)
@@ -50,6 +58,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from distilforge.errors import UserError
 
+METRICS = ("accuracy", "micro_f1", "win_or_tie")  # eval's headline metrics (heldout/formats)
 HOURS_PER_MONTH = 730.0  # 24 * 365 / 12: an always-on serving box
 
 FINE_TUNE = "fine-tune"
@@ -106,10 +115,13 @@ class EconInputs:
     tasks_per_gpu_hour: float | None = None  # measured on a GPU
     serving_measured: dict | None = None  # what was measured, where (shown in the report)
     other_upfront_usd: float = 0.0
+    # quality on the locked held-out set: the headline score named by `metric` (eval's `score`)
     student_accuracy: float | None = None
     student_ci: tuple[float, float] | None = None
     teacher_accuracy: float | None = None
     teacher_ci: tuple[float, float] | None = None
+    metric: str = "accuracy"  # accuracy | micro_f1 | win_or_tie
+    pairwise: dict | None = None  # win_or_tie: the student vs the teacher (wins, ties, losses, n, ...)
     n_heldout: int | None = None
     student_model: str | None = None
     margin: float = 0.20
@@ -143,6 +155,13 @@ class EconInputs:
             v = getattr(self, name)
             if v is not None and (len(v) != 2 or not 0 <= v[0] <= v[1] <= 1):
                 raise EconomicsError(f"{name}: must be [lo, hi] with 0 <= lo <= hi <= 1, got {v!r}")
+        if self.metric not in METRICS:
+            raise EconomicsError(f"metric: '{self.metric}' is not one of {', '.join(METRICS)}")
+        if self.pairwise is not None:
+            bad = [k for k in ("wins", "ties", "losses") if not isinstance(self.pairwise.get(k), int)
+                   or isinstance(self.pairwise.get(k), bool) or self.pairwise[k] < 0]
+            if bad:
+                raise EconomicsError(f"pairwise: {', '.join(bad)} must be counts >= 0, got {self.pairwise!r}")
         for key in self.prechecks:
             if key not in PRECHECK_QUESTIONS:
                 raise EconomicsError(f"precheck.{key}: unknown question (known: {', '.join(PRECHECK_QUESTIONS)})")
@@ -218,8 +237,31 @@ def training_cost(inp: EconInputs) -> float | None:
     return inp.gpu_per_hour * inp.gpu_hours
 
 
+def win_rate(pw: dict) -> tuple[float, tuple[float, float] | None]:
+    """The tie-half win rate of a pairwise record and its CI (eval's when recorded)."""
+    n = pw["wins"] + pw["ties"] + pw["losses"]
+    ci = pw.get("win_rate_tie_half_ci")
+    return (pw["wins"] + pw["ties"] / 2) / n, (tuple(ci) if ci and len(ci) == 2 else None)
+
+
+def _pairwise_status(inp: EconInputs) -> str:
+    pw = inp.pairwise
+    if not pw or not pw["wins"] + pw["ties"] + pw["losses"]:
+        return "unknown"
+    w, ci = win_rate(pw)
+    bar = 0.5 - inp.quality_tolerance
+    if (ci[1] if ci else w) < bar:
+        return "worse"
+    # wins >= losses, in counts (no float rounding at exactly 0.5); a tolerance lowers the bar
+    if pw["wins"] >= pw["losses"] or w >= bar:
+        return "ok"
+    return "inconclusive"
+
+
 def quality_status(inp: EconInputs) -> str:
     """"ok" / "inconclusive" / "worse" / "unknown" (see the module docstring for the rule)."""
+    if inp.metric == "win_or_tie":
+        return _pairwise_status(inp)
     if inp.student_accuracy is None or inp.teacher_accuracy is None:
         return "unknown"
     bar = inp.teacher_accuracy - inp.quality_tolerance
@@ -262,6 +304,48 @@ def _acc(a: float | None, ci) -> str:
     return f"{a:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+def _named(inp: EconInputs) -> str:
+    """The metric's name before a score ("" for accuracy: the classification lines read as always)."""
+    return "" if inp.metric == "accuracy" else f"{inp.metric} "
+
+
+def _wtl(pw: dict) -> str:
+    return f"{pw['wins']} wins / {pw['ties']} ties / {pw['losses']} losses"
+
+
+def _quality_reason(inp: EconInputs, q: str) -> str:
+    """Why the quality is what it is, in one clause of the verdict (worse / inconclusive / ok)."""
+    m = _named(inp)
+    if inp.metric == "win_or_tie":
+        pw = inp.pairwise
+        w, ci = win_rate(pw)
+        n = pw["wins"] + pw["ties"] + pw["losses"]
+        judged = f"against the teacher in pairwise judging (n={n}): {_wtl(pw)}"
+        if q == "worse":
+            return (f"student is significantly worse {judged}; tie-half win rate {_acc(w, ci)}, CI upper bound "
+                    f"{(ci[1] if ci else w):.3f} < 0.5 - tolerance {inp.quality_tolerance:g}")
+        if q == "inconclusive":
+            return (f"quality inconclusive: the student loses more often than it wins {judged}, but the tie-half "
+                    f"win rate's CI {_acc(w, ci)} includes 0.5; more held-out data or a better student is needed")
+        return f"wins >= losses {judged}"
+    if q == "worse":
+        return (f"student is significantly worse: {m}CI upper bound "
+                f"{inp.student_ci[1] if inp.student_ci else inp.student_accuracy:.3f}"
+                f" < teacher {inp.teacher_accuracy:.3f} - tolerance {inp.quality_tolerance:g}")
+    if q == "inconclusive":
+        return (f"quality inconclusive: student {m}{_acc(inp.student_accuracy, inp.student_ci)} below teacher "
+                f"{inp.teacher_accuracy:.3f} but its CI includes it (n={inp.n_heldout}); more held-out "
+                "data or a better student is needed")
+    return f"student {m}{_acc(inp.student_accuracy, inp.student_ci)} vs teacher {inp.teacher_accuracy:.3f}"
+
+
+def _quality_rule(metric: str) -> str:
+    if metric == "win_or_tie":
+        return ("pairwise vs the teacher, w = (wins + ties/2) / n: ok if wins >= losses (w >= 0.5 - tol); "
+                "worse if w's CI upper < 0.5 - tol; else inconclusive")
+    return f"ok if student {metric} >= teacher - tol; worse if student CI upper < teacher - tol; else inconclusive"
+
+
 def decide(inp: EconInputs) -> dict:
     """The decision as a JSON-able dict: verdict, reasons, every input and computed number."""
     inp.validate()
@@ -292,7 +376,10 @@ def decide(inp: EconInputs) -> dict:
                           "(run benchmarks/serving.py or `eval --endpoint` on the served student)"
     q = quality_status(inp)
     if q == "unknown":
-        missing.append("quality: student and teacher accuracy from eval (RUN/eval/metrics.json)")
+        missing.append("quality: the student's pairwise wins / ties / losses against the teacher from eval "
+                       "(RUN/eval/metrics.json)" if inp.metric == "win_or_tie" else
+                       f"quality: student and teacher {'accuracy' if inp.metric == 'accuracy' else inp.metric} "
+                       "from eval (RUN/eval/metrics.json)")
 
     c_h = hosted_cost_per_task(inp)
     train = training_cost(inp)
@@ -323,8 +410,7 @@ def decide(inp: EconInputs) -> dict:
     nos = [p for k, p in prechecks.items() if p.answer is False and k != "volume_justifies"]
     if q == "worse":
         verdict = STAY
-        reasons.append(f"student is significantly worse: CI upper bound {inp.student_ci[1] if inp.student_ci else inp.student_accuracy:.3f}"
-                       f" < teacher {inp.teacher_accuracy:.3f} - tolerance {inp.quality_tolerance:g}")
+        reasons.append(_quality_reason(inp, q))
     elif nos:
         verdict = STAY
         reasons += [f"pre-check answered no: {p.question} (evidence: {p.evidence or 'none given'})" for p in nos]
@@ -341,13 +427,11 @@ def decide(inp: EconInputs) -> dict:
         reasons.append(f"savings {pct} < margin {inp.margin:.0%} at {volume:,.0f} tasks; the margin needs {need}")
     elif q == "inconclusive":
         verdict, detail = MORE, "data"
-        reasons.append(f"quality inconclusive: student {_acc(inp.student_accuracy, inp.student_ci)} below teacher "
-                       f"{inp.teacher_accuracy:.3f} but its CI includes it (n={inp.n_heldout}); more held-out "
-                       "data or a better student is needed")
+        reasons.append(_quality_reason(inp, q))
     else:
         verdict = FINE_TUNE
         reasons.append(f"saves {_money(savings)} ({frac:.0%} >= margin {inp.margin:.0%}) and quality is at least "
-                       f"equal (student {_acc(inp.student_accuracy, inp.student_ci)} vs teacher {inp.teacher_accuracy:.3f})")
+                       f"equal ({_quality_reason(inp, q)})")
     unanswered = [k for k, p in prechecks.items() if p.answer is None]
 
     line = f"VERDICT: {verdict}"
@@ -358,8 +442,11 @@ def decide(inp: EconInputs) -> dict:
                  f"{inp.tasks_per_month:,.0f} tasks/month")
     costs_known = None not in (fixed, c_s, c_h)
     line += f" | break-even {f'{be:,.0f} tasks' if be is not None else ('never' if costs_known else '?')}"
-    line += (f" | student {_acc(inp.student_accuracy, inp.student_ci)} vs hosted "
-             f"{_acc(inp.teacher_accuracy, inp.teacher_ci)}")
+    if inp.metric == "win_or_tie":
+        line += f" | student vs hosted: {_wtl(inp.pairwise) if inp.pairwise else '?'} (pairwise)"
+    else:
+        line += (f" | student {_named(inp)}{_acc(inp.student_accuracy, inp.student_ci)} vs hosted "
+                 f"{_acc(inp.teacher_accuracy, inp.teacher_ci)}")
     if measured:
         per = measured["tasks_per_hour"] / 3600
         line += (f" | serving measured: {per:,.2f} tasks/s per {measured['unit']} at ${measured['price_per_hour']:g}/"
@@ -399,8 +486,8 @@ def decide(inp: EconInputs) -> dict:
         },
         "quality": {
             "status": q,
-            "rule": "ok if student accuracy >= teacher - tol; worse if student CI upper < teacher - tol; "
-                    "else inconclusive",
+            "rule": _quality_rule(inp.metric),
+            "metric": inp.metric,
             "student_model": inp.student_model,
             "student_accuracy": inp.student_accuracy,
             "student_ci": inputs["student_ci"],
@@ -408,6 +495,7 @@ def decide(inp: EconInputs) -> dict:
             "teacher_ci": inputs["teacher_ci"],
             "tolerance": inp.quality_tolerance,
             "n": inp.n_heldout,
+            **({"pairwise": inp.pairwise} if inp.pairwise is not None else {}),
         },
         "precheck": [p.to_dict() for p in prechecks.values()],
         "serving": serving,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distilforge.atomic import atomic_write_text
+from distilforge.card import METRIC_NAMES, headline, metric_of, pairwise_of, reply_checks_of
 from distilforge.layout import Run
 from distilforge.manifest import MANIFEST, read_json, read_manifest
 from distilforge.records import Decision, GenerationResult, Metrics, PricedServing, Tokens, TrainResult
@@ -25,7 +26,9 @@ from distilforge.records import Decision, GenerationResult, Metrics, PricedServi
 SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "rounds", "serving", "generation",
             "economics")
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
-_QUALITY = {"student_accuracy", "student_ci", "teacher_accuracy", "teacher_ci", "n_heldout", "student_model"}
+_QUALITY = {"student_accuracy", "student_ci", "teacher_accuracy", "teacher_ci", "n_heldout", "student_model",
+            "metric", "pairwise"}
+_COLORS = ["#8c8c8c", "#dd8452", "#4c72b0", "#55a868", "#c44e52"]
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
@@ -123,6 +126,8 @@ def sec_summary(run: Path) -> str:
         teacher = spec.get("teacher") or {}
         rows += [["task", spec.get("name")], ["type", spec.get("type")],
                  ["labels", ", ".join(str(lab.get("name")) for lab in spec.get("labels") or [])],
+                 *([["fields", ", ".join(map(str, (spec.get("output_schema") or {}).get("properties") or {}))]]
+                   if spec.get("output_schema") else []),
                  ["teacher", teacher.get("model")], ["student", (spec.get("student") or {}).get("base")]]
     else:
         out.append(not_run("spec resolution", r.spec_json))
@@ -235,7 +240,7 @@ def sec_coverage(run: Path) -> str:
     rows = [[g.get("cluster"), "GAP" if g.get("gap", True) else "", g.get("size"), _num(g.get("distance"), "{:.3f}"),
              g.get("synthetic_rows", ""), _num(g.get("error_rate"), "{:.2f}") if "error_rate" in g else "",
              _num(g.get("teacher_accuracy"), "{:.2f}") if "teacher_accuracy" in g else "",
-             ", ".join(f"{k}:{v}" for k, v in (g.get("labels") or {}).items()), ", ".join(g.get("keywords") or [])]
+             ", ".join(f"{k}:{v}" for k, v in (g.get("labels") or {}).items() if k), ", ".join(g.get("keywords") or [])]
             for g in clusters[:15]]
     note = (f"<p>{len(held)} real dev-split points (text not shown), {len(syn)} training points, "
             f"{len(gaps)} gap cluster(s) of {len(clusters)}. Blind spots are computed on the dev split of real "
@@ -244,6 +249,7 @@ def sec_coverage(run: Path) -> str:
             "error rate on the cluster's dev rows; teacher acc = the teacher's accuracy there (gold dev labels only)."
             "</p>")
     head = ["cluster", "gap", "size", "distance", "training rows", "student err", "teacher acc", "labels", "keywords"]
+    note += "".join(f"<p>{esc(x)}</p>" for x in bs.get("notes") or [])
     return img(fig, "coverage map") + note + table(head, rows) + _review_tables(bs.get("review"))
 
 
@@ -308,21 +314,39 @@ def sec_eval(run: Path) -> str:
         return not_run("eval", Metrics.path(run))
     models = m.models
     keys = [k for k in _MODEL_ORDER if k in models] + [k for k in models if k not in _MODEL_ORDER]
+    metric = metric_of(m)
+    if metric == "accuracy":
+        return _eval_classification(m, keys)
+    parts = [_eval_headline(m, keys, metric)]
+    if metric == "micro_f1":
+        parts.append(_eval_extraction(m, keys))
+    elif metric == "win_or_tie":
+        parts.append(_eval_instruction(m, keys))
+    parts.append(_comparisons(m))
+    return "".join(parts)
+
+
+def _ci_text(ci: Any) -> str:
+    return "[" + ", ".join(_num(c, "{:.3f}") for c in ci or []) + "]"
+
+
+def _eval_classification(m: Metrics, keys: list[str]) -> str:
+    """Accuracy with CIs, macro-F1, per-label accuracy and the confusion matrix."""
+    models = m.models
     labels = m.labels or sorted({lab for k in keys for lab in models[k].per_label})
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     acc = [models[k].accuracy or 0 for k in keys]
     err = [[a - (models[k].accuracy_ci or [a, a])[0] for k, a in zip(keys, acc)],
            [(models[k].accuracy_ci or [a, a])[1] - a for k, a in zip(keys, acc)]]
-    ax.bar(keys, acc, yerr=err, capsize=6, color=["#8c8c8c", "#dd8452", "#4c72b0", "#55a868", "#c44e52"][: len(keys)])
+    ax.bar(keys, acc, yerr=err, capsize=6, color=_COLORS[: len(keys)])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% CI)")
     ax.set_title(f"locked held-out set, n = {m.n}")
     parts = [img(fig, "eval comparison")]
-    parts.append(table(["model", "accuracy", "95% CI", "macro F1"],
-                       [[k, _num(models[k].accuracy, "{:.3f}"),
-                         "[" + ", ".join(_num(c, "{:.3f}") for c in models[k].accuracy_ci or []) + "]",
-                         _num(models[k].macro_f1, "{:.3f}")] for k in keys]))
+    parts.append(table(["model", "accuracy", "95% CI", "macro F1", "rows"],
+                       [[k, _num(models[k].accuracy, "{:.3f}"), _ci_text(models[k].accuracy_ci),
+                         _num(models[k].macro_f1, "{:.3f}"), models[k].rows or m.n] for k in keys]))
     rows = []
     for lab in labels:
         row = [lab]
@@ -352,6 +376,113 @@ def sec_eval(run: Path) -> str:
     return "".join(parts)
 
 
+def _eval_headline(m: Metrics, keys: list[str], metric: str) -> str:
+    """Every model's headline score (metrics `metric`), its CI and the rows it stands on (the
+    teacher may answer a subset), then the format's secondary numbers (`table`)."""
+    name = METRIC_NAMES.get(metric, metric)
+    scored = [(k, *headline(m.models[k])) for k in keys]
+    shown = [(k, v, ci) for k, v, ci in scored if v is not None]
+    parts = []
+    if shown:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        vals = [v for _, v, _ in shown]
+        cis = [ci if ci and len(ci) == 2 else [v, v] for _, v, ci in shown]
+        ax.bar([k for k, _, _ in shown], vals, yerr=[[v - c[0] for v, c in zip(vals, cis)],
+                                                     [c[1] - v for v, c in zip(vals, cis)]],
+               capsize=6, color=_COLORS[: len(shown)])
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"{name} (95% CI)")
+        ax.set_title(f"locked held-out set, n = {m.n}")
+        parts.append(img(fig, f"eval comparison ({name})"))
+    extra = list(dict.fromkeys(c for k in keys for c in (getattr(m.models[k], "table", None) or {})))
+    rows = []
+    for k, v, ci in scored:
+        tab = getattr(m.models[k], "table", None) or {}
+        ref = v is None and metric == "win_or_tie" and k == "teacher"
+        rows.append([k, "reference (the replies judged against)" if ref else _num(v, "{:.3f}"),
+                     "" if ref else _ci_text(ci), m.models[k].rows or m.n]
+                    + [_num(tab.get(c), "{:.3f}") if c in tab else "" for c in extra])
+    parts.append(table(["model", name, "95% CI", "rows", *extra], rows))
+    return "".join(parts)
+
+
+def _eval_extraction(m: Metrics, keys: list[str]) -> str:
+    """Validity and exact match per model (all rows, and valid answers only), then per-field F1."""
+    ents = {k: m.models[k].model_dump() for k in keys}
+    rows = []
+    for k, e in ents.items():
+        raw, vo = e.get("raw") or {}, e.get("valid_only") or {}
+        rows.append([k, f"{_num(e.get('json_validity'), '{:.3f}')} {_ci_text(e.get('json_validity_ci'))}",
+                     f"{_num(raw.get('exact_match'), '{:.3f}')} {_ci_text(raw.get('exact_match_ci'))}",
+                     _num(raw.get("macro_f1"), "{:.3f}"), vo.get("n", ""), _num(vo.get("micro_f1"), "{:.3f}"),
+                     _num(vo.get("exact_match"), "{:.3f}"),
+                     ", ".join(f"{r}: {c}" for r, c in (e.get("invalid_reasons") or {}).items())])
+    parts = ["<h3>validity and exact match</h3><p>All rows: an answer that is not a JSON object valid against the "
+             "schema extracts nothing. Valid only: the same metrics over the valid answers alone.</p>",
+             table(["model", "JSON valid (95% CI)", "exact match (95% CI)", "macro field-F1", "valid rows",
+                    "micro F1, valid only", "exact match, valid only", "why invalid"], rows)]
+    views = {k: (e.get("raw") or {}).get("per_field") or {} for k, e in ents.items()}
+    fields = list(dict.fromkeys(f for k in keys for f in views[k]))
+    if fields:
+        frows = []
+        for f in fields:
+            extra = any((views[k].get(f) or {}).get("extra") for k in keys)
+            frows.append([f + (" (not in schema)" if extra else "")]
+                         + [_num((views[k].get(f) or {}).get("f1"), "{:.3f}") if f in views[k] else "" for k in keys])
+        parts.append("<h3>per-field F1</h3><p>All rows (an invalid answer extracts nothing); the teacher's on the "
+                     "rows it answered.</p>" + table(["field"] + [f"{k} F1" for k in keys], frows))
+    return "".join(parts)
+
+
+def _eval_instruction(m: Metrics, keys: list[str]) -> str:
+    """Win / tie / loss against the teacher (judged in both orders) and the reply checks."""
+    pw = {k: p for k in keys if (p := pairwise_of(m.models[k]))}
+    parts = []
+    if pw:
+        plt = _plt()
+        names = list(pw)[::-1]
+        fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.6))
+        left = [0.0] * len(names)
+        for what, key, color in (("win", "wins", "#55a868"), ("tie", "ties", "#c8c8c8"), ("loss", "losses", "#c44e52")):
+            share = [pw[k][key] / max(pw[k]["wins"] + pw[k]["ties"] + pw[k]["losses"], 1) for k in names]
+            ax.barh(names, share, left=left, color=color, label=what)
+            for i, (x, w) in enumerate(zip(left, share)):
+                if w >= 0.06:
+                    ax.text(x + w / 2, i, str(pw[names[i]][key]), ha="center", va="center", fontsize=9)
+            left = [a + b for a, b in zip(left, share)]
+        ax.axvline(0.5, ls="--", color="black", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of locked rows")
+        ax.set_title("vs the teacher: win / tie / loss (judged in both orders)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8, frameon=False)
+        parts.append("<h3>win / tie / loss vs the teacher</h3>" + img(fig, "win rate vs teacher"))
+        parts.append(table(["model", "n", "wins", "ties", "losses", "win rate, ties half (95% CI)", "position bias",
+                            "unreadable verdicts"],
+                           [[k, p.get("n"), p["wins"], p["ties"], p["losses"],
+                             f"{_num(p.get('win_rate_tie_half'), '{:.3f}')} {_ci_text(p.get('win_rate_tie_half_ci'))}",
+                             _num(p.get("position_bias"), "{:.2f}"), p.get("unparsable", "")] for k, p in pw.items()]))
+        parts.append("<p>Each reply is judged twice, with the order swapped; only a verdict that survives the swap "
+                     "counts, anything else is a tie. The dashed line is parity (wins = losses).</p>")
+    else:
+        parts.append("<p>No pairwise judgement against the teacher recorded.</p>")
+    checks = {k: c for k in keys if (c := reply_checks_of(m.models[k], m, k))}
+    if checks:
+        parts.append("<h3>reply checks</h3>" + table(
+            ["model", "replies", "mean words", "length ok", "refusal", "asks for a secret"],
+            [[k, c.get("n"), _num(c.get("mean_words"), "{:.1f}")]
+             + [f"{_num(c.get(x), '{:.3f}')} {_ci_text(c.get(x + '_ci'))}" for x in ("length_ok", "refusal", "pii_ask")]
+             for k, c in checks.items()]))
+    return "".join(parts)
+
+
+def _comparisons(m: Metrics) -> str:
+    rows = [[k, v.get("metric") or "", _num(v.get("diff"), "{:+.3f}"), _ci_text(v.get("ci")), v.get("p_value"),
+             v.get("rows", "")] for k, v in m.comparisons.items() if "diff" in v]
+    return "<h3>paired comparisons (same rows)</h3>" + table(["comparison", "metric", "difference", "95% CI", "p",
+                                                              "rows"], rows) if rows else ""
+
+
 def sec_rounds(run: Path) -> str:
     """`distilforge loop` (app/loop.py): each round's dev and test score; the kept round is the best on dev."""
     p = Run(run) / "loop.json"
@@ -360,15 +491,18 @@ def sec_rounds(run: Path) -> str:
         return not_run("the loop (`distilforge loop RUN --rounds N`)", p)
 
     def acc(s: dict | None) -> str:
-        s = s or {}
-        ci = s.get("accuracy_ci") or []
-        return "" if s.get("accuracy") is None else _num(s["accuracy"], "{:.3f}") + (
+        v, ci = headline(s)
+        ci = ci or []
+        return "" if v is None else _num(v, "{:.3f}") + (
             f" [{_num(ci[0], '{:.3f}')}, {_num(ci[1], '{:.3f}')}]" if len(ci) == 2 else "")
+
+    metric = next((x["dev"]["metric"] for x in rounds if (x.get("dev") or {}).get("metric")), "accuracy")
 
     rows = [[x.get("round"), x.get("rows"), x.get("targets"), acc(x.get("dev")), acc(x.get("test")),
              "kept" if x.get("kept") else ""] for x in rounds]
     note = ("<p>Targets come from blind spots on the dev split; the kept round is the one with the best student "
-            "accuracy on <b>dev</b>. The locked test score is recorded for reading, never used to choose.</p>")
+            f"{esc(METRIC_NAMES.get(metric, metric))} on <b>dev</b>. The locked test score is recorded for reading, "
+            "never used to choose.</p>")
     return note + table(["round", "training rows", "new targets", "student on dev", "student on test (locked)", ""], rows)
 
 
@@ -443,6 +577,18 @@ def _evidence(e: Any) -> str:
     return esc(s)
 
 
+def _quality_line(q) -> str:
+    """decide's quality check in one line: scores vs the teacher, or the pairwise outcome."""
+    metric = getattr(q, "metric", None) or "accuracy"
+    pw = getattr(q, "pairwise", None)
+    if metric == "win_or_tie":
+        got = f"{pw.get('wins')} wins / {pw.get('ties')} ties / {pw.get('losses')} losses" if pw else "not judged"
+        return f"{q.status}: {q.student_model} vs teacher (pairwise): {got} (n={q.n})"
+    name = "" if metric == "accuracy" else f"{METRIC_NAMES.get(metric, metric)} "
+    return (f"{q.status}: {q.student_model} {name}{_num(q.student_accuracy, '{:.3f}')} "
+            f"{q.student_ci} vs teacher {_num(q.teacher_accuracy, '{:.3f}')} (n={q.n})")
+
+
 def sec_economics(run: Path) -> str:
     d = Decision.read(run)
     if not d:
@@ -461,8 +607,7 @@ def sec_economics(run: Path) -> str:
             ["savings fraction", _num(c.savings_fraction, "{:.1%}")],
             ["break-even tasks", _num(c.break_even_tasks)],
             ["tasks needed for the margin", _num(c.volume_for_margin_tasks)],
-            ["quality", f"{q.status}: {q.student_model} {_num(q.student_accuracy, '{:.3f}')} "
-                        f"{q.student_ci} vs teacher {_num(q.teacher_accuracy, '{:.3f}')} (n={q.n})"]]
+            ["quality", _quality_line(q)]]
     parts.append(table(None, rows))
     try:
         data = base64.b64encode(plot_cost_vs_volume(d)).decode()

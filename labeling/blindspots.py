@@ -20,6 +20,10 @@ student's error rate there (labeling/dev_errors.py); error hot spots and the lab
 student confuses most become targets too (the latter *contrastive*: clearly `a`, could be taken
 for `b`). Where the dev labels are gold, the teacher's agreement per cluster says where the
 teacher itself fails on real inputs — its synthetic labels there are suspect too.
+
+Task types without labels (extraction, instruction: `task_format(spec).has_labels` is False)
+have no label per dev row to cluster by, score per cluster, or confuse: their blind spots are the
+coverage gaps alone (targets without a label), and the result says so in `notes`.
 """
 from __future__ import annotations
 
@@ -97,7 +101,7 @@ def targets_from_gaps(gaps: list[dict], per_gap: int | None = None) -> list[dict
         for g in gaps:
             if (kind == "gap" and not g["gap"]) or (kind == "errors" and (g["gap"] or not g.get("errors_hot"))):
                 continue
-            label = next(iter(g["labels"]))  # dominant label (label mix is ordered by count)
+            label = next(iter(g["labels"]), "")  # dominant label (label mix is ordered by count); "" unlabelled
             why = (f"dev cluster {g['cluster']} ({g['size']} real rows) is {g['distance']:.2f} from the nearest "
                    f"synthetic row; {g['synthetic_rows']} synthetic rows fall in it" if kind == "gap" else
                    f"the student is wrong on {g['student_errors']} of {g['size']} real rows of dev cluster "
@@ -146,6 +150,10 @@ def analyse(hc: Clusters, syn_vecs: np.ndarray, student: dict[str, str] | None =
     return result
 
 
+NO_LABELS = ("{kind} tasks have no labels: blind spots target coverage gaps of the dev split only (no student "
+             "error ranking per cluster, no label-pair / contrastive targets)")
+
+
 def write_outputs(out_dir: Path, result: dict) -> None:
     from distilforge.atomic import atomic_write_json, atomic_write_text
 
@@ -167,7 +175,8 @@ def summary_line(result: dict) -> str:
     gaps = [g for g in result["coverage"]["gaps"] if g["gap"]]
     line = "blindspots: no coverage gaps"
     if gaps:
-        top = ", ".join(f"#{g['cluster']} {next(iter(g['labels']))} (d={g['distance']:.2f})" for g in gaps[:5])
+        top = ", ".join(f"#{g['cluster']} " + (f"{next(iter(g['labels']), '')} " if any(g["labels"]) else "")
+                        + f"(d={g['distance']:.2f})" for g in gaps[:5])
         line = f"blindspots: {len(gaps)} gap cluster(s): {top}"
     st = result.get("student")
     if st:
@@ -229,15 +238,20 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     from distilforge.sources import training_source
     from heldout.coverage import cluster_texts
 
+    from heldout.formats import task_format
+
     r = Run(run)
     dev = dev_split(run)
     if dev is None:
         return _skip(r)
     dev_rows, dev_h = dev
     src, path, h = training_source(run)
-    metrics = json.loads(r.metrics.read_text()) if r.metrics.exists() else None
+    labelled = task_format(spec).has_labels  # else: coverage only (module doc)
+    cols = dev_rows.column_names
+    label_source = dev_rows["label_source"][0] if "label_source" in cols and len(dev_rows) else None
+    metrics = json.loads(r.metrics.read_text()) if r.metrics.exists() and labelled else None
     student = dev_errors.dev_predictions(metrics, dev_h)  # only metrics["dev"]: never the test scores
-    gold = dev_rows["label_source"][0] == "gold" and "teacher_label" in dev_rows.column_names
+    gold = labelled and label_source == "gold" and "teacher_label" in cols
     teacher = dict(zip(dev_rows["id"], dev_rows["teacher_label"])) if gold else {}
     inputs = {src: h, "traffic_dev": dev_h, **({"student_dev": sha256_json(student)} if student else {})}
     reviews_out = ((read_manifest(r.review) or {}).get("outputs") or {}).get("reviews")
@@ -254,11 +268,16 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     rows = load_dataset_dir(path)
     emb = Embedder()
     texts = list(dev_rows["text"])
-    hc = cluster_texts(texts, list(dev_rows["label"]), list(dev_rows["id"]), emb, k=k)
+    labels = list(dev_rows["label"]) if labelled else [""] * len(texts)
+    k = k or (None if labelled else max(2, len(texts) // 10))  # ~10 rows a cluster, as with labels
+    hc = cluster_texts(texts, labels, list(dev_rows["id"]), emb, k=k)
     syn = np.asarray(emb.encode(list(rows["text"])), dtype=np.float32)
     result = analyse(hc, syn, student, teacher, texts, spec.label_names)
+    if not labelled:
+        result["notes"] = [NO_LABELS.format(kind=spec.type)]
+        print(f"blindspots: {result['notes'][0]}")
     result["source"] = {"synthetic": src, "synthetic_sha256": h, "dev_sha256": dev_h,
-                        "dev_labels": dev_rows["label_source"][0],
+                        "dev_labels": label_source,
                         "student_predictions": "eval (dev split)" if student else None}
     curated = load_dataset_dir(r.curated)  # every pushed row, approved or not
     cvec = np.asarray(emb.encode(list(curated["text"])), dtype=np.float32)

@@ -17,7 +17,6 @@ reviewed) and its manifest — the trainer switches to `approved` once that mani
 """
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -26,6 +25,7 @@ import datasets
 
 from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
+from heldout.formats import task_format
 from labeling.push import ReviewInputError, _content, record_id, row_fields, update_review_manifest
 from labeling.review_analysis import judge_vs_human, rater_agreement
 
@@ -52,24 +52,13 @@ def decide(votes: list[str], policy: str = "one", min_reviewers: int = 1) -> Opt
 
 
 def validate_answer(spec: TaskSpec, raw: str) -> tuple[Optional[str], str]:
-    """A reviewer's answer → (canonical answer, "") or (None, why it cannot be trained on)."""
-    from curation import formats
-
+    """A reviewer's answer → (canonical answer, "") or (None, why it cannot be trained on): the
+    task format's check, the one the teacher's answers passed (label in the label set, JSON
+    against the schema)."""
     raw = (raw or "").strip()
     if not raw:
         return None, "empty correction"
-    if spec.type == "classification":
-        return formats.normalize_label(spec, raw)
-    if spec.type == "extraction":
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
-            return None, f"correction is not JSON: {raw[:60]!r}"
-        if not isinstance(obj, dict):
-            return None, "correction is not a JSON object"
-        bad = formats.schema_error(spec.output_schema, obj)
-        return (None, f"correction fails the schema ({bad})") if bad else (formats.canonical_json(spec, obj), "")
-    return raw, ""
+    return task_format(spec).validate_answer(raw)
 
 
 def correction(spec: TaskSpec, accepting: list[dict], current_label: Optional[str]) -> Optional[str]:
@@ -79,7 +68,7 @@ def correction(spec: TaskSpec, accepting: list[dict], current_label: Optional[st
     for r in accepting:
         if r.get("corrected"):
             cands.append((r["corrected"].strip(), r.get("updated_at") or ""))
-        elif spec.type == "classification" and r.get("label_answer"):
+        elif spec.label_names and r.get("label_answer"):  # a label question (classification)
             norm = lambda s: ", ".join(sorted(x.strip() for x in s.split(",")))  # noqa: E731
             if norm(r["label_answer"]) != norm(current_label or ""):
                 cands.append((r["label_answer"], r.get("updated_at") or ""))
@@ -135,7 +124,7 @@ def export_rows(spec: TaskSpec, fmt: str, rows: list[dict], reviews: list[dict],
                     rejected.append({**row, **prov, "reasons": ["invalid_correction"], "reason": "invalid_correction",
                                      "detail": f"accepted with a correction that cannot be used: {err}"})
                     continue
-                if fmt == "sft" and spec.type == "classification":
+                if fmt == "sft" and task_format(spec).has_labels:
                     out["label"] = value
                 out[answer_key] = [{"role": "assistant", "content": value}]
                 out["corrected"] = value != out["original_completion"]

@@ -32,6 +32,7 @@ from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
 from distilforge.manifest import load_dataset_dir, read_manifest
 from distilforge.errors import RuntimeFailure, UserError
+from heldout.formats import task_format
 
 if TYPE_CHECKING:
     from distilforge.spec import TaskSpec
@@ -84,15 +85,8 @@ def guidelines(spec: TaskSpec, fmt: str) -> str:
              "The rows below were written by a teacher model. Approved rows become the student's training "
              "data; nothing you reject is trained on.", "", "## The task the student must learn", "",
              spec.instruction.strip(), ""]
-    if spec.type == "classification":
-        lines += ["## Labels", ""] + [f"- **{lab.name}**: {lab.description}" for lab in spec.labels] + [""]
-        if spec.multi_label:
-            lines += ["A message may carry several labels (comma-separated).", ""]
-    elif spec.type == "extraction":
-        lines += ["## Answer format", "", "A JSON object with these fields:", "", "```json",
-                  json.dumps(spec.output_schema, indent=2), "```", ""]
-    elif spec.style_guide:
-        lines += ["## Style guide", "", spec.style_guide.strip(), ""]
+    task = task_format(spec)
+    lines += task.guideline_lines()  # labels, the answer's JSON schema or the style guide
     what = ("whether **chosen** is a correct answer and clearly better than **rejected**" if fmt == "prefs"
             else "whether the message is something a real user would write and the answer is right")
     lines += ["## How to review", "",
@@ -100,10 +94,10 @@ def guidelines(spec: TaskSpec, fmt: str) -> str:
               "2. **rating**: 1 (useless) to 5 (perfect example).",
               "3. **corrected**: if the answer is wrong but the input is good, type the right answer and "
               "*accept*: the corrected answer replaces the teacher's."
-              + (" It must be one of the labels above." if spec.type == "classification" else ""),
+              + task.correction_hint(),
               f"4. **{REASONS}**: when rejecting, tick every reason that applies "
               f"({', '.join(REJECT_REASONS.values()).lower()}).", ""]
-    if spec.type == "classification" and fmt == "sft":
+    if task.label_question() is not None and fmt == "sft":
         lines += [f"The **{LABEL}** question is pre-filled with the teacher's label; changing it is a correction.", ""]
     lines += ["Suggestions come from the teacher judging itself (agent = the teacher model): treat them as a "
               "hint, not an answer. Use the metadata filters (label, strategy, coverage_gap, cluster) to "
@@ -123,9 +117,10 @@ def build_settings(spec: TaskSpec, fmt: str, dim: int):
                   rg.TextField(name="completion", title="Teacher's answer")]
     questions = [rg.LabelQuestion(name=DECISION, title="Keep this row?", required=True,
                                   labels={"accept": "Accept", "reject": "Reject"})]
-    if spec.type == "classification" and fmt == "sft":
-        kind = rg.MultiLabelQuestion if spec.multi_label else rg.LabelQuestion
-        questions.append(kind(name=LABEL, title="Label", labels=list(spec.label_names), required=False))
+    lq = task_format(spec).label_question()  # classification: the label, pre-filled with the teacher's
+    if lq is not None and fmt == "sft":
+        kind = rg.MultiLabelQuestion if lq["multi"] else rg.LabelQuestion
+        questions.append(kind(name=LABEL, title="Label", labels=list(lq["labels"]), required=False))
     questions += [rg.RatingQuestion(name=RATING, title="Quality", values=[1, 2, 3, 4, 5], required=False),
                   rg.TextQuestion(name=CORRECTED, title="Corrected answer (leave empty if right)", required=False),
                   rg.MultiLabelQuestion(name=REASONS, title="Reject reasons", labels=dict(REJECT_REASONS),
@@ -138,7 +133,7 @@ def build_settings(spec: TaskSpec, fmt: str, dim: int):
                 rg.TermsMetadataProperty(name="cluster"),
                 rg.IntegerMetadataProperty(name="prompt_tokens"),
                 rg.IntegerMetadataProperty(name="completion_tokens")]
-    if spec.type == "classification" and spec.multi_label:
+    if lq is not None and lq["multi"]:
         metadata[0] = rg.TermsMetadataProperty(name="label")  # "a, b" values are not in the option list
     return rg.Settings(fields=fields, questions=questions, metadata=metadata,
                        vectors=[rg.VectorField(name="embedding", title="all-MiniLM-L6-v2", dimensions=dim)],
@@ -217,12 +212,9 @@ def suggestions(spec: TaskSpec, row: dict) -> list:
         out += [rg.Suggestion(DECISION, "accept" if accept else "reject", agent=agent, type="model",
                               score=round(score if accept else 1 - score, 4)),
                 rg.Suggestion(RATING, 1 + int(round(4 * score)), score=round(score, 4), agent=agent, type="model")]
-    label = row.get("label")
-    if spec.type == "classification" and label and "completion" in row:
-        names = [x.strip() for x in str(label).split(",")] if spec.multi_label else [label]
-        if all(n in spec.label_names for n in names):
-            out.append(rg.Suggestion(LABEL, names if spec.multi_label else label, score=score, agent=agent,
-                                     type="model"))
+    label = task_format(spec).suggested_labels(row) if "completion" in row else None
+    if label:
+        out.append(rg.Suggestion(LABEL, label, score=score, agent=agent, type="model"))
     return out
 
 

@@ -147,3 +147,54 @@ def test_run_without_traffic_skips_blind_spots_with_the_reason(tmp_path):
     m = json.loads((run / "blindspots" / "manifest.json").read_text())
     assert m["skipped"] == SKIPPED
     assert not (run / "blindspots" / "blindspots.json").exists() and not (run / "blindspots" / "targets.yaml").exists()
+
+
+@pytest.mark.parametrize("kind", ["extraction", "instruction"])
+def test_a_task_without_labels_gets_coverage_targets_only(tmp_path, kind):
+    """Extraction / instruction dev splits carry answers, not labels: blind spots still cluster the
+    dev split and target what the training rows do not cover (here: every Banking77 intent the
+    training rows lack), with no label on a target, no student error ranking and no contrastive
+    target, even when eval recorded dev predictions; the result says why in `notes`."""
+    import datasets
+
+    from curation.generation.plan import load_targets as check_targets
+    from distilforge.manifest import Stage
+    from distilforge.spec import validate_spec
+    from labeling.blindspots import NO_LABELS, blindspots_stage, summary_line
+
+    raw = {"name": "t", "type": kind, "instruction": "Help the customer.", "heldout": {"source": "x.jsonl"}}
+    if kind == "extraction":
+        raw["output_schema"] = {"type": "object", "properties": {"merchant": {"type": ["string", "null"]}}}
+    spec = validate_spec(raw)
+    train = pd.read_csv(BANKING77 / "train.csv")
+    train = train[train.category.isin(LABELS)]
+    dev = train.groupby("category").head(12)
+    cur = train.drop(dev.index)
+    cur = cur[cur.category.isin(LABELS[:5])].groupby("category").head(12)  # half the intents never covered
+    run = tmp_path / "run"
+    answers = ['{"merchant":null}' if kind == "extraction" else "We are looking into it."] * len(dev)
+    st = Stage(run / "traffic", "traffic", {}, {}).begin()
+    st.save("dev", datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(len(dev))], "text": list(dev.text),
+                                               "label": answers, "label_source": ["teacher"] * len(dev)}))
+    st.finish()
+    st = Stage(run / "curate", "curate", {}, {}).begin()
+    st.save("curated", datasets.Dataset.from_dict({"id": [f"c{i}" for i in range(len(cur))], "text": list(cur.text),
+                                                   "label": [""] * len(cur)}))
+    st.finish()
+    h = json.loads((run / "traffic" / "manifest.json").read_text())["outputs"]["dev"]["sha256"]
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps({"metric": "micro_f1", "dev": {
+        "dev_sha256": h, "row_ids": [f"t{i}" for i in range(len(dev))],
+        "student": {"score": 0.5, "predictions": ["{}"] * len(dev)}}}))
+    m = blindspots_stage(spec, run)
+    assert m["gaps"] >= 1 and m["contrastive_targets"] == 0 and m["error_targets"] == 0
+    res = json.loads((run / "blindspots" / "blindspots.json").read_text())
+    assert res["notes"] == [NO_LABELS.format(kind=kind)] and "student" not in res
+    assert res["coverage"]["clusters"] == len(dev) // 10
+    assert res["targets"] and {t["kind"] for t in res["targets"]} == {"gap"} and {t["label"] for t in res["targets"]} == {""}
+    # the gap clusters hold the uncovered intents' rows (dev points come first, in dev row order)
+    gaps = {g["cluster"] for g in res["coverage"]["gaps"] if g["gap"]}
+    in_gaps = [c for c, pt in zip(dev.category, res["coverage"]["points"]) if pt["cluster"] in gaps]
+    assert in_gaps and sum(c not in LABELS[:5] for c in in_gaps) / len(in_gaps) >= 0.8
+    assert check_targets(run / "blindspots" / "targets.yaml", spec)  # `generate --targets` takes them
+    assert "gap cluster(s): #" in summary_line(res) and "None" not in summary_line(res)

@@ -158,3 +158,26 @@ def test_later_rounds_rotate_keywords_so_a_repeated_target_asks_anew():
     assert for_round(t, 1) == t
     assert for_round(t, 2)[0]["keywords"] == ["unblock", "wrong", "pin"]
     assert for_round(t, 4)[0]["keywords"] == t[0]["keywords"]  # a full turn
+
+
+def test_rounds_are_scored_and_chosen_on_the_headline_score_of_any_task_type(tmp_path):
+    """An extraction run's metrics carry `score` (micro field-F1), not `accuracy`: the loop records
+    and chooses on it; a classifier's rounds keep their `accuracy` names as well."""
+    from app import loop
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "metrics.json").write_text(json.dumps({
+        "metric": "micro_f1", "models": {"student": {"score": 0.71, "score_ci": [0.6, 0.8]}},
+        "dev": {"student": {"score": 0.64, "score_ci": [0.5, 0.75]}}}))
+    got = loop.score(run)
+    assert got == {"dev": {"metric": "micro_f1", "score": 0.64, "score_ci": [0.5, 0.75]},
+                   "test": {"metric": "micro_f1", "score": 0.71, "score_ci": [0.6, 0.8]}}
+    rounds = [{"round": 0, "dev": got["dev"]}, {"round": 1, "dev": {**got["dev"], "score": 0.7}},
+              {"round": 2, "dev": {**got["dev"], "score": 0.66}}]
+    assert loop.choose(rounds) == 1
+    assert loop._ci(rounds[1]["dev"]) == "0.700 [0.500, 0.750]"
+    (run / "eval" / "metrics.json").write_text(json.dumps({"metric": "accuracy", "models": {"student": {
+        "accuracy": 0.8, "accuracy_ci": [0.7, 0.9], "score": 0.8, "score_ci": [0.7, 0.9]}}}))
+    assert loop.score(run)["test"] == {"metric": "accuracy", "score": 0.8, "score_ci": [0.7, 0.9],
+                                       "accuracy": 0.8, "accuracy_ci": [0.7, 0.9]}

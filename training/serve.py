@@ -40,6 +40,7 @@ from distilforge.assets import cache_dir
 from distilforge.errors import RuntimeFailure, UserError
 from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
+from heldout.formats import task_format
 
 if TYPE_CHECKING:
     from distilforge.spec import TaskSpec
@@ -244,7 +245,7 @@ def serve(run: Path, spec: TaskSpec, *, quant: str = "q8_0", port: int | None = 
           "gguf_sha256": info.get("sha256"), "adapter_sha256": info.get("adapter_sha256"),
           "replicas": replicas, "threads_per_replica": 1, "upstreams": ll["base_urls"], "launched": ll["launched"],
           "port": p, "base_url": f"http://127.0.0.1:{p}/v1", "spec": spec.model_dump(mode="json", exclude={"profiles"}),
-          "max_tokens": 64 if spec.type == "classification" else 512, "front_log": str(log_dir / "front.log"),
+          "max_tokens": task_format(spec).max_tokens(), "front_log": str(log_dir / "front.log"),
           "started": time.time()}
     path = _state_path(name)
     atomic_write_json(path, st)
