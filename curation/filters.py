@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from curation.dedup import normalize, tokens
+from heldout.formats import task_format
 
 if TYPE_CHECKING:
     from distilforge.spec import TaskSpec
@@ -244,7 +245,7 @@ def echo_sources(spec: TaskSpec, extra: Iterable[str] = (), descriptions: bool =
     copies that matter are in the third person and caught as `wrong_voice`."""
     out = [("instruction", spec.instruction)]
     if descriptions:
-        out += [(f"description of {lab.name}", lab.description) for lab in spec.labels]
+        out += [(f"description of {name}", d) for name, d in task_format(spec).label_descriptions().items()]
     if PROMPTS_DIR.is_dir():
         for p in sorted(PROMPTS_DIR.iterdir()):
             if p.suffix in (".jinja2", ".txt"):
@@ -326,10 +327,10 @@ def heuristic_checks(spec: TaskSpec) -> list[Check]:
         checks.append(("prompt_echo", lambda r: echo.problem(r["text"])))
     if cfg.filters.drop_wrong_voice:
         checks.append(("wrong_voice", lambda r: wrong_voice_problem(r["text"])))
-    if spec.type == "classification" and cfg.filters.label_leak:
+    if spec.label_names and cfg.filters.label_leak:
         pats = label_leak_patterns(spec.label_names, cfg.filters.label_leak_spaced)
         checks.append(("label_leak", lambda r: label_leak_problem(r["text"], pats)))
-    return checks
+    return checks + task_format(spec).row_checks(cfg.filters)  # what only this task type checks
 
 
 __all__ = [

@@ -1,9 +1,11 @@
-"""Per task type: what the teacher must answer, how its answer is parsed and validated, and the
-TRL-ready row fields (`prompt`/`completion`) built from it.
+"""Generation requests and answers: rendering the prompt templates, the `response_format` per
+backend, and lenient parsing of what the teacher wrote.
 
-One module so the generation step, the dry-run forecast and the benchmark render the very same
-prompts, and so a garbage answer (not JSON, empty, truncated, schema-invalid, unknown label)
-always becomes an error string here, never an exception in a pipeline step.
+What differs by task type (the answer schema, which fields a row has, the completion text) is the
+task format's (heldout/formats); this module is the part every type shares. One module so the
+generation step, the dry-run forecast and the benchmark render the very same prompts, and so a
+garbage answer (not JSON, empty, truncated, schema-invalid, unknown label) always becomes an
+error string here, never an exception in a pipeline step.
 """
 from __future__ import annotations
 
@@ -20,16 +22,14 @@ from jinja2 import Template
 if TYPE_CHECKING:
     from distilforge.spec import TaskSpec, Teacher
 
+from heldout.formats import task_format
+
 PROMPTS = Path(__file__).parent / "prompts"
-DEFAULT_TEMPLATE = {"classification": "classification_v3", "extraction": "extraction_v1",
-                    "instruction": "instruction_v1"}
 # Every generation request carries all of these (empty when a strategy does not use one), so one
 # TextGeneration step with one template serves every strategy.
 COLUMNS = ["strategy", "instruction", "input_description", "description", "tone", "length", "channel", "typos",
            "persona", "examples_text", "keywords", "schema_text", "style_guide", "parent_text", "evolution",
            "n_messages", "slots"]
-# Templates that ask for `generation.inputs_per_request` inputs at once (a JSON list), per task type.
-BATCH_TEMPLATE = {"classification": "classification_batch_v1"}
 
 
 def features(**columns: str) -> datasets.Features:
@@ -41,7 +41,7 @@ def features(**columns: str) -> datasets.Features:
 
 def template_name(spec: TaskSpec) -> str:
     t = spec.generation.prompt_template
-    return DEFAULT_TEMPLATE[spec.type] if t == "auto" else t
+    return task_format(spec).template if t == "auto" else t
 
 
 @lru_cache(maxsize=32)
@@ -74,14 +74,7 @@ def messages(name: str, columns: dict) -> list[dict]:
 
 def response_schema(spec: TaskSpec) -> dict:
     """JSON Schema of the teacher's generation answer for this task type."""
-    s = {"type": "string"}
-    if spec.type == "extraction":
-        props, req = {"input": s, "output": spec.output_schema}, ["input", "output"]
-    elif spec.type == "instruction":
-        props, req = {"prompt": s, "response": s}, ["prompt", "response"]
-    else:
-        props, req = {"message": s}, ["message"]
-    return {"type": "object", "properties": props, "required": req}
+    return task_format(spec).answer_schema()
 
 
 def structured_mode(teacher: Teacher, endpoint_kind: str, generation=None) -> str:
@@ -109,33 +102,6 @@ def extra_body(mode: str, schema: dict | None, name: str = "answer") -> dict:
         return {"extra_body": {"response_format": {"type": "json_object", "schema": schema}}}
     return {"extra_body": {"response_format": {"type": "json_schema",
                                                "json_schema": {"name": name, "schema": schema}}}}
-
-
-def schema_text(spec: TaskSpec) -> str:
-    """The answer fields, one per line, as the teacher reads them."""
-    lines = []
-    for k, v in spec.output_schema["properties"].items():
-        t = v.get("type", "any")
-        t = " or ".join(t) if isinstance(t, list) else t
-        extra = f", one of {', '.join(json.dumps(e) for e in v['enum'])}" if "enum" in v else ""
-        desc = f": {v['description']}" if v.get("description") else ""
-        lines.append(f"- {k} ({t}{extra}){desc}")
-    return "\n".join(lines)
-
-
-def _validator(schema: dict):
-    import jsonschema
-
-    return jsonschema.validators.validator_for(schema)(schema)
-
-
-def schema_error(schema: dict, obj: Any) -> str:
-    """'' when `obj` is valid, else the validator's message with the failing path."""
-    err = next(iter(sorted(_validator(schema).iter_errors(obj), key=lambda e: list(e.path))), None)
-    if err is None:
-        return ""
-    where = "/".join(map(str, err.path)) or "(root)"
-    return f"schema: {where}: {err.message}"
 
 
 def _loads(raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[Any, str]:
@@ -167,37 +133,15 @@ def _text(obj: dict, key: str) -> str | None:
 
 def parse(spec: TaskSpec, raw: str | None, finish_reason: str | None = None, completion_tokens: int = 0) -> tuple[dict | None, str]:
     """Teacher generation → ({text, answer}, "") or (None, reason). Never raises."""
-    fields, err = _parse(spec, raw, finish_reason, completion_tokens)
-    if fields and fields["text"].lower() in {" ".join(e.input.split()).lower() for e in spec.examples}:
-        return None, "copied a seed example verbatim"  # small teachers echo few-shot examples
-    return fields, err
-
-
-def _parse(spec: TaskSpec, raw: str | None, finish_reason: str | None, completion_tokens: int) -> tuple[dict | None, str]:
     obj, err = _loads(raw, finish_reason, completion_tokens)
     if err:
         return None, err
     if not isinstance(obj, dict):
         return None, f"JSON is a {type(obj).__name__}, not an object"
-    if spec.type == "classification":
-        text = _text(obj, "message")
-        return ({"text": text, "answer": ""}, "") if text else (None, "JSON without a non-empty 'message'")
-    if spec.type == "instruction":
-        prompt, resp = _text(obj, "prompt"), obj.get("response")
-        if not prompt:
-            return None, "JSON without a non-empty 'prompt'"
-        if not isinstance(resp, str) or not resp.strip():
-            return None, "JSON without a non-empty 'response'"
-        return {"text": prompt, "answer": resp.strip()}, ""
-    text, out = _text(obj, "input"), obj.get("output")
-    if not text:
-        return None, "JSON without a non-empty 'input'"
-    if not isinstance(out, dict):
-        return None, "JSON without an 'output' object"
-    bad = schema_error(spec.output_schema, out)
-    if bad:
-        return None, bad
-    return {"text": text, "answer": canonical_json(spec, out)}, ""
+    fields, err = task_format(spec).parse_generated(obj)
+    if fields and fields["text"].lower() in {" ".join(e.input.split()).lower() for e in spec.examples}:
+        return None, "copied a seed example verbatim"  # small teachers echo few-shot examples
+    return fields, err
 
 
 def batch_template_name(spec: TaskSpec) -> str | None:
@@ -205,7 +149,7 @@ def batch_template_name(spec: TaskSpec) -> str | None:
     (inputs_per_request 1, or a task type without a batch template)."""
     if spec.generation.inputs_per_request <= 1:
         return None
-    return BATCH_TEMPLATE.get(spec.type)
+    return task_format(spec).batch_template
 
 
 def batch_response_schema() -> dict:
@@ -297,31 +241,6 @@ def parse_batch(spec: TaskSpec, raw: str | None, n: int, finish_reason: str | No
     return out
 
 
-def canonical_json(spec: TaskSpec, obj: dict) -> str:
-    """Answer JSON with keys in schema order (what the student learns to write)."""
-    order = list(spec.output_schema["properties"])
-    ordered = {k: obj[k] for k in order if k in obj} | {k: v for k, v in obj.items() if k not in order}
-    return json.dumps(ordered, ensure_ascii=False)
-
-
 def completion_text(spec: TaskSpec, label: str, answer: str) -> str:
-    return label if spec.type == "classification" else answer
-
-
-def normalize_label(spec: TaskSpec, raw: str | None) -> tuple[str | None, str]:
-    """A classification answer → (label(s), "") or (None, reason). Tolerates quotes/case/period."""
-    if raw is None or not raw.strip():
-        return None, "empty output"
-    s = raw.strip()
-    try:  # a JSON answer {"label": ...} is accepted too
-        obj = json.loads(s)
-        if isinstance(obj, dict):
-            s = str(obj.get("label", obj.get("intent", "")))
-    except json.JSONDecodeError:
-        pass
-    names = {n.lower(): n for n in spec.label_names}
-    parts = [p.strip().strip("\"'`.").lower() for p in s.split(",")] if spec.multi_label else [s.strip("\"'`. ").lower()]
-    got = [names.get(p) for p in parts if p]
-    if not got or None in got:
-        return None, f"wrong label: {s[:60]!r} is not in the label set"
-    return ", ".join(sorted(set(got))), ""
+    """The SFT completion of a row (the task format's: the label, or the answer)."""
+    return task_format(spec).completion(label, answer)

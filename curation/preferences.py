@@ -1,4 +1,6 @@
-"""Preference pairs for DPO, built from the curated SFT rows of a classification task.
+"""Preference pairs for DPO built from curated SFT rows, without a judge (the task format's hard
+negatives): extraction rejects the answer with one field changed; classification, described here,
+rejects a wrong label.
 
 For a classification row the right answer is known, so a pair needs no judge: prompt = the
 row's prompt, chosen = its label, rejected = a wrong label. A random wrong label teaches little
@@ -39,22 +41,19 @@ def confusable_labels(spec: TaskSpec, k: int = 2, embedder=None) -> dict[str, li
     return {name: [names[j] for j in np.argsort(-sims[i], kind="stable")[:k]] for i, name in enumerate(names)}
 
 
-def classification_pairs(rows: datasets.Dataset, spec: TaskSpec, k: int | None = None, embedder=None) -> datasets.Dataset:
-    """Dataset[prompt, chosen, rejected, id]: one pair per row, chosen = its label, rejected = a confusable one."""
-    missing = {"id", "label", "prompt"} - set(rows.column_names)
+def hard_negative_pairs(rows: datasets.Dataset, spec: TaskSpec, k: int | None = None, embedder=None) -> datasets.Dataset:
+    """Dataset[prompt, chosen, rejected, id]: one pair per row the task format can make a wrong answer
+    for (heldout/formats `hard_negatives`): chosen = the row's completion, rejected = a confusable
+    label (classification, `k` nearest; default `training.dpo.confusable_k`) or the answer with one
+    field changed (extraction)."""
+    from heldout.formats import task_format
+
+    missing = {"id", "prompt", "completion"} - set(rows.column_names)
     if missing:
         raise ValueError(f"cannot build preference pairs: rows lack column(s) {', '.join(sorted(missing))}")
     k = k if k is not None else spec.training.dpo.confusable_k
-    near = confusable_labels(spec, k, embedder)
-    seen: dict[str, int] = {}
-    out = {"prompt": [], "chosen": [], "rejected": [], "id": []}
-    for rid, label, prompt in zip(rows["id"], rows["label"], rows["prompt"]):
-        if label not in near:
-            raise ValueError(f"row {rid}: label '{label}' is not one of the task's labels")
-        n = seen.get(label, 0)
-        seen[label] = n + 1
-        out["prompt"].append(prompt)
-        out["chosen"].append([{"role": "assistant", "content": label}])
-        out["rejected"].append([{"role": "assistant", "content": near[label][n % len(near[label])]}])
-        out["id"].append(rid)
-    return datasets.Dataset.from_dict(out)
+    pairs = task_format(spec).hard_negatives(list(rows), lambda: confusable_labels(spec, k, embedder))
+    return datasets.Dataset.from_dict({
+        "prompt": [p["row"]["prompt"] for p in pairs], "chosen": [p["row"]["completion"] for p in pairs],
+        "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
+        "id": [p["row"]["id"] for p in pairs]})

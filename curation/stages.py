@@ -26,10 +26,7 @@ def generation_config(spec: TaskSpec, run: Path | None = None) -> dict:
     gen = semantic_dump(spec.generation)
     if gen.get("inputs_per_request") == 1:  # the default: runs from before the field keep their fingerprint
         del gen["inputs_per_request"]
-    return {"name": spec.name, "type": spec.type, "labels": [lab.model_dump() for lab in spec.labels],
-            "instruction": spec.instruction, "multi_label": spec.multi_label, "output_schema": spec.output_schema,
-            "style_guide": spec.style_guide, "examples": [e.model_dump(mode="json") for e in spec.examples],
-            "generation": gen, "targets": saved_targets(Run(run).generate) if run else [],
+    return {**spec.task_definition(), "generation": gen, "targets": saved_targets(Run(run).generate) if run else [],
             "teacher": {"model": t.model, "endpoint": t.endpoint, "base_url": t.base_url,
                         "temperature": t.temperature, "max_tokens": t.max_tokens,
                         "structured_output": t.structured_output}}

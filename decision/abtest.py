@@ -299,7 +299,7 @@ def shadow(inputs: str | Path, a_url: str, b_url: str, *, system_prompt: str, la
 
     from distilforge.atomic import atomic_write_text
     from distilforge.secrets import Secret, reveal
-    from heldout.evaluate import ask_timed, endpoint_model
+    from heldout.served import ask_timed, endpoint_model
 
     rows = load_inputs(inputs)
     if structured not in ("none", "llama_cpp", "openai"):

@@ -1,7 +1,7 @@
 """What one stage hands the next as JSON, read back as typed records instead of `.get() or {}` chains.
 
 Results that cross stage boundaries: `eval/metrics.json` (the held-out scores, written by
-heldout/stages.py `eval_stage` and heldout/evaluate.py `endpoint_eval`), `decide/decision.json`
+heldout/stages.py `eval_stage` and heldout/served.py `endpoint_eval`), `decide/decision.json`
 (the verdict, written by decision/cli.py `decide_run` from decision/economics.py `decide`), and
 the stage manifests other packages read: `train/manifest.json` (`TrainResult`, training/stages.py
 `train_stage`) and `generate/manifest.json` (`GenerationResult`, curation/stages.py

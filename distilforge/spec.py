@@ -251,6 +251,8 @@ class CurationFilters(_Strict):
     drop_wrong_voice: bool = True  # written as the bank's agent or the task ("How can I help you?")
     label_leak: bool = True
     label_leak_spaced: bool = False  # also flag "card arrival" for label card_arrival
+    # extraction: every extracted string value must occur in the input (reason value_not_in_input)
+    values_in_input: bool = True
     # LLM-judge score from generation (column `judge_score`); None = no threshold
     judge_min_score: float | None = 0.5
     judge_missing: Literal["keep", "drop"] = "keep"
@@ -503,6 +505,12 @@ class Backend(_Strict):
     generate_replicas: int | None = Field(None, gt=0)
 
 
+# The spec's configuration blocks. Everything else on the spec is the task definition, which
+# every stage may read (distilforge/stage.py); `backend` says where work runs, never what it computes.
+BLOCKS = frozenset({"teacher", "generation", "curation", "student", "training", "heldout", "traffic", "eval",
+                    "profiles"})
+
+
 class TaskSpec(_Strict):
     """What every task type shares. A spec is one of the three subclasses below, chosen by `type`
     (a pydantic discriminated union, `validate_spec`): each owns its own fields and prompts, so a
@@ -559,6 +567,11 @@ class TaskSpec(_Strict):
         """The label set; empty for task types without labels."""
         return []
 
+    def task_definition(self) -> dict:
+        """The task as data (name, type, instruction, examples and this type's own fields), without
+        any configuration block: what generated rows depend on besides `generation` and `teacher`."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in BLOCKS | {"backend"}}
+
     def student_prompt(self, text: str, mode: Literal["short", "full"] | None = None) -> list[dict]:
         """The conversational prompt the student sees (TRL `prompt` format); `mode` None: `student.prompt`."""
         return [{"role": "system", "content": self.system_prompt(mode or self.student.prompt)},
@@ -613,7 +626,14 @@ class ExtractionSpec(TaskSpec):
     """An extractor: a JSON object (`output_schema`, JSON Schema) pulled out of each input."""
 
     type: Literal["extraction"] = "extraction"
-    output_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None  # required (a JSON Schema of type object)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_schema(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("output_schema") is None:
+            raise ValueError("output_schema: an extraction task needs a JSON Schema for its answers")
+        return raw
 
     @field_validator("output_schema")
     @classmethod

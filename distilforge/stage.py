@@ -53,10 +53,7 @@ def first_stage_reading(block: str) -> str:
     return next((s.name for s in PIPELINE if block in s.config), "generate")
 
 
-# The spec's configuration blocks. Everything else on the spec is the task definition, which
-# every stage may read; `backend` says where work runs (local or Ray), never what it computes.
-BLOCKS = frozenset({"teacher", "generation", "curation", "student", "training", "heldout", "traffic", "eval",
-                    "profiles"})
+from distilforge.spec import BLOCKS  # noqa: E402 - the spec's configuration blocks (the rest is the task)
 
 
 class UndeclaredBlock(AttributeError):

@@ -30,7 +30,7 @@ def generate_local(model_path: str, adapter: str | None, prompts: list[list[dict
     from transformers import AutoModelForCausalLM
 
     from distilforge.models import load_tokenizer
-    from heldout.evaluate import progress
+    from heldout.progress import progress
 
     tok = load_tokenizer(adapter or model_path)
     tok.padding_side = "left"
@@ -69,7 +69,7 @@ def ask_teacher(endpoint: Endpoint, messages: list[list[dict]], *, max_tokens: i
     it. Server k answers rows k, k+n, ... so each server's prompt cache stays warm."""
     from openai import OpenAI
 
-    from heldout.evaluate import progress
+    from heldout.progress import progress
 
     urls = list(getattr(endpoint, "base_urls", None) or [endpoint.base_url])
     clients = [OpenAI(base_url=u, api_key=reveal(endpoint.api_key), timeout=timeout, max_retries=max_retries)

@@ -95,7 +95,7 @@ def _eval_endpoint(s: TaskSpec, run: Path, url: str, name: str, model: Optional[
     import re
 
     from distilforge.secrets import Secret
-    from heldout import evaluate as ev
+    from heldout import served
 
     if structured not in ("none", "llama_cpp", "openai"):
         raise HeldoutError(f"--structured: must be none, llama_cpp or openai, got {structured!r}")
@@ -109,11 +109,11 @@ def _eval_endpoint(s: TaskSpec, run: Path, url: str, name: str, model: Optional[
             raise HeldoutError(f"--endpoint-key-env: environment variable {key_env} is empty")
         key = Secret(os.environ[key_env])
     try:
-        res = ev.endpoint_eval(s, run, url, name=name, model=model, api_key=key, structured=structured,
+        res = served.endpoint_eval(s, run, url, name=name, model=model, api_key=key, structured=structured,
                                max_per_label=max_per_label)
     except Exception as e:  # noqa: BLE001 - the client library's errors become one runtime line
         if type(e).__module__.split(".")[0] not in ("openai", "httpx"):
             raise
         raise EndpointError(f"endpoint {url}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    ev.print_served(res)
+    served.print_served(res)
     typer.echo(f"wrote {Run(run).endpoint_results / (name + '.json')}")

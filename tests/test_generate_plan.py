@@ -12,6 +12,7 @@ from curation import formats
 from curation.generation import plan
 from curation.generation.generate import plan_all, template_columns
 from distilforge.spec import SpecError, load_spec, parse_spec
+from heldout.formats import task_format
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -116,7 +117,9 @@ def test_garbage_answers_become_reasons_never_exceptions():
     ok, err = formats.parse(ext, '{"input": " paid  5 EUR at Lidl ", "output": {"transaction_type": "card_payment", '
                                  '"amount": 5, "currency": "EUR", "card_last4": null, "merchant": "Lidl"}}')
     assert err == "" and ok["text"] == "paid 5 EUR at Lidl"
-    assert list(json.loads(ok["answer"])) == list(ext.output_schema["properties"])  # schema key order
+    # canonical answer: schema key order, nulls dropped (null and absent mean the same), compact
+    assert list(json.loads(ok["answer"])) == [k for k in ext.output_schema["properties"] if k != "card_last4"]
+    assert ": " not in ok["answer"] and ", " not in ok["answer"].replace("EUR at", "")
     # generation.constrained: false turns the teacher's structured output off for generation calls only
     assert cls.generation.constrained is False  # the example spec: one-field answer, no grammar
     assert formats.structured_mode(cls.teacher, "embedded", cls.generation) == "none"
@@ -127,20 +130,20 @@ def test_garbage_answers_become_reasons_never_exceptions():
         ok, err = formats.parse(cls, raw)
         assert err == "" and ok["text"] == "where is my card", (raw, err)
     assert "not JSON" in formats.parse(cls, '{"message": "a"} and {"message": "b"}')[1]  # two objects: no guess
-    assert formats.normalize_label(cls, " Card_Arrival. ") == ("card_arrival", "")
-    assert "wrong label" in formats.normalize_label(cls, "lost_wallet")[1]
+    assert task_format(cls).validate_answer(" Card_Arrival. ") == ("card_arrival", "")
+    assert "wrong label" in task_format(cls).validate_answer("lost_wallet")[1]
 
 
 def test_extraction_hard_negative_changes_one_field_and_stays_valid():
-    from curation.generation.judge import wrong_field
+    from heldout.formats.extraction import schema_error
 
     ext = load_spec(EXAMPLES / "extraction" / "task.yaml")
     for i, line in enumerate((EXAMPLES / "extraction" / "heldout.jsonl").read_text().splitlines()):
-        ans = json.loads(line)["answer"]
-        bad = wrong_field(ext, ans, random.Random(i))
+        ans = json.loads(line)["output"]
+        bad = task_format(ext).wrong_field(ans, random.Random(i))
         if all(v is None for k, v in ans.items() if k != "transaction_type") and bad is None:
             continue
-        assert bad is not None and formats.schema_error(ext.output_schema, bad) == ""
+        assert bad is not None and schema_error(ext.output_schema, bad) == ""
         assert sum(bad[k] != ans[k] for k in ans) == 1, (ans, bad)
 
 

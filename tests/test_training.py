@@ -273,7 +273,7 @@ def test_gate_does_not_flag_label_answers_but_flags_held_out_answers(tmp_path):
 
 
 def test_preference_pairs_use_confusable_labels():
-    from curation.preferences import classification_pairs, confusable_labels
+    from curation.preferences import confusable_labels, hard_negative_pairs
 
     spec = parse_spec(yaml.safe_load(TASK.read_text()))
     near = confusable_labels(spec, k=2)
@@ -281,7 +281,7 @@ def test_preference_pairs_use_confusable_labels():
     # fee for a card payment vs fee for a cash withdrawal: the textbook confusion
     assert near["card_payment_fee_charged"][0] == "cash_withdrawal_charge"
     small = make_spec()
-    pairs = classification_pairs(train_rows(small), small)
+    pairs = hard_negative_pairs(train_rows(small), small)
     assert pairs.column_names == ["prompt", "chosen", "rejected", "id"] and len(pairs) == 3 * PER_LABEL
     for row, label in zip(pairs, train_rows(small)["label"]):
         assert row["chosen"] == [{"role": "assistant", "content": label}]

@@ -36,6 +36,7 @@ from distilforge.layout import Run
 from distilforge.manifest import Stage, dataset_hash, read_manifest, sha256_json, verified_output
 from distilforge.sources import teacher_prefs, training_source, verified_source
 from distilforge.spec import SpecError, TaskSpec, semantic_dump
+from heldout.formats import task_format
 from training import common
 
 console = Console(stderr=True)
@@ -95,7 +96,7 @@ def choose_adapter(spec: TaskSpec, base: str, sft: Path, dpo: Path, val: dataset
     """Keep DPO only if it beats SFT on the validation rows (accuracy, then gold-label log-prob)."""
     from heldout import evaluate as ev
 
-    if spec.type != "classification":
+    if not task_format(spec).dpo_validation_split():
         return {"which": "sft", "selected_on": None,
                 "why": f"no validation scorer for '{spec.type}' tasks yet: SFT kept; eval's comparison shows DPO"}
     if len(val) == 0:
@@ -122,12 +123,13 @@ def _preferences(spec: TaskSpec, train: datasets.Dataset,
                  prefs: datasets.Dataset | None) -> tuple[datasets.Dataset, str]:
     if prefs is not None:
         return prefs, "generate/prefs"
-    if spec.type != "classification":
-        raise SpecError(f"training.dpo: a '{spec.type}' task needs teacher preference pairs (generate/prefs); "
-                         "only classification pairs are built from curated rows")
-    from curation.preferences import classification_pairs
+    from curation.preferences import hard_negative_pairs
 
-    return classification_pairs(train, spec), "curated rows, confusable labels"
+    pairs = hard_negative_pairs(train, spec)
+    if len(pairs) == 0:
+        raise SpecError(f"training.dpo: a '{spec.type}' task needs teacher preference pairs (generate/prefs); "
+                        "no pairs can be built from its curated rows")
+    return pairs, "curated rows, hard negatives (heldout/formats)"
 
 
 def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = False,
@@ -168,7 +170,7 @@ def train_stage(spec: TaskSpec, run: Path, force: bool = False, resume: bool = F
     ds = common.with_prompts(ds, spec, mode)
     if prefs is not None:
         prefs = common.with_prompts(prefs, spec, mode)
-    split = t.dpo.enabled and spec.type == "classification" and "label" in ds.column_names
+    split = t.dpo.enabled and task_format(spec).dpo_validation_split() and "label" in ds.column_names
     train, val = validation_split(ds, t.dpo.val_fraction, t.seed) if split else (ds, ds.select([]))
     pairs, pairs_src = _preferences(spec, train, prefs) if t.dpo.enabled else (None, None)
     # (pairs made from the curated rows carry their rebuilt prompts; teacher pairs were rebuilt above)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from distilforge.secrets import reveal
+from heldout.formats import task_format
 
 if TYPE_CHECKING:
     from distilforge.spec import TaskSpec
@@ -105,7 +106,6 @@ def cap_reached(out_dir: Path, max_cost: float | None, max_tokens: int | None, n
 
 # --- forecast -----------------------------------------------------------------------------
 
-_COMPLETION_GUESS = {"classification": 0.5, "extraction": 0.8, "instruction": 0.9}  # × max_tokens
 CHARS_PER_TOKEN = 3.6
 PER_MESSAGE_TOKENS = 6  # chat template overhead per message
 
@@ -166,7 +166,7 @@ def forecast(spec: TaskSpec, endpoint: Endpoint, base: list[dict], evolve: list[
     per = rows / len(todo) if todo else 1.0  # rows per base request
     cal = calibrate(spec, endpoint, todo, k)
     ratio = cal["tokens_per_char"] if cal else 1 / CHARS_PER_TOKEN
-    comp1 = (cal["completion_mean"] / per) if cal else _COMPLETION_GUESS[spec.type] * spec.teacher.max_tokens  # per row
+    comp1 = (cal["completion_mean"] / per) if cal else task_format(spec).completion_guess * spec.teacher.max_tokens  # per row
     comp = comp1 * per  # per base request
     retry = 1 + (cal["fail_rate"] if cal else 0.05) * spec.generation.invalid_retries
     over = 0 if cal else PER_MESSAGE_TOKENS
@@ -189,7 +189,7 @@ def forecast(spec: TaskSpec, endpoint: Endpoint, base: list[dict], evolve: list[
         rows = rows + len(ev_todo)
         rows = min(rows, pr.max_rows) if pr.max_rows else rows
         text_tok = comp * 0.8
-        ans_tok = {"classification": 6, "extraction": comp * 0.6, "instruction": comp * 0.7}[spec.type]
+        ans_tok = task_format(spec).answer_tokens_guess(comp)
         judge = "yesno" if pr.judge == "yesno" or (pr.judge == "auto" and endpoint.kind == "embedded") else "rubric"
         n = rows * pr.candidates
         sys_tok = len(spec.system_prompt()) * ratio

@@ -13,9 +13,7 @@ Task-aware hard negatives are added without any request: classification → the 
 by embedding of label descriptions (curation/preferences.py), extraction → the reference answer
 with one field changed but still schema-valid.
 """
-import copy
 import json
-import random
 from pathlib import Path
 
 import datasets
@@ -25,6 +23,7 @@ from distilabel.steps import StepInput
 from distilabel.steps.tasks import Task
 
 from curation import formats
+from heldout.formats import task_format
 from curation.generation import budget, plan
 from curation.generation.gensteps import AnswerGeneration, CommitShards, SentinelAware, committed_shards, llm, read_shard
 from curation.generation.runner import run_pipeline
@@ -100,18 +99,7 @@ def parse_judgement(kind: str, raw: str | None) -> tuple[float | None, str]:
 
 def validate_answer(spec: TaskSpec, answer: str | None) -> tuple[str | None, str]:
     """A candidate answer → (normalized answer, "") or (None, why it is invalid)."""
-    if spec.type == "classification":
-        return formats.normalize_label(spec, answer)
-    if answer is None or not answer.strip():
-        return None, "empty output"
-    if spec.type == "extraction":
-        try:
-            obj = json.loads(answer)
-        except json.JSONDecodeError:
-            return None, f"not JSON: {answer[:60]!r}"
-        bad = formats.schema_error(spec.output_schema, obj) if isinstance(obj, dict) else "not a JSON object"
-        return (None, bad) if bad else (formats.canonical_json(spec, obj), "")
-    return answer.strip(), ""
+    return task_format(spec).validate_answer(answer)
 
 
 def candidate_record(spec: TaskSpec, x: dict, stats: list[dict], model: str, price) -> dict:
@@ -119,8 +107,8 @@ def candidate_record(spec: TaskSpec, x: dict, stats: list[dict], model: str, pri
     kind = x["judge_kind"]
     ans, why = validate_answer(spec, x.get("candidate"))
     j, rationale = parse_judgement(kind, x.get("judgement"))
-    if spec.type == "classification" and kind == "yesno" and ans is not None:
-        agree = float(ans == x["label"])
+    agree = task_format(spec).candidate_agreement(ans, x) if kind == "yesno" else None
+    if agree is not None:  # the candidate agrees with the label the row was written for: a second vote
         j = agree if j is None else (j + agree) / 2
     score = 0.0 if ans is None else 1.0 + (j or 0.0)
     p = sum(int(s.get("input_tokens") or 0) for s in stats)
@@ -170,11 +158,7 @@ def run_preferences(spec: TaskSpec, endpoint: Endpoint, out_dir: Path, rows: dat
     done = committed_shards(out_dir)
     todo = [r for r in reqs if r["shard_id"] not in done]
     mode = formats.structured_mode(t, endpoint.kind)
-    ans_schema = spec.output_schema if spec.type == "extraction" else None
-    if spec.type == "classification" and not spec.multi_label:  # constrained to the label set when possible
-        ans_schema = {"type": "object", "properties": {"label": {"type": "string", "enum": spec.label_names}},
-                      "required": ["label"]}
-    ans_extra = formats.extra_body(mode, ans_schema)
+    ans_extra = formats.extra_body(mode, task_format(spec).answer_request_schema())
     j_extra = formats.extra_body(mode, YESNO_SCHEMA if kind == "yesno" else RUBRIC_SCHEMA, "verdict")
     j_tokens = 16 if kind == "yesno" else pr.judge_max_tokens
 
@@ -214,9 +198,10 @@ def judged_pairs(spec: TaskSpec, rows: datasets.Dataset, out_dir: Path, kind: st
         if len(cs) < pr.candidates or src not in by_id:
             continue
         cs = sorted(cs, key=lambda c: c["k"])
-        if spec.type == "classification":
-            valid = [c for c in cs if c["valid"]]
-            agree[src] = sum(c["answer"] == by_id[src]["label"] for c in valid) / len(valid) if valid else 0.0
+        valid = [c for c in cs if c["valid"]]
+        votes = [task_format(spec).candidate_agreement(c["answer"], by_id[src]) for c in valid]
+        if None not in votes:  # types with one right answer: the share of valid candidates that agree
+            agree[src] = sum(votes) / len(votes) if votes else 0.0
         best = max(cs, key=lambda c: c["score"])
         worst = min(cs, key=lambda c: c["score"])
         margin = best["score"] - worst["score"]
@@ -230,58 +215,21 @@ def judged_pairs(spec: TaskSpec, rows: datasets.Dataset, out_dir: Path, kind: st
     return pairs, agree
 
 
-def wrong_field(spec: TaskSpec, answer: dict, rng: random.Random) -> dict | None:
-    """The answer with exactly one field changed, still schema-valid (an extraction hard negative)."""
-    props = spec.output_schema["properties"]
-    keys = [k for k in props if k in answer]
-    rng.shuffle(keys)
-    for k in keys:
-        v, p = answer[k], props[k]
-        cands = []
-        if "enum" in p:
-            cands = [e for e in p["enum"] if e != v]
-        elif isinstance(v, bool):
-            cands = [not v]
-        elif isinstance(v, (int, float)) and v is not None:
-            cands = [v * 10 if v else 1, v + 1, round(v / 2, 2) if isinstance(v, float) else v // 2 + 1]
-        elif isinstance(v, str) and v:
-            digits = [i for i, ch in enumerate(v) if ch.isdigit()]
-            if digits:
-                i = rng.choice(digits)
-                cands = [v[:i] + str((int(v[i]) + rng.randint(1, 8)) % 10) + v[i + 1:]]
-            else:
-                cands = [v[::-1] if len(v) > 3 else v + "x"]
-        elif v is None:
-            continue
-        for c in cands:
-            out = copy.deepcopy(answer)
-            out[k] = c
-            if c != v and not formats.schema_error(spec.output_schema, out):
-                return out
-    return None
-
-
 def hard_negatives(spec: TaskSpec, rows: datasets.Dataset) -> list[dict]:
-    ok = rows.filter(lambda r: r["status"] == "ok")
-    out = []
-    if spec.type == "classification" and not spec.multi_label and len(ok):
-        from curation.preferences import classification_pairs
+    """Pairs made without any request: the task format's wrong answer for each ok row."""
+    ok = [r for r in rows if r["status"] == "ok"]
 
-        for p in classification_pairs(ok, spec):
-            out.append({**p, "id": "hn-" + p["id"].removeprefix("g-"), "source_id": p["id"], "kind": "hard_negative",
-                        "chosen_score": None, "rejected_score": None, "margin": None,
-                        "rationale": "confusable label (nearest label description)"})
-    elif spec.type == "extraction":
-        for r in ok:
-            ans = json.loads(r["completion"][0]["content"])
-            bad = wrong_field(spec, ans, random.Random(plan.h(spec.generation.seed, r["id"])))
-            if bad is None:
-                continue
-            changed = next(k for k in bad if bad[k] != ans.get(k))
-            out.append({"id": "hn-" + r["id"].removeprefix("g-"), "source_id": r["id"], "kind": "hard_negative",
-                        "prompt": r["prompt"], "chosen": r["completion"],
-                        "rejected": _msg(formats.canonical_json(spec, bad)), "chosen_score": None,
-                        "rejected_score": None, "margin": None, "rationale": f"field '{changed}' changed"})
+    def confusable() -> dict[str, list[str]]:  # `training` is not generate's block: the default k
+        from curation.preferences import confusable_labels
+
+        return confusable_labels(spec)
+
+    out = []
+    for n in task_format(spec).hard_negatives(ok, confusable):
+        r = n["row"]
+        out.append({"id": "hn-" + r["id"].removeprefix("g-"), "source_id": r["id"], "kind": "hard_negative",
+                    "prompt": r["prompt"], "chosen": r["completion"], "rejected": _msg(n["rejected"]),
+                    "chosen_score": None, "rejected_score": None, "margin": None, "rationale": n["why"]})
     return out
 
 

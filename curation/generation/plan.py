@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from curation import formats
+from heldout.formats import task_format
 from distilforge.yamlfile import read_yaml
 from distilforge.errors import UserError
 
@@ -70,9 +71,10 @@ def load_targets(path: str | Path, spec: TaskSpec) -> list[dict]:
     for i, t in enumerate(items):
         if not isinstance(t, dict):
             raise TargetsError(f"{p}: targets[{i}]: expected a mapping")
-        label = t.get("label") or ""
-        if spec.type == "classification" and label not in spec.label_names:
-            raise TargetsError(f"{p}: targets[{i}].label: '{label}' is not one of the task's labels")
+        label, contrast = t.get("label") or "", t.get("contrast") or ""
+        bad = task_format(spec).target_problem(label, contrast)
+        if bad:
+            raise TargetsError(f"{p}: targets[{i}].{bad}")
         kw = t.get("keywords") or []
         kw = [kw] if isinstance(kw, str) else [str(k) for k in kw]
         attrs = t.get("attributes") or {}
@@ -82,9 +84,6 @@ def load_targets(path: str | Path, spec: TaskSpec) -> list[dict]:
         count = t.get("count", 5)
         if not isinstance(count, int) or count < 1:
             raise TargetsError(f"{p}: targets[{i}].count: must be a positive integer")
-        contrast = t.get("contrast") or ""
-        if contrast and (spec.type != "classification" or contrast not in spec.label_names or contrast == label):
-            raise TargetsError(f"{p}: targets[{i}].contrast: '{contrast}' is not another of the task's labels")
         item = {"label": label, "keywords": kw, "attributes": {k: str(v) for k, v in attrs.items()}, "count": count}
         if contrast:  # only when set: targets files without it keep their request ids
             item["contrast"] = contrast
@@ -93,22 +92,15 @@ def load_targets(path: str | Path, spec: TaskSpec) -> list[dict]:
 
 
 def _examples_text(spec: TaskSpec, rng: random.Random, label: str) -> str:
-    pool = [e for e in spec.examples if spec.type != "classification" or e.label == label] or list(spec.examples)
-    picked = rng.sample(pool, min(3, len(pool)))
-    lines = []
-    for e in picked:
-        if spec.type == "extraction" and e.output is not None:
-            lines.append(f"- {e.input}\n  answer: {json.dumps(e.output, ensure_ascii=False)}")
-        else:
-            lines.append(f"- {e.input}")
-    return "\n".join(lines)
+    fmt = task_format(spec)
+    pool = fmt.example_pool(label)
+    return "\n".join(fmt.example_line(e) for e in rng.sample(pool, min(3, len(pool))))
 
 
 def _base_cols(spec: TaskSpec) -> dict:
     g = spec.generation
     return {"instruction": spec.instruction, "input_description": g.input_description,
-            "schema_text": formats.schema_text(spec) if spec.type == "extraction" else "",
-            "style_guide": spec.style_guide or "", "examples_text": "", "keywords": "", "parent_text": "",
+            "schema_text": "", "style_guide": "", **task_format(spec).prompt_columns(), "examples_text": "", "keywords": "", "parent_text": "",
             "evolution": "", "description": ""}
 
 
@@ -123,10 +115,7 @@ def _request(spec: TaskSpec, tname: str, key: dict, cols: dict, label: str, stra
 
 def _label_jobs(spec: TaskSpec) -> list[tuple[str, str, int]]:
     """(label, description, count) groups: one per label for classification, one for the others."""
-    g = spec.generation
-    if spec.type != "classification":
-        return [("", "", g.num_rows)]
-    return [(lab.name, lab.description, g.per_label) for lab in spec.labels]
+    return task_format(spec).generation_jobs()
 
 
 def plan_base(spec: TaskSpec, targets: list[dict] | None = None) -> list[dict]:
@@ -134,7 +123,8 @@ def plan_base(spec: TaskSpec, targets: list[dict] | None = None) -> list[dict]:
     g = spec.generation
     tname = formats.template_name(spec)
     key, base = teacher_key(spec), _base_cols(spec)
-    desc = {lab.name: lab.description for lab in spec.labels}
+    fmt = task_format(spec)
+    desc = fmt.label_descriptions()
     reqs = []
     for label, description, n in _label_jobs(spec):
         rng = random.Random(h(g.seed, spec.name, label))
@@ -144,11 +134,7 @@ def plan_base(spec: TaskSpec, targets: list[dict] | None = None) -> list[dict]:
         for strategy in ("attributes", "fewshot"):
             for _ in range(q.get(strategy, 0)):
                 attrs = {k: rng.choice(v) for k, v in sorted(g.attributes.items()) if v}
-                lab, d = label, description
-                if spec.multi_label and rng.random() < 0.5:
-                    other = rng.choice([x for x in spec.label_names if x != label])
-                    lab = ", ".join(sorted([label, other]))
-                    d = f"{description}; and also: {desc[other]}"
+                lab, d = fmt.row_label(label, description, rng)
                 cols = {**base, "description": d}
                 if strategy == "fewshot":
                     cols["examples_text"] = _examples_text(spec, rng, label)

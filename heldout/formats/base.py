@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 if TYPE_CHECKING:
     from distilforge.spec import Example, TaskSpec
 
-Check = tuple[str, Callable[[dict], str]]  # (reason, row -> problem text or "")
+Check = tuple[str, Callable[[dict], "str | None"]]  # (reason, row -> problem text, or None when fine)
 
 
 class Unsupported(NotImplementedError):
@@ -53,6 +53,25 @@ class TaskFormat:
     def prompt_columns(self) -> dict:
         """Extra template columns this type fills (schema_text, style_guide)."""
         return {}
+
+    def generation_jobs(self) -> list[tuple[str, str, int]]:
+        """(label, its description, rows to ask for) per group of generated rows; one unlabelled group
+        of `generation.num_rows` for types without labels."""
+        return [("", "", self.spec.generation.num_rows)]
+
+    def label_descriptions(self) -> dict[str, str]:
+        return {}
+
+    def row_label(self, label: str, description: str, rng) -> tuple[str, str]:
+        """The label (and situation) one generated row is asked for, from its group's."""
+        return label, description
+
+    # Share of `teacher.max_tokens` a generated row's answer uses, before calibration (dry-run forecast).
+    completion_guess: ClassVar[float] = 0.9
+
+    def answer_tokens_guess(self, row_tokens: float) -> float:
+        """Tokens of one answer to a row's input (preference candidates), from a row's tokens."""
+        return row_tokens * 0.7
 
     def example_pool(self, label: str) -> list[Example]:
         """Seed examples to show for a row of `label` (types without labels: all of them)."""

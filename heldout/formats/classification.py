@@ -27,6 +27,24 @@ class ClassificationFormat(TaskFormat):
         text = " ".join(v.split()) if isinstance(v, str) and v.strip() else None
         return ({"text": text, "answer": ""}, "") if text else (None, "JSON without a non-empty 'message'")
 
+    completion_guess = 0.5
+
+    def answer_tokens_guess(self, row_tokens: float) -> float:
+        return 6.0  # a label name
+
+    def generation_jobs(self) -> list[tuple[str, str, int]]:
+        return [(lab.name, lab.description, self.spec.generation.per_label) for lab in self.spec.labels]
+
+    def label_descriptions(self) -> dict[str, str]:
+        return {lab.name: lab.description for lab in self.spec.labels}
+
+    def row_label(self, label: str, description: str, rng) -> tuple[str, str]:
+        """Multi-label tasks: half the rows also carry a second label (and its situation)."""
+        if self.spec.multi_label and rng.random() < 0.5:
+            other = rng.choice([x for x in self.spec.label_names if x != label])
+            return ", ".join(sorted([label, other])), f"{description}; and also: {self.label_descriptions()[other]}"
+        return label, description
+
     def example_pool(self, label: str) -> list:
         return [e for e in self.spec.examples if e.label == label] or list(self.spec.examples)
 
