@@ -11,6 +11,14 @@ from distilforge.manifest import MANIFEST, read_json, read_manifest
 from distilforge.records import GenerationResult, Metrics, Tokens, TrainResult
 from decision.report_html import columns, counts, esc, img, not_run, num, pyplot, table
 
+NO_LABELS = "<p>This task type has no labels: {}.</p>"
+
+
+def labelled(values) -> bool:
+    """Whether rows carry labels at all: extraction and instruction rows have `label` "" (one
+    unlabelled group), and a per-label breakdown of them would be one bucket with no name."""
+    return any(v not in ("", None) for v in values)
+
 
 def sec_funnel(run: Path) -> str:
     r = Run(run)
@@ -42,9 +50,13 @@ def sec_funnel(run: Path) -> str:
     ax.set_title("data funnel")
     parts.append(img(fig, "data funnel"))
     labels = sorted({lab for s in steps for lab in s[2]}, key=str)
-    rows = [[lab] + [s[2].get(lab, "") if s[2] else "" for s in steps] for lab in labels]
-    rows.append(["total"] + [s[1] for s in steps])
-    parts.append(table(["label"] + [s[0] for s in steps], rows))
+    if labelled(labels):
+        rows = [[lab] + [s[2].get(lab, "") if s[2] else "" for s in steps] for lab in labels]
+        rows.append(["total"] + [s[1] for s in steps])
+        parts.append(table(["label"] + [s[0] for s in steps], rows))
+    else:
+        parts.append(NO_LABELS.format("the funnel counts all rows as one bucket")
+                     + table([""] + [s[0] for s in steps], [["all rows"] + [s[1] for s in steps]]))
     drops = [[f.get("step"), f.get("in"), f.get("out"), f.get("dropped"), f.get("seconds")]
              for f in (cur or {}).get("funnel") or []]
     if drops:
@@ -61,9 +73,11 @@ def sec_distribution(run: Path) -> str:
         keep = [st == "ok" for st in before["status"]]
         before = {k: [v for v, ok in zip(vs, keep) if ok] for k, vs in before.items() if vs}
     after = columns(r.curated, ["label", "strategy"]) if read_manifest(r.curate) else None
+    by = ("label", "strategy") if labelled((before.get("label") or []) + ((after or {}).get("label") or [])) \
+        else ("strategy",)
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col in zip(axes, ("label", "strategy")):
+    fig, axes = plt.subplots(1, len(by), figsize=(5.5 * len(by), 4), squeeze=False)
+    for ax, col in zip(axes[0], by):
         b = counts(before.get(col) or [])
         a = counts(after[col]) if after else {}
         keys = sorted(set(b) | set(a), key=str)
@@ -74,7 +88,10 @@ def sec_distribution(run: Path) -> str:
         ax.set_xticks(list(xs), [str(k) for k in keys], rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{col} before / after curation")
         ax.legend()
-    out = img(fig, "label and strategy distribution")
+    if len(by) == 2:
+        out = img(fig, "label and strategy distribution")
+    else:
+        out = NO_LABELS.format("rows by generation strategy only") + img(fig, "strategy distribution")
     if not after:
         out = not_run("curate", r.curate / MANIFEST) + out
     return out
@@ -135,7 +152,8 @@ def _review_tables(review: dict | None) -> str:
     hs = review.get("hot_spots") or {}
     hot = [[dim, t.get(dim), t.get("reviewed"), t.get("rejected"), num(t.get("reject_rate"), "{:.2f}"),
             ", ".join(f"{k}:{v}" for k, v in (t.get("reasons") or {}).items()), "HOT" if t.get("hot") else ""]
-           for dim in ("label", "strategy", "cluster") for t in (hs.get(f"by_{dim}") or [])[:5]]
+           for dim in ("label", "strategy", "cluster") for t in (hs.get(f"by_{dim}") or [])[:5]
+           if dim != "label" or labelled([t.get(dim)])]  # an unlabelled task has one nameless label group
     return out + (f"<h4>Rejection hot spots (overall reject rate {num(hs.get('overall_reject_rate'), '{:.2f}')})</h4>"
                   + table(["by", "group", "reviewed", "rejected", "reject rate", "reasons", ""], hot) if hot else "")
 
@@ -203,7 +221,9 @@ def sec_generation(run: Path) -> str:
         a[0] += pt or 0
         a[1] += ct or 0
     out = table(None, rows)
-    if per and any(sum(v) for v in per.values()):
+    if per and not labelled(per):
+        out += NO_LABELS.format("no per-label token chart, the totals above are for all rows")
+    elif per and any(sum(v) for v in per.values()):
         plt = pyplot()
         keys = sorted(per, key=str)
         fig, ax = plt.subplots(figsize=(8, 3.5))

@@ -223,3 +223,42 @@ def test_instruction_card_shows_win_tie_loss_and_reply_checks(tmp_path):
     assert "| student | 0.950 | 0.050 | 0.000 | 41.5 |" in card
     m = front_matter(run, metrics)["model-index"][0]["results"][0]["metrics"][0]
     assert m["type"] == "win_or_tie" and m["value"] == 0.85 and (m["args"]["wins"], m["args"]["losses"]) == (12, 3)
+
+
+# ------------------------------------------------ data sections without labels
+
+def _unlabelled_data(run, n: int = 30):
+    """Generated and curated rows the way a type without labels writes them: `label` is "" on every
+    row and the curation funnel counts them under the one nameless label."""
+    import datasets
+
+    from distilforge.manifest import Stage
+
+    status = ["failed" if i == 4 else "ok" for i in range(n)]
+    rows = {"id": [f"g{i}" for i in range(n)], "label": [""] * n, "text": [f"row {i}" for i in range(n)],
+            "strategy": [("paraphrase", "persona", "edge_case")[i % 3] for i in range(n)],
+            "prompt_tokens": [120] * n, "completion_tokens": [40] * n, "status": status, "error": [""] * n}
+    gen = Stage(run / "generate", "generate", {}, {}).begin()
+    gen.save("rows", datasets.Dataset.from_dict(rows))
+    gen.finish(tokens={"prompt": 120 * n, "completion": 40 * n}, cost_usd=0.0, requests=n, teacher_model="t")
+    kept = [i for i in range(n) if status[i] == "ok"][:-5]
+    cur = Stage(run / "curate", "curate", {"rows": "x"}, {}).begin()
+    cur.save("curated", datasets.Dataset.from_dict({k: [rows[k][i] for i in kept] for k in ("id", "label", "text",
+                                                                                           "strategy")}))
+    cur.finish(funnel=[{"step": "near_dedup", "in": n - 1, "out": len(kept), "dropped": n - 1 - len(kept),
+                        "per_label": {"": len(kept)}, "seconds": 0.1}])
+
+
+@pytest.mark.parametrize("make", [extraction_run, instruction_run])
+def test_data_sections_without_labels_show_all_rows_not_a_nameless_bucket(tmp_path, make):
+    run = make(tmp_path)
+    _unlabelled_data(run)
+    html = render_html(run)
+    funnel, dist, gen = (_section(html, s) for s in ("funnel", "distribution", "generation"))
+    assert 'class="error"' not in funnel + dist + gen
+    assert "<tr><td>all rows</td><td>30</td><td>29</td><td>24</td></tr>" in funnel
+    assert "<th>label</th>" not in funnel and "<td></td><td>30</td>" not in funnel
+    assert "has no labels" in funnel and "has no labels" in dist and "has no labels" in gen
+    (plot,) = re.findall(r'alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dist)
+    assert plot[0] == "strategy distribution" and _spread(plot[1]) > 5
+    assert "tokens per label" not in gen and "<td>rows</td><td>30</td>" in gen
