@@ -6,30 +6,36 @@ reaches 0.870 on the locked test set, against 0.710 from 72 synthetic rows. So r
 labelled by the teacher, is the cheapest path to a good student; this stage makes it one more
 source of rows for `curate`.
 
-    read     `traffic.source` (the reader `heldout` uses: CSV / JSONL / Parquet / dataset folder)
-    slice    with gold labels (`label_column`): keep this task's slice (`labels`, `label_map`), the
-             share of the traffic a router would send here. Gold labels are never training targets.
+    read     `traffic.source` (the reader `heldout` uses: CSV / JSONL / Parquet / dataset folder);
+             a gold column (`label_column`) is read as the locked rows' targets are (the task
+             format's `heldout_target`: a label, or canonical JSON of an extraction's answer object)
+    slice    with gold labels: keep this task's slice (`labels`, `label_map`), the share of the
+             traffic a router would send here (types with labels only). Gold is never a training target.
     clean    drop empty texts, repeated texts (one row per normalized text, so the splits are
              disjoint by text), and every row overlapping the LOCKED held-out rows: exact copy,
              then curation/decontam.py's n-gram and embedding checks (what curate runs) — before
              splitting, so neither split can leak. Dropped rows keep their reason (RUN/traffic/dropped).
     split    shuffle with `traffic.seed`; the first `dev_rows` are the dev split, the next
              `max_rows` the training rows.
-    label    the teacher classifies each row exactly as teacher agreement does (curation/agreement.py:
-             the student's system prompt, output constrained to the label set, temperature 0);
-             answers are cached per (model, prompt, text) in RUN/traffic/labels.jsonl, so a rerun
-             asks nothing again. A row whose answer is not a label is dropped (`teacher_invalid`);
-             a dev row with `dev_labels: gold` keeps its gold label.
+    label    the teacher answers each row exactly as teacher agreement and the teacher eval ask
+             (curation/agreement.py `ask_answers` -> `TaskFormat.answer_inputs`, temperature 0): a
+             label, canonical JSON for extraction, the reply for instruction. Answers are cached per
+             (model, question, text) in RUN/traffic/labels.jsonl, so a rerun asks nothing again. A
+             row whose answer is unusable (no label; JSON that breaks the schema; an empty reply) is
+             dropped (`teacher_invalid`); a dev row with `dev_labels: gold` keeps its gold answer.
     write    RUN/traffic/rows (generate's columns, strategy `traffic`: curate's funnel treats them
-             like any row), RUN/traffic/dev (id, text, label, label_source), and a manifest.
+             like any row; `label` is "" for types without labels, the answer is the completion),
+             RUN/traffic/dev (id, text, label = the answer the split is scored on, label_source),
+             and a manifest with the teacher's agreement with gold (label agreement; for JSON
+             answers exact match and micro field-F1, heldout/extraction_score.py).
 
-Single-label classification only for now: extraction and instruction answers cannot be produced
-by a constrained label request, so a spec of another type with `traffic` set is refused (one line).
+Multi-label classification is refused (one line): the label question asks for one label.
 Without a `traffic` block the stage writes nothing and records "skipped: no traffic source".
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 from collections import Counter
@@ -41,7 +47,7 @@ from rich.console import Console
 
 from curation import agreement, decontam, formats
 from curation.dedup import normalize
-from distilforge.errors import RuntimeFailure, UserError
+from distilforge.errors import RuntimeFailure, UserError, one_line
 from distilforge.layout import Run
 from distilforge.manifest import MANIFEST, Stage, read_manifest, sha256_json, verified_output
 from distilforge.spec import semantic_dump
@@ -54,7 +60,7 @@ console = Console(stderr=True)
 CACHE = "labels.jsonl"
 STRATEGY = "traffic"
 SKIPPED = "skipped: no traffic source"
-INVALID = "<invalid>"
+INVALID = agreement.INVALID
 DEV_FEATURES = formats.features(id="string", text="string", label="string", label_source="string",
                                 teacher_label="string", gold_label="string")
 DROP_FEATURES = formats.features(id="string", text="string", gold_label="string", reason="string", detail="string")
@@ -75,8 +81,9 @@ def row_id(text: str) -> str:
 
 # ---------------------------------------------------------------- read and slice
 
-def read_source(cfg) -> list[dict]:
-    """[{text, gold}] from `traffic.source`, canonicalized as the held-out rows are (same reader)."""
+def read_source(cfg, fmt=None) -> list[dict]:
+    """[{text, gold}] from `traffic.source`, canonicalized as the held-out rows are (same reader).
+    `fmt` (the task format) reads a gold value that is no label (an answer object) as the lock does."""
     from heldout.lock import HeldoutError, _load, canonical
 
     try:
@@ -91,20 +98,28 @@ def read_source(cfg) -> list[dict]:
     names = None
     if cfg.label_column is not None and hasattr(ds.features[cfg.label_column], "names"):
         names = ds.features[cfg.label_column].names
+    labelled = fmt is None or fmt.has_labels
     out = []
-    for r in ds:
+    for i, r in enumerate(ds):
         gold = r[cfg.label_column] if cfg.label_column else None
-        if gold is not None:
+        if gold is not None and labelled:
             gold = names[gold] if names else canonical(gold)
             gold = cfg.label_map.get(gold, gold)
+        elif gold is not None:
+            try:
+                gold = canonical(fmt.heldout_target(gold))
+            except (ValueError, TypeError) as e:
+                raise TrafficError(f"traffic.label_column: {cfg.source}: row {i + 2}: '{cfg.label_column}': "
+                                   f"{one_line(e)}") from None
         text = r[cfg.text_column]
         out.append({"text": canonical(text) if text is not None else "", "gold": gold})
     return out
 
 
 def _slice(rows: list[dict], cfg, task_labels: list[str]) -> list[dict]:
-    """This task's share of the traffic (by gold label), or all of it when there are no gold labels."""
-    if cfg.label_column is None:
+    """This task's share of the traffic (by gold label), or all of it when there are no gold labels
+    (or the task has none: an extraction's gold is an answer, not a category)."""
+    if cfg.label_column is None or not task_labels:
         return rows
     wanted = set(cfg.labels or task_labels)
     return [r for r in rows if r["gold"] in wanted]
@@ -159,18 +174,19 @@ def _decontaminated(rows: list[dict], need: int, spec: TaskSpec, heldout: datase
 # ---------------------------------------------------------------- ask the teacher
 
 def label_texts(spec: TaskSpec, endpoint: Endpoint, texts: list[str], out_dir: Path) -> tuple[dict[str, str], dict]:
-    """{text: teacher label or `<invalid>`} and the numbers for the manifest: teacher agreement's
-    question and cache (agreement.py `ask_labels`), so a text labelled there or here is the same
-    answer; rows already in RUN/traffic/labels.jsonl are not asked again."""
+    """{text: the teacher's answer or `<invalid>`} and the numbers for the manifest: teacher
+    agreement's question and cache (agreement.py `ask_answers`), so a text answered there or here
+    gets the same answer; rows already in RUN/traffic/labels.jsonl are not asked again."""
     def failed(done: int, total: int, reason: str) -> Exception:
         return TrafficLabelFailed(f"traffic: the teacher failed after labelling {done} of {total} rows ({reason}); "
                                   "the labels so far are cached: rerun traffic to finish")
 
     distinct = len(set(texts))
-    answers, asked = agreement.ask_labels(spec, endpoint, texts, out_dir / CACHE, failed)
+    answers, asked = agreement.ask_answers(spec, endpoint, texts, out_dir / CACHE, failed, "traffic: teacher answers")
     if asked["asked_now"]:
         console.print(f"traffic: the teacher labelled {asked['asked_now']} row(s) ({asked['cached']} cached)")
-    got = {t: a if a in spec.label_names else INVALID for t, a in answers.items()}
+    labels = spec.label_names
+    got = {t: a if (a in labels if labels else a != INVALID) else INVALID for t, a in answers.items()}
     info = {"model": endpoint.model, "rows": distinct, "asked_now": asked["asked_now"], "cached": asked["cached"],
             "tokens": asked["tokens"], "seconds": asked["seconds"]}
     return got, info
@@ -178,11 +194,20 @@ def label_texts(spec: TaskSpec, endpoint: Endpoint, texts: list[str], out_dir: P
 
 # ---------------------------------------------------------------- the stage
 
-def _check_task(spec: TaskSpec) -> None:
-    if spec.type != "classification" or spec.multi_label:
-        kind = "multi-label classification" if spec.multi_label else spec.type
-        raise TrafficError(f"traffic: only single-label classification tasks can learn from teacher-labelled "
-                           f"traffic for now ('{spec.name}' is {kind}); remove the traffic block")
+def _check_task(spec: TaskSpec, fmt) -> None:
+    """One line for a traffic block this task cannot use (before anything is read or asked)."""
+    cfg = spec.traffic
+    if getattr(spec, "multi_label", False):
+        raise TrafficError(f"traffic: multi-label classification cannot learn from teacher-labelled traffic yet "
+                           f"('{spec.name}': the label question asks for one label); remove the traffic block")
+    if not fmt.has_labels:
+        for field, set_ in (("labels", cfg.labels is not None), ("label_map", bool(cfg.label_map))):
+            if set_:
+                raise TrafficError(f"traffic.{field}: only for tasks with labels ('{spec.name}' is {fmt.type}: "
+                                   "its traffic has no label slice to pick)")
+    if cfg.dev_labels == "gold" and not fmt.heldout_has_target:
+        raise TrafficError(f"traffic.dev_labels: gold needs reference answers, and {fmt.type} tasks have none "
+                           "(use dev_labels: teacher)")
 
 
 def _forget(d: Path) -> None:
@@ -202,6 +227,26 @@ def _agreement(pairs: list[tuple[str | None, str]], labels: list[str]) -> dict |
     return {"rows": len(valid), "agree": agree, "rate": round(agree / len(valid), 4)}
 
 
+def _answer_agreement(pairs: list[tuple[str | None, str]], schema: dict | None) -> dict | None:
+    """Teacher vs gold JSON answers over rows with a gold answer and a valid teacher answer: exact
+    match and micro field-F1 (heldout/extraction_score.py, values folded, null == absent)."""
+    from heldout.extraction_score import score
+
+    valid = [(json.loads(g), t) for g, t in pairs if g and t and t != INVALID]
+    if not valid or schema is None:
+        return None
+    s = score([t for _, t in valid], [g for g, _ in valid], schema, n_boot=200)["raw"]
+    return {"rows": len(valid), "agree": round(s["exact_match"] * len(valid)), "rate": s["exact_match"],
+            "exact_match": s["exact_match"], "micro_f1": s["micro_f1"]}
+
+
+def _vs_gold(fmt, spec: TaskSpec, pairs: list[tuple[str | None, str]]) -> dict | None:
+    """The teacher's agreement with gold as the task measures it: labels agree, answers match."""
+    if fmt.has_labels:
+        return _agreement(pairs, spec.label_names)
+    return _answer_agreement(pairs, fmt.answer_request_schema()) if fmt.heldout_has_target else None
+
+
 def traffic_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> dict:
     """Real traffic → RUN/traffic/{rows,dev,dropped}; skipped when the spec has no `traffic` block
     or nothing changed (same source rows, settings, task, teacher and held-out lock)."""
@@ -216,16 +261,21 @@ def traffic_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> dict:
         _forget(r.traffic)
         console.print(f"traffic: {SKIPPED}")
         return {"skipped": SKIPPED}
-    _check_task(spec)
+    from heldout.formats import task_format
+
+    fmt = task_format(spec)
+    _check_task(spec, fmt)
     if endpoint is None:
         raise TrafficError("traffic: the teacher labels the traffic rows; no teacher endpoint was given")
-    source = read_source(cfg)
+    source = read_source(cfg, fmt)
     t = spec.teacher
     config = {"traffic": semantic_dump(cfg), "source_rows_sha256": sha256_json(source), "labels": spec.label_names,
               "system": spec.system_prompt(), "teacher": {"model": t.model, "endpoint": t.endpoint,
                                                           "base_url": t.base_url, "structured_output": t.structured_output},
               "decontamination": semantic_dump(spec.curation.decontamination),
               "embeddings": spec.curation.embeddings.model}
+    if not fmt.has_labels:  # what an answer is validated against (a label set is in `labels`)
+        config.update(type=fmt.type, answer_schema=fmt.answer_request_schema(), max_tokens=t.max_tokens)
     st = Stage(r.traffic, "traffic", {"heldout": read_lock(r.heldout)["sha256"]}, config)
     if st.is_current():
         console.print("traffic: inputs unchanged, skipped")
@@ -243,20 +293,24 @@ def traffic_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> dict:
     asked = (dev if cfg.dev_labels == "teacher" else []) + train
     answers, teacher = label_texts(spec, endpoint, [x["text"] for x in asked], st.dir)
     answers.update({x["text"]: answers.get(x["text"]) for x in dev})  # gold dev rows: None (not asked)
+    unusable = "is not a label" if fmt.has_labels else "is unusable (no valid answer for the task's format)"
     rows, dev_rows = [], []
     for x in train:
         lab = answers[x["text"]]
         if lab == INVALID:
-            dropped.append({**x, "reason": "teacher_invalid", "detail": "training row: the teacher's answer is not a label"})
+            dropped.append({**x, "reason": "teacher_invalid", "detail": f"training row: the teacher's answer {unusable}"})
         else:
             rows.append(_row(spec, endpoint, x, lab))
     for x in dev:
         lab, gold = answers[x["text"]], x["gold"]
-        if cfg.dev_labels == "gold" and gold not in spec.label_names:
+        if cfg.dev_labels == "gold" and fmt.has_labels and gold not in spec.label_names:
             raise TrafficError(f"traffic.label_map: dev row {x['id']} has gold label '{gold}', not one of the "
                                "task's labels (map it to one, or use dev_labels: teacher)")
+        if cfg.dev_labels == "gold" and not gold:
+            raise TrafficError(f"traffic.label_column: dev row {x['id']} has no gold answer in "
+                               f"'{cfg.label_column}' (use dev_labels: teacher)")
         if cfg.dev_labels == "teacher" and lab == INVALID:
-            dropped.append({**x, "reason": "teacher_invalid", "detail": "dev row: the teacher's answer is not a label"})
+            dropped.append({**x, "reason": "teacher_invalid", "detail": f"dev row: the teacher's answer {unusable}"})
             continue
         dev_rows.append({"id": x["id"], "text": x["text"], "label": gold if cfg.dev_labels == "gold" else lab,
                          "label_source": cfg.dev_labels, "teacher_label": lab, "gold_label": gold})
@@ -270,14 +324,15 @@ def traffic_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None) -> dict:
                                       "detail": d["detail"]} for d in dropped], DROP_FEATURES))
     gold_rates = {}
     if cfg.label_column is not None:
-        gold_rates = {"train": _agreement([(x["gold"], answers[x["text"]]) for x in train], spec.label_names),
-                      "dev": _agreement([(x["gold"], answers[x["text"]]) for x in dev], spec.label_names)}
+        gold_rates = {"train": _vs_gold(fmt, spec, [(x["gold"], answers[x["text"]]) for x in train]),
+                      "dev": _vs_gold(fmt, spec, [(x["gold"], answers[x["text"]]) for x in dev])}
     m = st.finish(source=cfg.source, read=len(source), in_slice=len(in_slice), outside_slice=len(source) - len(in_slice),
                   train_rows=len(rows), dev_rows=len(dev_rows), dev_labels=cfg.dev_labels,
                   short={k: n for k, n in (("train", cfg.max_rows - len(train)), ("dev", cfg.dev_rows - len(dev))) if n > 0},
                   dropped=dict(Counter(d["reason"] for d in dropped).most_common()), teacher=teacher,
-                  label_distribution={"train": dict(Counter(x["label"] for x in rows).most_common()),
-                                      "dev": dict(Counter(x["label"] for x in dev_rows).most_common())},
+                  label_distribution=({"train": dict(Counter(x["label"] for x in rows).most_common()),
+                                       "dev": dict(Counter(x["label"] for x in dev_rows).most_common())}
+                                      if fmt.has_labels else None),
                   teacher_vs_gold=gold_rates or None)
     agree = (gold_rates.get("dev") or {}).get("rate")
     console.print(f"traffic: {len(rows)} training + {len(dev_rows)} dev rows from {len(in_slice)} in the slice "
@@ -293,14 +348,17 @@ def row_features() -> datasets.Features:
     return datasets.Features({**ROW_FEATURES, agreement.COLUMN: datasets.Value("string")})
 
 
-def _row(spec: TaskSpec, endpoint: Endpoint, x: dict, label: str) -> dict:
+def _row(spec: TaskSpec, endpoint: Endpoint, x: dict, answer: str) -> dict:
     """One training row with generate's columns: curate's schema check, filters and dedup read it as they read a
-    generated one. Tokens are the stage's (manifest `teacher.tokens`), not split per row."""
+    generated one. `answer` is the teacher's: the row's label for a type with labels (else `label` is ""),
+    and its completion through the format (`completion_text`). Tokens are the stage's (manifest
+    `teacher.tokens`), not split per row."""
+    label = answer if spec.label_names else ""
     return {"id": x["id"], "label": label, "text": x["text"], "prompt": spec.student_prompt(x["text"]),
-            "completion": [{"role": "assistant", "content": formats.completion_text(spec, label, "")}],
+            "completion": [{"role": "assistant", "content": formats.completion_text(spec, label, answer)}],
             "strategy": STRATEGY, "attributes": None, "parent_id": None, "teacher_model": endpoint.model,
             "endpoint": endpoint.base_url, "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0,
-            "cost_usd": 0.0, "attempts": 1, "status": "ok", "error": None, agreement.COLUMN: label}
+            "cost_usd": 0.0, "attempts": 1, "status": "ok", "error": None, agreement.COLUMN: answer}
 
 
 def _dataset(rows: list[dict], feats: datasets.Features) -> datasets.Dataset:

@@ -200,7 +200,7 @@ def test_ray_backend_makes_the_same_decisions(tmp_path):
 
 
 def test_teacher_failure_midway_keeps_what_was_labelled(tmp_path):
-    """`ask_labels` (generate's agreement check and the traffic stage): a teacher that fails raises the
+    """`ask_answers` (generate's agreement check and the traffic stage): a teacher that fails raises the
     caller's one-line error with how many texts are labelled; cached answers are not asked again."""
     from distilforge.secrets import Secret
     from distilforge.spec import load_spec
@@ -217,7 +217,60 @@ def test_teacher_failure_midway_keeps_what_was_labelled(tmp_path):
         pass
 
     with pytest.raises(Failed, match=r"^1 of 2: "):
-        agreement.ask_labels(spec, dead, ["cached text", "new text", "cached text"], cache,
+        agreement.ask_answers(spec, dead, ["cached text", "new text", "cached text"], cache,
                              lambda done, total, why: Failed(f"{done} of {total}: {why}"))
-    got, info = agreement.ask_labels(spec, dead, ["cached text"], cache, lambda *a: Failed("asked"))
+    got, info = agreement.ask_answers(spec, dead, ["cached text"], cache, lambda *a: Failed("asked"))
     assert got == {"cached text": "card_arrival"} and info["asked_now"] == 0 and info["cached"] == 1
+
+
+# ---------------------------------------------------------------- extraction answers (no labels)
+
+SCHEMA = {"type": "object", "properties": {"amount": {"type": ["string", "null"]}, "company": {"type": ["string", "null"]}}}
+
+
+def _xspec(mode: str = "drop"):
+    return parse_spec({"name": "agree-x", "type": "extraction", "instruction": "Extract the amount and the company.",
+                       "output_schema": SCHEMA, "heldout": {"source": "unused.csv"},
+                       "generation": {"teacher_agreement": True},
+                       "curation": {"semantic_dedup": False, "teacher_disagreement": mode}})
+
+
+def _xrow(i: int, text: str, answer: str, teacher) -> dict:
+    return {"id": f"x{i}", "label": "", "text": text, "prompt": _xspec().student_prompt(text),
+            "completion": [{"role": "assistant", "content": answer}], "status": "ok", "error": "",
+            "teacher_label": teacher}
+
+
+XROWS = [  # the teacher's answer differs from the row's only by case, spacing and a null: the same answer
+    _xrow(0, "I paid 35 euros to Spotify twice last week, why?", '{"amount":"35 euros","company":"Spotify"}',
+          '{"amount":" 35  Euros","company":"spotify"}'),
+    _xrow(1, "Netflix took 12 pounds from my account yesterday", '{"amount":"12 pounds","company":"Netflix","x":null}',
+          '{"amount":"12 pounds","company":"Netflix"}'),
+    _xrow(2, "Why did Tesco charge me 40 dollars on my debit card?", '{"amount":"40 dollars"}',  # planted: misses a field
+          '{"amount":"40 dollars","company":"Tesco"}'),
+    _xrow(3, "Can I send money to my landlord from the app?", "{}", "<invalid>"),  # no opinion
+]
+
+
+def test_extraction_answers_are_compared_after_value_folding(monkeypatch):
+    """The pieces curate's funnel calls (`prepare`, `checks`), on extraction rows: the teacher's JSON
+    disagrees only when a value differs after extraction_score's folding (null == absent)."""
+    from heldout.formats.extraction import ExtractionFormat
+
+    assert not agreement.enabled(_xspec()) and agreement.checks(_xspec()) == []  # off until the format turns it on
+    monkeypatch.setattr(ExtractionFormat, "agreement_enabled", lambda self: True)
+    raw = datasets.Dataset.from_list(XROWS)
+    rows, rep = agreement.prepare(raw, _xspec())
+    [(step, reason, check)] = agreement.checks(_xspec())
+    assert (step, reason) == ("teacher_agreement", "teacher_disagrees")
+    assert [check(r) for r in rows] == [None, None, 'teacher said {"amount":"40 dollars","company":"Tesco"}', None]
+    assert (rep["checked"], rep["disagree"], rep["rate"], rep["per_label"], rep["fields_differ"]) == \
+        (3, 1, 0.3333, {}, {"company": 1})
+    [(_, _, keep)] = agreement.checks(_xspec("keep"))
+    assert [keep(r) for r in rows] == [None] * 4  # reported, never dropped
+    relabelled, rep = agreement.prepare(raw, _xspec("relabel"))
+    got = [(c[0]["content"], f, lab) for c, f, lab in zip(relabelled["completion"], relabelled["relabelled_from"],
+                                                         relabelled["label"])]
+    assert got[2] == ('{"amount":"40 dollars","company":"Tesco"}', '{"amount":"40 dollars"}', "")
+    assert [g[1] for g in got] == [None, None, '{"amount":"40 dollars"}', None] and rep["relabelled"] == 1
+    assert [g[0] for g in got[:2] + got[3:]] == [r["completion"][0]["content"] for r in XROWS[:2] + XROWS[3:]]

@@ -223,10 +223,34 @@ def test_missing_column_is_one_line_naming_the_field(done, tmp_path, field, valu
     assert msg.startswith(f"traffic.{field}: column '{value}' not found") and "\n" not in msg
 
 
-def test_other_task_types_are_refused(tmp_path):
+def test_multi_label_tasks_are_refused(tmp_path):
     raw = yaml.safe_load(TASK.read_text())
     raw.pop("profiles")
-    raw.update(type="extraction", labels=[], output_schema={"type": "object", "properties": {"amount": {"type": "number"}}},
-               traffic={"source": "x.csv"})
-    with pytest.raises(tr.TrafficError, match=r"^traffic: only single-label classification"):
+    raw.update(multi_label=True, traffic={"source": "x.csv"})
+    with pytest.raises(tr.TrafficError, match=r"^traffic: multi-label classification cannot learn"):
+        tr.traffic_stage(parse_spec(raw), tmp_path / "run", None)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("labels", ["a"], r"^traffic\.labels: only for tasks with labels"),
+    ("label_map", {"a": "b"}, r"^traffic\.label_map: only for tasks with labels")])
+def test_label_slice_settings_are_refused_for_tasks_without_labels(tmp_path, field, value, message):
+    """Extraction traffic is supported (tests/test_nlupp_example.py); a label slice of it means nothing."""
+    raw = yaml.safe_load(TASK.read_text())
+    raw.pop("profiles")
+    raw.pop("labels")
+    raw.update(type="extraction", examples=[],
+               output_schema={"type": "object", "properties": {"amount": {"type": "number"}}},
+               traffic={"source": "x.csv", "label_column": "slots", field: value})
+    with pytest.raises(tr.TrafficError, match=message):
+        tr.traffic_stage(parse_spec(raw), tmp_path / "run", None)
+
+
+def test_gold_dev_answers_need_a_task_with_references(tmp_path):
+    raw = yaml.safe_load(TASK.read_text())
+    raw.pop("profiles")
+    raw.pop("labels")
+    raw.update(type="instruction", examples=[],
+               traffic={"source": "x.csv", "label_column": "reply", "dev_rows": 2, "dev_labels": "gold"})
+    with pytest.raises(tr.TrafficError, match=r"^traffic\.dev_labels: gold needs reference answers"):
         tr.traffic_stage(parse_spec(raw), tmp_path / "run", None)
