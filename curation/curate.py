@@ -29,6 +29,7 @@ import datasets
 import numpy as np
 
 from curation import agreement, decontam, dedup, filters
+from heldout.formats import task_format
 from distilforge.spec import TaskSpec
 
 normalize = dedup.normalize  # kept importable from here: other stages used curate.normalize
@@ -131,7 +132,12 @@ def curate(
     # 1. validation
     f.step("generation_ok", _per_row("generation_failed", filters.generation_failed))
     f.step("schema_valid", _per_row("schema_invalid", filters.schema_problem))
-    f.step("label_in_set", _per_row("label_not_in_set", lambda r: filters.label_problem(r, label_set)))
+    if label_set:
+        f.step("label_in_set", _per_row("label_not_in_set", lambda r: filters.label_problem(r, label_set)))
+    else:  # types without labels: the answer itself must be one the format accepts (schema-valid JSON, a reply)
+        fmt = task_format(spec)
+        f.step("answer_valid", _per_row("answer_invalid",
+                                        lambda r: fmt.validate_answer(r["completion"][0]["content"])[1] or None))
 
     # 2. heuristics, one funnel step each so a curator sees which one bites
     for reason, check in filters.heuristic_checks(spec):

@@ -48,7 +48,9 @@ def schema_problem(row: dict) -> str | None:
     comp = row["completion"]
     if len(comp) != 1 or not isinstance(comp[0], dict) or comp[0].get("role") != "assistant":
         return "completion must be one assistant message"
-    if comp[0].get("content") != row["label"]:
+    if not isinstance(comp[0].get("content"), str) or not comp[0]["content"].strip():
+        return "empty completion"
+    if row["label"] and comp[0]["content"] != row["label"]:  # a labelled row's completion is its label
         return f"completion content {comp[0].get('content')!r} != label {row['label']!r}"
     if not row["prompt"] or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in row["prompt"]):
         return "prompt must be a list of {role, content} messages"

@@ -664,7 +664,8 @@ class ExtractionSpec(TaskSpec):
     def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
         if mode == "short":
             return f"{self.name}\nJSON keys: {', '.join(self.fields)}"
-        return f"{self.instruction}\nAnswer with only a JSON object with the keys: {', '.join(self.fields)}."
+        return (f"{self.instruction}\nAnswer with only a JSON object. Its keys, only for what the message mentions: "
+                f"{', '.join(self.fields)}.")
 
 
 class InstructionSpec(TaskSpec):

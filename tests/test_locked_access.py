@@ -22,7 +22,8 @@ import pytest
 from conftest import BANKING77, REPO, TASK
 
 OURS = ("distilforge", "heldout", "curation", "training", "labeling", "decision", "app")
-ALLOWED = {"heldout.stages": "lock, verify and eval", "heldout.cli": "heldout lock|verify", "heldout.evaluate": "eval",
+ALLOWED = {"heldout.stages": "lock, verify and eval", "heldout.cli": "heldout lock|verify",
+           "heldout.served": "eval --endpoint (a served student scored on the locked rows)",
            "curation.stages": "curate's decontamination", "curation.traffic": "traffic's decontamination",
            "curation.decontam": "decontamination", "curation.raybackend.driver": "decontamination on Ray",
            "training.stages": "the train gate", "training.export": "export verifies the lock it vouches for"}
