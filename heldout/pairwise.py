@@ -11,6 +11,15 @@ replies swapped; only a verdict that survives the swap counts. Student preferred
 win rate counts a tie as half, so a judge that always answers "A" gives exactly 0.5 — "no
 evidence either way" — instead of flattering whichever model sat first.
 
+Why also a graded judge: a 0.5B judge answers "A" to every A-or-B prompt (measured on Banking77
+messages: six clearly good-vs-useless pairs, both orders, current and reworded prompts, twelve "A"s;
+the top-token logprobs of A and B moved by under 0.1 with the content). Asked about ONE reply
+("does this reply answer the message helpfully? yes or no", with the style guide) the same model
+told good replies from useless ones (no wrong verdict; undecided ones come out as ties). So
+`grade` asks that yes/no question of each reply alone, and `compare_grades` turns the two grades
+of an input into an outcome: student yes and teacher no = win, the reverse = loss, same = tie.
+No position exists to be biased towards, and a judge that always says "yes" again gives only ties.
+
 `ask` is any callable from chat messages to the raw answer text (`endpoint_ask` builds one for an
 OpenAI-compatible endpoint, the teacher's included; tests pass plain functions), so the
 aggregation is testable without a server and the judge can be any model.
@@ -108,6 +117,17 @@ def compare(ask: Ask, rows: list, student_answers: list[str], teacher_answers: l
             out = "win" if (first, second) == ("A", "B") else "loss" if (first, second) == ("B", "A") else "tie"
             outcomes.append(out)
             per_row.append({"outcome": out, "verdicts": [first, second]})
+    res = _tally(outcomes, n_boot, seed)
+    res["unparsable"] = unparsable
+    res["position_bias"] = round(same_pos / len(outcomes), 4)
+    res["per_row"] = per_row
+    return res
+
+
+def _tally(outcomes: list[str], n_boot: int, seed: int) -> dict:
+    """Counts and rates (bootstrap 95 % CIs over inputs) of win / tie / loss outcomes, plus
+    `win_or_tie_rate` (the instruction eval's headline: the student is at least as good as the
+    teacher) and `win_rate_tie_half`."""
     n = len(outcomes)
     res: dict = {"n": n}
     for key, name in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
@@ -115,26 +135,92 @@ def compare(ask: Ask, rows: list, student_answers: list[str], teacher_answers: l
         res[name] = sum(ind)
         res[f"{key}_rate"] = round(sum(ind) / n, 4)
         res[f"{key}_rate_ci"] = bootstrap_ci(ind, n_boot, seed)
+    wot = [int(o != "loss") for o in outcomes]
+    res["win_or_tie_rate"] = round(sum(wot) / n, 4)
+    res["win_or_tie_rate_ci"] = bootstrap_ci(wot, n_boot, seed)
     half = [{"win": 1.0, "tie": 0.5, "loss": 0.0}[o] for o in outcomes]
     res["win_rate_tie_half"] = round(float(np.mean(half)), 4)
     res["win_rate_tie_half_ci"] = bootstrap_ci(half, n_boot, seed)
-    res["unparsable"] = unparsable
-    res["position_bias"] = round(same_pos / n, 4)
-    res["per_row"] = per_row
     return res
 
 
-def endpoint_ask(endpoint: "Endpoint", *, max_tokens: int = 8, timeout: float = 120, max_retries: int = 4) -> Ask:
+# ---------------------------------------------------------------- graded judge (one reply at a time)
+GRADE_SYSTEM = "You check one reply at a time. Answer with a single word: yes or no."
+
+
+def grade_messages(instruction: str, input: str, reply: str, style_guide: str | None = None) -> list[dict]:
+    """The graded judge's chat messages: one yes/no question about one reply (module doc: why)."""
+    style = f"Style guide: {' '.join(style_guide.split())}\n" if style_guide and style_guide.strip() else ""
+    user = (f"Task: {instruction.strip()}\n{style}\nMessage: {input.strip()}\n\nReply: {reply.strip()}\n\n"
+            "Does this reply answer the message helpfully and follow the task? Answer yes or no.")
+    return [{"role": "system", "content": GRADE_SYSTEM}, {"role": "user", "content": user}]
+
+
+_YES_NO = re.compile(r"^[\s*_`'\"(\[]*(?:(?:answer|verdict)\s*[:\-]?\s*[*_`'\"(\[]*)?(yes|no)(?![A-Za-z0-9])", re.I)
+
+
+def parse_yes_no(text: str | None) -> bool | None:
+    """True ("Yes", "yes.", "**Yes**", "Answer: yes"), False ("No."), None (anything else: a tie)."""
+    m = _YES_NO.match(text or "")
+    return None if m is None else m.group(1).lower() == "yes"
+
+
+def grade(ask: Ask, rows: list, replies: list[str], *, instruction: str | None = None,
+          style_guide: str | None = None, desc: str = "grading") -> list[bool | None]:
+    """The judge's yes/no on each reply alone (None: unreadable). `rows` as in `compare`."""
+    if len(rows) != len(replies):
+        raise DataError(f"grading: {len(rows)} inputs and {len(replies)} replies (must be equal)")
+    out: list[bool | None] = []
+    with progress(desc, len(rows)) as bar:
+        for row, reply in zip(rows, replies):
+            instr, inp = _row(row, instruction)
+            out.append(parse_yes_no(ask(grade_messages(instr, inp, reply, style_guide))))
+            bar.advance()
+    return out
+
+
+def compare_grades(student: list[bool | None], teacher: list[bool | None], *, n_boot: int = 2000,
+                   seed: int = 0) -> dict:
+    """Student vs teacher from each input's two grades: yes vs no = win, no vs yes = loss, else a
+    tie (an unreadable grade included). Same keys as `compare` but `position_bias` (no positions),
+    plus `student_yes_rate` / `teacher_yes_rate`; `per_row` verdicts are (student, teacher)."""
+    if len(student) != len(teacher):
+        raise DataError(f"graded judging: {len(student)} student grades and {len(teacher)} teacher grades "
+                        "(must be equal)")
+    if not student:
+        raise DataError("graded judging: no inputs to judge")
+    outcomes = ["win" if (s, t) == (True, False) else "loss" if (s, t) == (False, True) else "tie"
+                for s, t in zip(student, teacher)]
+    res = _tally(outcomes, n_boot, seed)
+    res["unparsable"] = sum(g is None for g in student) + sum(g is None for g in teacher)
+    res["student_yes_rate"] = round(sum(g is True for g in student) / len(student), 4)
+    res["teacher_yes_rate"] = round(sum(g is True for g in teacher) / len(teacher), 4)
+    res["per_row"] = [{"outcome": o, "verdicts": [s, t]} for o, s, t in zip(outcomes, student, teacher)]
+    return res
+
+
+def endpoint_ask(endpoint: "Endpoint", *, max_tokens: int = 8, timeout: float = 120, max_retries: int = 4,
+                 usage: dict | None = None) -> Ask:
     """An `ask` for an OpenAI-compatible endpoint (the teacher's): temperature 0, seed 0, a few tokens
-    (the verdict is one letter). Requests go to the endpoint's first server."""
+    (the verdict is one letter or word). Requests go to the endpoint's first server. `usage`, when
+    given, accumulates `calls`, `prompt` / `completion` tokens and `seconds` (the judge's cost)."""
+    import time
+
     from openai import OpenAI
 
     client = OpenAI(base_url=endpoint.base_url, api_key=reveal(endpoint.api_key) or "-", timeout=timeout,
                     max_retries=max_retries)
 
     def ask(messages: list[dict]) -> str:
+        t0 = time.time()
         r = client.chat.completions.create(model=endpoint.model, messages=messages, temperature=0,
                                            max_tokens=max_tokens, seed=0)
+        if usage is not None:
+            u = getattr(r, "usage", None)
+            usage["calls"] = usage.get("calls", 0) + 1
+            usage["prompt"] = usage.get("prompt", 0) + (getattr(u, "prompt_tokens", 0) or 0)
+            usage["completion"] = usage.get("completion", 0) + (getattr(u, "completion_tokens", 0) or 0)
+            usage["seconds"] = round(usage.get("seconds", 0.0) + time.time() - t0, 2)
         return (r.choices[0].message.content or "") if getattr(r, "choices", None) else ""
 
     return ask
@@ -148,6 +234,37 @@ class ReplyStyle:
 
     min_words: int = 5
     max_words: int = 120
+
+    @classmethod
+    def from_guide(cls, text: str | None) -> "ReplyStyle":
+        """Bounds read from a style guide's wording: "N to M words" / "N-M words" as written,
+        "N to M (short) sentences" at 5-20 words a sentence, "at most / up to / under N words|sentences"
+        for the upper bound only. Numbers as digits or words up to twenty. Nothing found: the defaults."""
+        t = (text or "").lower()
+        num = r"\b(\d+|" + "|".join(_NUMBERS) + r")\b"
+        unit = r"(?:\s+(?:short|brief|plain|full))*\s+(words?|sentences?)\b"
+        m = re.search(num + r"\s*(?:to|-|\u2013|or)\s*" + num + unit, t)
+        if m:
+            lo, hi, per = _number(m.group(1)), _number(m.group(2)), _per(m.group(3))
+            return cls(min_words=lo * per[0], max_words=hi * per[1])
+        m = re.search(r"(?:at\s+most|up\s+to|no\s+more\s+than|under|max(?:imum)?)\s+" + num + unit, t)
+        if m:
+            return cls(min_words=min(cls.min_words, _number(m.group(1)) * _per(m.group(2))[1]),
+                       max_words=_number(m.group(1)) * _per(m.group(2))[1])
+        return cls()
+
+
+_NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+            "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+
+
+def _number(word: str) -> int:
+    return int(word) if word.isdigit() else _NUMBERS.index(word) + 1
+
+
+def _per(unit: str) -> tuple[int, int]:
+    """(min, max) words per unit: a word is a word; a short sentence 5-20 words."""
+    return (1, 1) if unit.startswith("word") else (5, 20)
 
 
 _REFUSAL = re.compile(

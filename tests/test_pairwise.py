@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from distilforge.errors import DataError
 
-from heldout.pairwise import (ReplyStyle, compare, endpoint_ask, judge_messages, parse_verdict, reply_check_rates,
-                              reply_checks)
+from heldout.pairwise import (ReplyStyle, compare, compare_grades, endpoint_ask, grade, grade_messages,
+                              judge_messages, parse_verdict, parse_yes_no, reply_check_rates, reply_checks)
 
 INSTRUCTION = "You are the support assistant of a digital bank. Reply to the customer's message."
 INPUTS = ["my new card still hasnt arrived its been 2 weeks", "Why was I charged a fee for taking cash out?",
@@ -67,6 +67,7 @@ def test_mixed_known_case_exact_counts():
     assert (r["wins"], r["ties"], r["losses"]) == (1, 3, 1)
     assert (r["win_rate"], r["tie_rate"], r["loss_rate"]) == (0.2, 0.6, 0.2)
     assert r["win_rate_tie_half"] == 0.5  # (1 + 3 * 0.5) / 5
+    assert r["win_or_tie_rate"] == 0.8  # 4 of 5 are not losses
     assert r["unparsable"] == 3  # input 3 twice, input 4 once
     assert r["position_bias"] == 0.2  # only input 2 named the same position twice
     for k in ("win_rate", "tie_rate", "loss_rate", "win_rate_tie_half"):
@@ -129,3 +130,42 @@ def test_the_real_teacher_as_judge_gives_well_formed_results(fast_teacher):
         assert all(v in {"A", "B", None} for v in x["verdicts"])
     assert 0.0 <= r["win_rate_tie_half"] <= 1.0 and len(r["win_rate_tie_half_ci"]) == 2
     assert 0 <= r["unparsable"] <= 4
+
+
+def test_graded_judge_known_case_exact_counts():
+    """Each reply judged alone (yes/no); the pair's outcome from the two grades."""
+    def judge(messages):
+        user = messages[-1]["content"]
+        reply = user.split("Reply: ", 1)[1].split("\n\nDoes this reply", 1)[0]
+        i = int(reply.split()[-1])
+        student = reply.startswith("STUDENT")
+        return [("Yes.", "No"), ("no", "**Yes**"), ("Yes", "yes"), ("maybe", "No."), ("Answer: no", "No")][i][not student]
+
+    rows = [{"instruction": INSTRUCTION, "input": t} for t in INPUTS]
+    s, t = grade(judge, rows, STUDENT, style_guide="Two to four short sentences."), grade(judge, rows, TEACHER)
+    assert s == [True, False, True, None, False] and t == [False, True, True, False, False]
+    r = compare_grades(s, t)
+    assert [x["outcome"] for x in r["per_row"]] == ["win", "loss", "tie", "tie", "tie"]
+    assert (r["wins"], r["ties"], r["losses"], r["unparsable"]) == (1, 3, 1, 1)
+    assert (r["win_or_tie_rate"], r["student_yes_rate"], r["teacher_yes_rate"]) == (0.8, 0.4, 0.4)
+    lo, hi = r["win_or_tie_rate_ci"]
+    assert lo <= 0.8 <= hi and lo < hi
+    # a judge that says yes to everything gives no evidence either way: only ties
+    yes = compare_grades(grade(lambda m: "Yes", rows, STUDENT), grade(lambda m: "Yes", rows, TEACHER))
+    assert (yes["ties"], yes["win_or_tie_rate"]) == (5, 1.0)
+    with pytest.raises(DataError, match="2 student grades and 3 teacher grades"):
+        compare_grades([True, False], [True, True, False])
+    assert [parse_yes_no(x) for x in ["Yes", "no.", "**YES**", "Answer: no", "Yesterday", "", None, "I think yes"]] == \
+        [True, False, True, False, None, None, None, None]
+    m = grade_messages(INSTRUCTION, "hi", "x", "Two to four\n short sentences.")
+    assert "Style guide: Two to four short sentences." in m[-1]["content"]
+    assert "Style guide" not in grade_messages(INSTRUCTION, "hi", "x")[-1]["content"]
+
+
+def test_reply_style_from_the_style_guide_wording():
+    assert ReplyStyle.from_guide("Two to four short sentences. Acknowledge the problem.") == ReplyStyle(10, 80)
+    assert ReplyStyle.from_guide("Reply in 20-60 words.") == ReplyStyle(20, 60)
+    assert ReplyStyle.from_guide("At most 3 sentences, friendly.") == ReplyStyle(5, 60)
+    assert ReplyStyle.from_guide("under 50 words") == ReplyStyle(5, 50)
+    assert ReplyStyle.from_guide("one or two sentences") == ReplyStyle(5, 40)
+    assert ReplyStyle.from_guide("Be kind.") == ReplyStyle.from_guide(None) == ReplyStyle()

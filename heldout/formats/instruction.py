@@ -1,13 +1,26 @@
 """Instruction: free-form replies (a support bot's first answer). There is no single right reply,
-so the locked rows are real inputs without references, and the score is a position-swapped
-pairwise judgement of the student's reply against the teacher's (heldout/pairwise.py), plus
-cheap reference-free reply checks (length, refusals, asking for card numbers).
+so the locked rows are real inputs without references, and the score is a judgement of the
+student's reply against the teacher's on each input (heldout/pairwise.py), plus cheap
+reference-free reply checks (length within the style guide's bounds, refusals, asking for a card
+number or PIN).
+
+The headline is the win-or-tie rate against the teacher: how often the student's reply is at
+least as good as the teacher's. The judge is the teacher's endpoint. `judge_method` "graded" (the
+default) asks it a yes/no question about each reply alone, "pairwise" an A-or-B question in both
+orders; a 0.5B judge answers "A" to every A-or-B prompt, so pairwise would only ever give ties
+there (heldout/pairwise.py says what was measured).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from distilforge.errors import UserError
 
 from heldout.formats.base import TaskFormat
+
+
+class NoReference(UserError):
+    """An instruction eval without the teacher: its replies are the only reference there is."""
 
 
 class InstructionFormat(TaskFormat):
@@ -15,6 +28,7 @@ class InstructionFormat(TaskFormat):
     template = "instruction_v1"
     headline_metric = "win_or_tie"
     heldout_has_target = False  # real inputs, no reference replies: scored against the teacher's
+    judge_method: ClassVar[str] = "graded"  # "graded" (yes/no per reply) | "pairwise" (A or B, both orders)
 
     # ------------------------------------------------------------------ generation
     def answer_schema(self) -> dict:
@@ -40,3 +54,88 @@ class InstructionFormat(TaskFormat):
     # ------------------------------------------------------------------ held-out
     def heldout_target(self, value: Any) -> str:
         return ""  # real inputs without reference replies: nothing to hash but the text
+
+    def reply_style(self):
+        """Length bounds for `reply_checks`, read from the style guide's wording."""
+        from heldout.pairwise import ReplyStyle
+
+        return ReplyStyle.from_guide(self.spec.style_guide)
+
+    # ------------------------------------------------------------------ scoring
+    def evaluate(self, ctx) -> dict:
+        """Teacher replies (the reference) on the scored rows (`eval.max_rows`, then a seeded subset
+        of `eval.teacher_max_rows`), base and student replies (greedy, local), each judged against
+        the teacher's; win / tie / loss with bootstrap CIs and the reply checks per model.
+        Nothing here quotes a held-out input or a reply: only rates, counts and row ids."""
+        from heldout import evaluate as ev
+        from heldout.answers import ask_teacher, generate_local
+        from heldout.pairwise import compare, compare_grades, endpoint_ask, grade, reply_check_rates
+
+        spec = ctx.spec
+        if ctx.endpoint is None:
+            raise NoReference("instruction eval needs the teacher: its replies are the reference the student is "
+                              "judged against (set eval.teacher: true and give the eval a teacher endpoint)")
+        idx = ev.sample_rows(len(ctx.rows), spec.eval.teacher_max_rows)
+        rows = ctx.rows.select(idx) if len(idx) < len(ctx.rows) else ctx.rows
+        texts, t = list(rows["text"]), spec.teacher
+        row_ids = list(rows["id"]) if len(idx) < len(ctx.rows) else None
+        teacher, tokens = ask_teacher(ctx.endpoint, ctx.full_prompts(texts), max_tokens=t.max_tokens,
+                                      timeout=t.timeout_s, max_retries=t.max_retries, desc="teacher replies")
+        replies = {"base": generate_local(ctx.base, None, ctx.full_prompts(texts), t.max_tokens, "base replies")}
+        for name, path in ctx.adapters.items():
+            replies[name] = generate_local(ctx.base, str(path), ctx.trained_prompts(texts), t.max_tokens,
+                                           f"{name} replies")
+        usage: dict = {"calls": 0, "prompt": 0, "completion": 0, "seconds": 0.0}
+        ask = endpoint_ask(ctx.endpoint, timeout=t.timeout_s, max_retries=t.max_retries, usage=usage)
+        judged = [{"instruction": spec.instruction, "input": x} for x in texts]
+        if self.judge_method == "graded":
+            guide = spec.style_guide
+            teacher_grades = grade(ask, judged, teacher, style_guide=guide, desc="judging teacher replies")
+            vs = {name: compare_grades(grade(ask, judged, r, style_guide=guide, desc=f"judging {name} replies"),
+                                       teacher_grades) for name, r in replies.items()}
+        else:
+            vs = {name: compare(ask, judged, r, teacher, desc=f"judging {name} vs teacher")
+                  for name, r in replies.items()}
+        checks = reply_check_rates({**replies, "teacher": teacher}, self.reply_style())
+        prompt = {"base": "full", **{name: ctx.student_mode for name in ctx.adapters}}
+        models: dict[str, dict] = {name: self._model_entry(vs[name], checks[name], prompt[name], len(texts))
+                                   for name in replies}
+        if "student" not in models:
+            models["student"] = {**models[f"student_{ctx.kept['which']}"]}
+        models["student"]["kept"] = ctx.kept
+        models["teacher"] = {"score": None, "score_ci": None, "rows": len(texts), "prompt": "full",
+                             "checks": checks["teacher"], "table": self._check_cells(checks["teacher"]),
+                             "tokens": tokens, "model": ctx.endpoint.model}
+        if self.judge_method == "graded":
+            models["teacher"]["judge_yes_rate"] = next(iter(vs.values()))["teacher_yes_rate"]
+        for m in models.values():
+            if row_ids is not None:
+                m["row_ids"] = row_ids
+        outcomes = {name: [r["outcome"] != "loss" for r in v["per_row"]] for name, v in vs.items()}
+        if "student" not in outcomes:
+            outcomes["student"] = outcomes[f"student_{ctx.kept['which']}"]
+        comparisons = {f"{name}_vs_teacher": {k: v for k, v in res.items() if k != "per_row"}
+                       for name, res in vs.items()}
+        if "student" not in vs:
+            comparisons["student_vs_teacher"] = comparisons[f"student_{ctx.kept['which']}_vs_teacher"]
+        comparisons["student_vs_base"] = {**ev.paired_bootstrap(outcomes["student"], outcomes["base"]),
+                                          "what": "difference of win-or-tie rates vs the teacher, same rows"}
+        if "student_dpo" in outcomes:
+            comparisons["dpo_vs_sft"] = ev.paired_bootstrap(outcomes["student_dpo"], outcomes["student_sft"])
+        judge = {"model": ctx.endpoint.model, "method": self.judge_method, "calls": usage["calls"],
+                 "tokens": {"prompt": usage["prompt"], "completion": usage["completion"]},
+                 "seconds": usage["seconds"]}
+        return {"models": models, "comparisons": comparisons, "judge": judge,
+                "reply_style": {"min_words": self.reply_style().min_words, "max_words": self.reply_style().max_words}}
+
+    @staticmethod
+    def _check_cells(c: dict) -> dict:
+        return {"asks secrets": c["pii_ask"], "refusal": c["refusal"], "length ok": c["length_ok"]}
+
+    def _model_entry(self, res: dict, checks: dict, prompt: str, n: int) -> dict:
+        """One model's metrics entry: the headline (win or tie vs the teacher) and its parts."""
+        vs = {k: v for k, v in res.items() if k != "per_row"}
+        return {"score": res["win_or_tie_rate"], "score_ci": res["win_or_tie_rate_ci"], "rows": n, "prompt": prompt,
+                "vs_teacher": vs, "checks": checks,
+                "table": {"win": res["win_rate"], "tie": res["tie_rate"], "loss": res["loss_rate"],
+                          **self._check_cells(checks)}}
