@@ -216,7 +216,8 @@ def score(preds_raw: list[str], gold: list[dict], schema: dict, n_boot: int = 20
     predicting nothing; `valid_only`: the same metrics over the valid rows alone (its `n` says how
     many). Each view has `exact_match`, `micro_precision/recall/f1`, `macro_f1` (headline ones with
     `_ci`) and `per_field` {field: precision, recall, f1, tp, fp, fn, support, predicted}. `rows`
-    lists per row `valid`, `error` (why invalid, else None) and `exact`. A number that cannot be
+    lists per row `valid`, `error` (why invalid, else None), `exact` and its field counts `tp`,
+    `fp`, `fn` (all fields; an invalid row predicts nothing). A number that cannot be
     measured (the valid-only view with no valid row, a macro F1 with no field in play) is None."""
     if not gold:
         raise DataError("extraction scoring: no gold rows to score")
@@ -242,5 +243,21 @@ def score(preds_raw: list[str], gold: list[dict], schema: dict, n_boot: int = 20
             "json_validity_ci": bootstrap_ci(valid, n_boot, seed),
             "raw": _view(counts, exact, fields, n_schema, n_boot, seed),
             "valid_only": _view(counts[keep], [exact[i] for i in keep], fields, n_schema, n_boot, seed),
-            "rows": [{"valid": bool(v), "error": err, "exact": bool(e)}
-                     for v, (_, err), e in zip(valid, checked, exact)]}
+            "rows": [{"valid": bool(v), "error": err, "exact": bool(e), "tp": int(c[:, 0].sum()),
+                      "fp": int(c[:, 1].sum()), "fn": int(c[:, 2].sum())}
+                     for v, (_, err), e, c in zip(valid, checked, exact, counts)]}
+
+
+def paired_bootstrap_f1(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Micro field-F1 of model a minus model b on the same rows (each model's `score()["rows"]`,
+    same order), with a 95 % CI and a two-sided p-value from one set of row resamples shared by
+    both: the headline metric itself is compared, not a per-row average of it."""
+    if len(a) != len(b) or not a:
+        raise DataError(f"extraction comparison: {len(a)} rows vs {len(b)} rows")
+    ca, cb = (np.array([[r["tp"], r["fp"], r["fn"]] for r in x], dtype=float) for x in (a, b))
+    w = _weights(len(a), n_boot, seed).astype(float)
+    d = _f1(*(w @ ca).T)[2] - _f1(*(w @ cb).T)[2]
+    diff = float(_f1(*ca.sum(0))[2] - _f1(*cb.sum(0))[2])
+    p = 2 * min((d <= 0).mean(), (d >= 0).mean())
+    return {"metric": "micro_f1", "diff": round(diff, 4), "ci": [round(float(np.percentile(d, 2.5)), 4),
+            round(float(np.percentile(d, 97.5)), 4)], "p_value": round(float(min(1.0, p)), 4)}

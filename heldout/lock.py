@@ -69,7 +69,21 @@ def _read_file(p: Path) -> datasets.Dataset:
             df = pd.read_parquet(p)
     except (ValueError, OSError) as e:
         raise HeldoutError(f"{p}: cannot parse held-out file ({_first_line(e)})") from None
-    return datasets.Dataset.from_pandas(df, preserve_index=False)
+    try:
+        return datasets.Dataset.from_pandas(df, preserve_index=False)
+    except (ValueError, TypeError):  # pyarrow: a column mixing objects with strings or numbers
+        return datasets.Dataset.from_pandas(_json_text_columns(df), preserve_index=False)
+
+
+def _json_text_columns(df):
+    """A JSON column whose values are not all of one kind (an object in most rows, a string or a
+    number in one) cannot become an Arrow column: hold every non-string value of such a column as
+    its JSON text, so the bad row reaches the task format's reader, which names its row."""
+    df = df.copy()
+    for col in df.columns:
+        if df[col].dtype == object and len({type(v) for v in df[col] if v is not None}) > 1:
+            df[col] = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in df[col]]
+    return df
 
 
 def _pick_split(dd, source: str, split: str | None) -> datasets.Dataset:
@@ -149,18 +163,19 @@ def _read_source(source: str, text_col: str, label_col: str | None,
         if col is not None and col not in ds.column_names:
             raise HeldoutError(f"{source}: column '{col}' not found (columns: {', '.join(ds.column_names)})")
     names = ds.features[label_col].names if label_col and hasattr(ds.features[label_col], "names") else None
+    first = 1 if source.lower().endswith(".jsonl") else 2  # JSON lines: the line; CSV: after the header
     rows = []
     for i, r in enumerate(ds):
         text, label = r[text_col], (r[label_col] if label_col else "")
         if text is None or label is None:
-            raise HeldoutError(f"{source}: row {i + 2}: empty '{text_col if text is None else label_col}'")
+            raise HeldoutError(f"{source}: row {i + first}: empty '{text_col if text is None else label_col}'")
         if names:
             label = names[label]
         else:
             try:
                 label = target(label)
             except (ValueError, TypeError) as e:
-                raise HeldoutError(f"{source}: row {i + 2}: '{label_col}': {e}") from None
+                raise HeldoutError(f"{source}: row {i + first}: '{label_col}': {e}") from None
         rows.append({"text": canonical(text), "label": canonical(label) if isinstance(label, str) else label})
     return rows, source_hash
 

@@ -8,11 +8,12 @@ Scoring: heldout/extraction_score.py (validity, exact match, per-field F1).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 from typing import Any, Callable
 
-from heldout.extraction_score import canonical
+from heldout.extraction_score import canonical, paired_bootstrap_f1, score
 from heldout.formats.base import TaskFormat, dumps
 
 
@@ -36,6 +37,10 @@ class ExtractionFormat(TaskFormat):
     type = "extraction"
     template = "extraction_v1"
     headline_metric = "micro_f1"
+    completion_guess = 0.8
+
+    def answer_tokens_guess(self, row_tokens: float) -> float:
+        return row_tokens * 0.6
 
     @property
     def schema(self) -> dict:
@@ -94,6 +99,10 @@ class ExtractionFormat(TaskFormat):
     def answer_request_schema(self) -> dict | None:
         return self.schema
 
+    def agreement_enabled(self) -> bool:
+        """The teacher extracts each generated input blind; curate compares (null == absent)."""
+        return True
+
     # ------------------------------------------------------------------ curation
     def ungrounded(self, text: str, answer: str) -> str:
         """'' when every extracted string value occurs in the input (case and spacing aside), else
@@ -111,10 +120,10 @@ class ExtractionFormat(TaskFormat):
         return ""
 
     def row_checks(self, filters) -> list:
-        def grounded(r: dict) -> str:
+        def grounded(r: dict) -> str | None:
             comp = r.get("completion") or []
-            return self.ungrounded(r["text"], comp[0]["content"] if comp else "")
-        return [("value_not_in_input", grounded)]
+            return self.ungrounded(r["text"], comp[0]["content"] if comp else "") or None
+        return [("value_not_in_input", grounded)] if filters.values_in_input else []
 
     def wrong_field(self, answer: dict, rng: random.Random) -> dict | None:
         """The answer with exactly one field changed, still schema-valid (an extraction hard negative)."""
@@ -140,7 +149,7 @@ class ExtractionFormat(TaskFormat):
             for c in cands:
                 out = copy.deepcopy(answer)
                 out[k] = c
-                if not schema_error(self.schema, out):
+                if c != v and not schema_error(self.schema, out):
                     return out
         return None
 
@@ -148,7 +157,8 @@ class ExtractionFormat(TaskFormat):
         out = []
         for r in rows:
             ans = json.loads(r["completion"][0]["content"])
-            bad = self.wrong_field(ans, random.Random(f"{self.spec.generation.seed}:{r['id']}"))
+            seed = json.dumps([self.spec.generation.seed, r["id"]], sort_keys=True, ensure_ascii=False)
+            bad = self.wrong_field(ans, random.Random(hashlib.sha256(seed.encode()).hexdigest()))
             if bad is None:
                 continue
             changed = next(k for k in bad if bad[k] != ans.get(k))
@@ -163,11 +173,107 @@ class ExtractionFormat(TaskFormat):
     # ------------------------------------------------------------------ held-out
     def heldout_target(self, value: Any) -> str:
         """A source row's answer object (a dict, or its JSON text) → canonical JSON with only the
-        schema's keys (absent = null)."""
-        obj = json.loads(value) if isinstance(value, str) else value
+        schema's keys (absent = null; other keys are not part of this task). One that breaks the
+        schema is refused: no valid prediction could match it."""
+        try:
+            obj = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError as e:
+            raise ValueError(f"expected a JSON object, got text that is not JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        return self.canonical({k: obj.get(k) for k in self.schema["properties"]})
+        obj = {k: obj.get(k) for k in self.schema["properties"]}
+        bad = schema_error(self.schema, obj)  # a gold answer no valid prediction could match
+        if bad:
+            raise ValueError(bad)
+        return self.canonical(obj)
 
     def max_tokens(self) -> int:
         return 256
+
+    # ------------------------------------------------------------------ scoring
+    def evaluate(self, ctx) -> dict:
+        """Base, student(s) and teacher write an answer per locked row; each is scored against the
+        row's gold object (heldout/extraction_score.py): JSON validity, exact match, field F1.
+
+        Local models decode greedily with no grammar (validity as the student would serve it); the
+        teacher answers a seeded random subset (`eval.teacher_max_rows`) as the task asks it (full
+        prompt, response_format from `teacher.structured_output`). Every model may write `max_tokens`,
+        what a served answer gets (an answer cut off there is invalid when served too). The headline
+        is the raw view's micro field-F1 (an invalid answer extracts nothing); comparisons are paired
+        bootstraps of that same number on the same rows."""
+        from heldout import evaluate as ev
+        from heldout.answers import ask_teacher, generate_local
+
+        spec, rows = ctx.spec, ctx.rows
+        texts, gold = list(rows["text"]), [json.loads(x) for x in rows["label"]]
+        n_new = self.max_tokens()  # not less: a tighter cap cut SmolLM2 base's long all-keys answers into invalid ones
+        models: dict[str, dict] = {}
+        models["base"] = self._scored(generate_local(ctx.base, None, ctx.full_prompts(texts), n_new,
+                                                     "answering: base"), gold, "full")
+        for name, path in ctx.adapters.items():
+            models[name] = self._scored(generate_local(ctx.base, str(path), ctx.trained_prompts(texts), n_new,
+                                                       f"answering: {name}"), gold, ctx.student_mode)
+        if "student" not in models:
+            models["student"] = {**models[f"student_{ctx.kept['which']}"]}
+        models["student"]["kept"] = ctx.kept
+        t_idx = ev.sample_rows(len(texts), spec.eval.teacher_max_rows)
+        if ctx.endpoint is not None:
+            t = spec.teacher
+            raw, tokens = ask_teacher(ctx.endpoint, ctx.full_prompts([texts[i] for i in t_idx]),
+                                      max_tokens=max(t.max_tokens, self.max_tokens()),
+                                      response_format=self.teacher_response_format(ctx.endpoint.kind),
+                                      timeout=t.timeout_s, max_retries=t.max_retries, desc="answering: teacher")
+            models["teacher"] = {**self._scored(raw, [gold[i] for i in t_idx], "full"), "tokens": tokens,
+                                 "model": ctx.endpoint.model,
+                                 "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}
+        per_row = {name: m.pop("_rows") for name, m in models.items()}
+        cmp = {}
+        if "teacher" in models:
+            cmp["student_vs_teacher"] = {**paired_bootstrap_f1([per_row["student"][i] for i in t_idx],
+                                                               per_row["teacher"]), "rows": len(t_idx)}
+        cmp["student_vs_base"] = {**paired_bootstrap_f1(per_row["student"], per_row["base"]), "rows": len(gold)}
+        if "student_dpo" in models:
+            cmp["dpo_vs_sft"] = {**paired_bootstrap_f1(per_row["student_dpo"], per_row["student_sft"]),
+                                 "rows": len(gold)}
+        out = {"fields": self.spec.fields, "models": models, "comparisons": cmp}
+        if ctx.dev is not None:
+            out["dev"] = self._dev_scores(ctx, n_new)
+        return out
+
+    def _scored(self, raw: list[str], gold: list[dict], prompt: str) -> dict:
+        """One model's metrics entry. No text: per-row validity, exact match and field counts, and
+        why answers were invalid by kind (a schema error names the field, never the value); the
+        per-row list with the error messages stays under `_rows` for the comparisons only."""
+        s = score(raw, gold, self.schema)
+        per_row = s.pop("rows")
+        why: dict[str, int] = {}
+        for r in per_row:
+            if r["error"]:
+                k = ": ".join(r["error"].split(": ")[:2]) if r["error"].startswith("schema:") else r["error"]
+                why[k] = why.get(k, 0) + 1
+        return {**s, "invalid_reasons": why,
+                "per_row": {k: [int(r[k]) for r in per_row] for k in ("valid", "exact", "tp", "fp", "fn")},
+                "score": s["raw"]["micro_f1"], "score_ci": s["raw"]["micro_f1_ci"], "rows": len(gold),
+                "prompt": prompt, "_rows": per_row,
+                "table": {"JSON valid": s["json_validity"], "exact match": s["raw"]["exact_match"],
+                          "macro-F1": s["raw"]["macro_f1"]}}
+
+    def _dev_scores(self, ctx, n_new: int) -> dict:
+        """Base and the kept student on the traffic dev split (its labels: the teacher's canonical
+        answers or the source's gold), scored like the locked rows but recorded apart."""
+        from heldout.answers import generate_local
+
+        ds, h = ctx.dev
+        texts, gold = list(ds["text"]), [json.loads(x) for x in ds["label"]]
+        source = ds["label_source"][0]
+        student = ctx.adapters.get("student") or ctx.adapters[f"student_{ctx.kept['which']}"]
+        out = {"what": f"dev ({source} labels)", "label_source": source, "n": len(ds), "dev_sha256": h,
+               "row_ids": list(ds["id"])}
+        for name, adapter, prompts in (("base", None, ctx.full_prompts(texts)),
+                                       ("student", str(student), ctx.trained_prompts(texts))):
+            s = score(generate_local(ctx.base, adapter, prompts, n_new, f"answering: {name} on dev"), gold,
+                      self.schema)
+            out[name] = {"score": s["raw"]["micro_f1"], "score_ci": s["raw"]["micro_f1_ci"],
+                         "macro_f1": s["raw"]["macro_f1"], "exact_match": s["raw"]["exact_match"],
+                         "json_validity": s["json_validity"]}
+        return out
