@@ -480,6 +480,12 @@ class Eval(_Strict):
     # Task types without labels (extraction, instruction): the teacher is scored on a seeded random
     # subset of this many of the scored rows (the report says how many rows each number stands on).
     teacher_max_rows: int | None = Field(None, gt=0)
+    # Instruction tasks: how the teacher judges a reply against its own. `pairwise`: "which reply is
+    # better, A or B?" asked in both orders, a tie when the orders disagree (position bias cannot
+    # score). `graded`: a yes/no "is this reply good?" per reply; a win is yes for the student and
+    # no for the teacher. A 0.5B judge answers "A" to every A-or-B question (all ties); see
+    # heldout/pairwise.py for what was measured.
+    judge: Literal["pairwise", "graded"] = "pairwise"
     batch_size: int = Field(16, gt=0)
 
 

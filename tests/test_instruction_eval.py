@@ -89,8 +89,8 @@ def test_eval_scores_base_and_student_against_the_teacher(evaluated):
     assert t["tokens"]["calls"] == 3 and t["tokens"]["completion"] > 0
     assert set(t["table"]) == {"asks secrets", "refusal", "length ok"} and t["checks"]["n"] == 3
     judge = m["judge"]
-    assert judge["model"] == spec.teacher.model and judge["method"] == "graded"
-    assert judge["calls"] == 3 * 3  # the teacher's, the base's and the student's reply on each row
+    assert judge["model"] == spec.teacher.model and judge["method"] == spec.eval.judge == "pairwise"
+    assert judge["calls"] == 2 * 2 * 3  # base vs teacher and student vs teacher, both orders, on each row
     assert judge["tokens"]["prompt"] > 0 and judge["seconds"] > 0
     assert m["reply_style"] == {"min_words": 10, "max_words": 80}  # "Two to four short sentences"
     assert {"student_vs_teacher", "base_vs_teacher", "student_vs_base"} <= set(m["comparisons"])

@@ -5,14 +5,14 @@ reference-free reply checks (length within the style guide's bounds, refusals, a
 number or PIN).
 
 The headline is the win-or-tie rate against the teacher: how often the student's reply is at
-least as good as the teacher's. The judge is the teacher's endpoint. `judge_method` "graded" (the
-default) asks it a yes/no question about each reply alone, "pairwise" an A-or-B question in both
-orders; a 0.5B judge answers "A" to every A-or-B prompt, so pairwise would only ever give ties
-there (heldout/pairwise.py says what was measured).
+least as good as the teacher's. The judge is the teacher's endpoint. `eval.judge: pairwise` (the
+default) asks it an A-or-B question in both orders, a tie when the orders disagree; `graded` a
+yes/no question about each reply alone. A 0.5B judge answers "A" to every A-or-B prompt, so
+pairwise only ever gives ties there (heldout/pairwise.py says what was measured).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from distilforge.errors import UserError
 
@@ -28,7 +28,6 @@ class InstructionFormat(TaskFormat):
     template = "instruction_v1"
     headline_metric = "win_or_tie"
     heldout_has_target = False  # real inputs, no reference replies: scored against the teacher's
-    judge_method: ClassVar[str] = "graded"  # "graded" (yes/no per reply) | "pairwise" (A or B, both orders)
 
     # ------------------------------------------------------------------ generation
     def answer_schema(self) -> dict:
@@ -88,7 +87,7 @@ class InstructionFormat(TaskFormat):
         usage: dict = {"calls": 0, "prompt": 0, "completion": 0, "seconds": 0.0}
         ask = endpoint_ask(ctx.endpoint, timeout=t.timeout_s, max_retries=t.max_retries, usage=usage)
         judged = [{"instruction": spec.instruction, "input": x} for x in texts]
-        if self.judge_method == "graded":
+        if spec.eval.judge == "graded":
             guide = spec.style_guide
             teacher_grades = grade(ask, judged, teacher, style_guide=guide, desc="judging teacher replies")
             vs = {name: compare_grades(grade(ask, judged, r, style_guide=guide, desc=f"judging {name} replies"),
@@ -106,7 +105,7 @@ class InstructionFormat(TaskFormat):
         models["teacher"] = {"score": None, "score_ci": None, "rows": len(texts), "prompt": "full",
                              "checks": checks["teacher"], "table": self._check_cells(checks["teacher"]),
                              "tokens": tokens, "model": ctx.endpoint.model}
-        if self.judge_method == "graded":
+        if spec.eval.judge == "graded":
             models["teacher"]["judge_yes_rate"] = next(iter(vs.values()))["teacher_yes_rate"]
         for m in models.values():
             if row_ids is not None:
@@ -122,7 +121,7 @@ class InstructionFormat(TaskFormat):
                                           "what": "difference of win-or-tie rates vs the teacher, same rows"}
         if "student_dpo" in outcomes:
             comparisons["dpo_vs_sft"] = ev.paired_bootstrap(outcomes["student_dpo"], outcomes["student_sft"])
-        judge = {"model": ctx.endpoint.model, "method": self.judge_method, "calls": usage["calls"],
+        judge = {"model": ctx.endpoint.model, "method": spec.eval.judge, "calls": usage["calls"],
                  "tokens": {"prompt": usage["prompt"], "completion": usage["completion"]},
                  "seconds": usage["seconds"]}
         return {"models": models, "comparisons": comparisons, "judge": judge,
