@@ -486,6 +486,9 @@ class Eval(_Strict):
     # no for the teacher. A 0.5B judge answers "A" to every A-or-B question (all ties); see
     # heldout/pairwise.py for what was measured.
     judge: Literal["pairwise", "graded"] = "pairwise"
+    # Extraction: the untrained base model writes free text until max_tokens (SmolLM2
+    # on NLU++: ~3 s a row here, no JSON), so it may be scored on a seeded subset of this many rows.
+    base_max_rows: int | None = Field(None, gt=0)
     batch_size: int = Field(16, gt=0)
 
 

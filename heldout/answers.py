@@ -20,12 +20,32 @@ if TYPE_CHECKING:
     from distilforge.teacher import Endpoint
 
 
+def json_object_done(text: str) -> bool:
+    """True once `text` holds a complete top-level JSON object (braces balanced outside strings):
+    what an extraction answer is; anything after it is never read by the scorer."""
+    depth, in_str, esc, started = 0, False, False, False
+    for ch in text:
+        if in_str:
+            esc, in_str = (False, in_str) if esc else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_str = True
+        elif ch == "{":
+            depth, started = depth + 1, True
+        elif ch == "}" and started:
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
+
+
 def generate_local(model_path: str, adapter: str | None, prompts: list[list[dict]], max_new_tokens: int,
-                   desc: str = "generating", batch_size: int = 8) -> list[str]:
+                   desc: str = "generating", batch_size: int = 8, done: Callable[[str], bool] | None = None) -> list[str]:
     """Greedy replies of a local HF model (+ optional LoRA adapter, merged) to chat `prompts`.
 
     Rows are sorted by length and batched with left padding, so a batch wastes little on padding;
-    replies come back in input order. fp32 on CPU (bf16 would change greedy choices across devices)."""
+    replies come back in input order. fp32 on CPU (bf16 would change greedy choices across devices).
+    `done(text so far)`: a row stops as soon as it is true (e.g. `json_object_done`); an untrained
+    base model otherwise writes to `max_new_tokens` after its answer, most of an eval's time."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -48,12 +68,35 @@ def generate_local(model_path: str, adapter: str | None, prompts: list[list[dict
         for b0 in range(0, len(order), batch_size):
             idx = order[b0:b0 + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+            stop = _Done(tok, enc["input_ids"].shape[1], done) if done else None
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 **({"stopping_criteria": [stop]} if stop else {}))
             for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
             bar.advance(len(idx))
     return out
+
+
+class _Done:
+    """A per-row stopping criterion for `model.generate`: a row is finished once `done` holds for the
+    text it has written (checked every few tokens: decoding each step would cost more than it saves)."""
+
+    def __init__(self, tok, prompt_len: int, done: Callable[[str], bool], every: int = 4):
+        self.tok, self.prompt_len, self.done, self.every, self.step = tok, prompt_len, done, every, 0
+        self.finished = None
+
+    def __call__(self, input_ids, scores, **kw):
+        import torch
+
+        self.step += 1
+        if self.finished is None:
+            self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.step % self.every == 0:
+            for i, row in enumerate(input_ids[:, self.prompt_len:]):
+                if not self.finished[i] and self.done(self.tok.decode(row, skip_special_tokens=True)):
+                    self.finished[i] = True
+        return self.finished.clone()
 
 
 Ask = Callable[[object, list[dict]], tuple[str, object]]  # (client, messages) -> (answer text, usage)

@@ -202,17 +202,24 @@ class ExtractionFormat(TaskFormat):
         is the raw view's micro field-F1 (an invalid answer extracts nothing); comparisons are paired
         bootstraps of that same number on the same rows."""
         from heldout import evaluate as ev
-        from heldout.answers import ask_teacher, generate_local
+        from heldout.answers import ask_teacher, generate_local, json_object_done
 
         spec, rows = ctx.spec, ctx.rows
         texts, gold = list(rows["text"]), [json.loads(x) for x in rows["label"]]
-        n_new = self.max_tokens()  # not less: a tighter cap cut SmolLM2 base's long all-keys answers into invalid ones
+        # not less than a served answer gets: a tighter cap cut SmolLM2 base's long all-keys answers into
+        # invalid ones; each row stops at its first complete JSON object (the scorer reads no further)
+        n_new = self.max_tokens()
         models: dict[str, dict] = {}
-        models["base"] = self._scored(generate_local(ctx.base, None, ctx.full_prompts(texts), n_new,
-                                                     "answering: base"), gold, "full")
+        b_idx = ev.sample_rows(len(texts), spec.eval.base_max_rows)  # the untrained base: slow, often a subset
+        models["base"] = self._scored(generate_local(ctx.base, None, ctx.full_prompts([texts[i] for i in b_idx]), n_new,
+                                                     "answering: base", done=json_object_done),
+                                      [gold[i] for i in b_idx], "full")
+        if len(b_idx) < len(gold):
+            models["base"]["row_ids"] = [rows[i]["id"] for i in b_idx]
         for name, path in ctx.adapters.items():
             models[name] = self._scored(generate_local(ctx.base, str(path), ctx.trained_prompts(texts), n_new,
-                                                       f"answering: {name}"), gold, ctx.student_mode)
+                                                       f"answering: {name}", done=json_object_done), gold,
+                                        ctx.student_mode)
         if "student" not in models:
             models["student"] = {**models[f"student_{ctx.kept['which']}"]}
         models["student"]["kept"] = ctx.kept
@@ -231,7 +238,8 @@ class ExtractionFormat(TaskFormat):
         if "teacher" in models:
             cmp["student_vs_teacher"] = {**paired_bootstrap_f1([per_row["student"][i] for i in t_idx],
                                                                per_row["teacher"]), "rows": len(t_idx)}
-        cmp["student_vs_base"] = {**paired_bootstrap_f1(per_row["student"], per_row["base"]), "rows": len(gold)}
+        cmp["student_vs_base"] = {**paired_bootstrap_f1([per_row["student"][i] for i in b_idx], per_row["base"]),
+                                  "rows": len(b_idx)}
         if "student_dpo" in models:
             cmp["dpo_vs_sft"] = {**paired_bootstrap_f1(per_row["student_dpo"], per_row["student_sft"]),
                                  "rows": len(gold)}
@@ -261,7 +269,8 @@ class ExtractionFormat(TaskFormat):
     def _dev_scores(self, ctx, n_new: int) -> dict:
         """Base and the kept student on the traffic dev split (its labels: the teacher's canonical
         answers or the source's gold), scored like the locked rows but recorded apart."""
-        from heldout.answers import generate_local
+        from heldout import evaluate as ev
+        from heldout.answers import generate_local, json_object_done
 
         ds, h = ctx.dev
         texts, gold = list(ds["text"]), [json.loads(x) for x in ds["label"]]
@@ -269,10 +278,11 @@ class ExtractionFormat(TaskFormat):
         student = ctx.adapters.get("student") or ctx.adapters[f"student_{ctx.kept['which']}"]
         out = {"what": f"dev ({source} labels)", "label_source": source, "n": len(ds), "dev_sha256": h,
                "row_ids": list(ds["id"])}
-        for name, adapter, prompts in (("base", None, ctx.full_prompts(texts)),
-                                       ("student", str(student), ctx.trained_prompts(texts))):
-            s = score(generate_local(ctx.base, adapter, prompts, n_new, f"answering: {name} on dev"), gold,
-                      self.schema)
+        b_idx = ev.sample_rows(len(texts), self.spec.eval.base_max_rows)
+        for name, adapter, idx, prompts in (("base", None, b_idx, ctx.full_prompts([texts[i] for i in b_idx])),
+                                            ("student", str(student), range(len(texts)), ctx.trained_prompts(texts))):
+            s = score(generate_local(ctx.base, adapter, prompts, n_new, f"answering: {name} on dev",
+                                     done=json_object_done), [gold[i] for i in idx], self.schema)
             out[name] = {"score": s["raw"]["micro_f1"], "score_ci": s["raw"]["micro_f1_ci"],
                          "macro_f1": s["raw"]["macro_f1"], "exact_match": s["raw"]["exact_match"],
                          "json_validity": s["json_validity"]}
