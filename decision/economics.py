@@ -237,6 +237,11 @@ def training_cost(inp: EconInputs) -> float | None:
     return inp.gpu_per_hour * inp.gpu_hours
 
 
+# Above this share of ties the judge did not separate the replies (a position-biased small judge
+# answers "A" in both orders: every row a tie), so "wins >= losses" would be 0 >= 0, not evidence.
+MAX_TIE_SHARE = 0.75
+
+
 def win_rate(pw: dict) -> tuple[float, tuple[float, float] | None]:
     """The tie-half win rate of a pairwise record and its CI (eval's when recorded)."""
     n = pw["wins"] + pw["ties"] + pw["losses"]
@@ -252,6 +257,8 @@ def _pairwise_status(inp: EconInputs) -> str:
     bar = 0.5 - inp.quality_tolerance
     if (ci[1] if ci else w) < bar:
         return "worse"
+    if pw["ties"] > MAX_TIE_SHARE * (pw["wins"] + pw["ties"] + pw["losses"]):
+        return "inconclusive"  # a judge that cannot tell the replies apart (e.g. always "A") proves nothing
     # wins >= losses, in counts (no float rounding at exactly 0.5); a tolerance lowers the bar
     if pw["wins"] >= pw["losses"] or w >= bar:
         return "ok"
@@ -324,6 +331,9 @@ def _quality_reason(inp: EconInputs, q: str) -> str:
         if q == "worse":
             return (f"student is significantly worse {judged}; tie-half win rate {_acc(w, ci)}, CI upper bound "
                     f"{(ci[1] if ci else w):.3f} < 0.5 - tolerance {inp.quality_tolerance:g}")
+        if q == "inconclusive" and pw["ties"] > MAX_TIE_SHARE * n:
+            return (f"quality inconclusive: the judge could not tell the replies apart {judged} (over "
+                    f"{MAX_TIE_SHARE:.0%} ties); use a stronger judge or more held-out rows")
         if q == "inconclusive":
             return (f"quality inconclusive: the student loses more often than it wins {judged}, but the tie-half "
                     f"win rate's CI {_acc(w, ci)} includes 0.5; more held-out data or a better student is needed")

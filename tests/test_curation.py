@@ -408,3 +408,33 @@ def test_render_funnel_and_reasons(planted):
     out = console.export_text()
     for word in ("minhash_dedup", "semantic_dedup", "decontaminate", "under-filled", "heldout_contamination"):
         assert word in out
+
+
+def test_extraction_rows_keep_grounded_answers_and_drop_made_up_values(embedder):
+    """Extraction rows have no label: curate checks the answer itself (schema-valid canonical JSON,
+    `answer_invalid` otherwise) and drops an answer whose string value is not in the message
+    (`value_not_in_input`: a value the teacher made up is a wrong target however valid its JSON)."""
+    spec = parse_spec({
+        "name": "slots", "type": "extraction", "instruction": "Extract the amount and the company.",
+        "output_schema": {"type": "object", "properties": {"amount": {"type": ["string", "null"]},
+                                                          "company": {"type": ["string", "null"]}}},
+        "heldout": {"source": "unused.jsonl"}, "curation": {"dedup": {"semantic": False}}})
+    cases = [  # (text, answer, expected reason or None)
+        ("I paid 35 euros to Spotify twice this week", '{"amount":"35 euros","company":"Spotify"}', None),
+        ("my transfer of 200 pounds to Tesco has not arrived yet", '{"amount":"200 pounds","company":"Amazon"}',
+         "value_not_in_input"),
+        ("how do I close my savings account today", '{"amount":12}', "answer_invalid"),
+        ("can I get a refund from NETFLIX for last month", '{"company":"netflix"}', None),  # case aside
+    ]
+    rows = []
+    for n, (text, answer, _) in enumerate(cases):
+        row = make_row("", text, 300 + n)
+        row.update(prompt=spec.student_prompt(text), completion=[{"role": "assistant", "content": answer}])
+        rows.append(row)
+    res = curate(datasets.Dataset.from_list(rows), spec, embedder=embedder)
+    kept = set(res.kept["text"])
+    reasons = dict(zip(res.rejected["text"], res.rejected["reason"]))
+    for text, _, why in cases:
+        assert (text in kept) == (why is None) and reasons.get(text) == why, (text, reasons)
+    detail = dict(zip(res.rejected["text"], res.rejected["detail"]))[cases[1][0]]
+    assert "company" in detail and "Amazon" in detail

@@ -205,6 +205,10 @@ def test_pairwise_rule_by_hand():
         == "inconclusive"
     # a tolerance of 0.05 on the tie-half scale: 5/11 = 0.4545 >= 0.45
     assert decide(EconInputs(**base, pairwise=pw, quality_tolerance=0.05))["quality"]["status"] == "ok"
+    # a judge that never separates the replies (a small one answering "A" in both orders): all ties is
+    # not parity, whatever "wins >= losses" says
+    tied = decide(EconInputs(**base, pairwise={"wins": 1, "ties": 38, "losses": 1, "win_rate_tie_half_ci": [0.45, 0.55]}))
+    assert tied["quality"]["status"] == "inconclusive" and any("could not tell the replies apart" in r for r in tied["reasons"])
     d = decide(EconInputs(**base))
     assert d["verdict"] == "needs input" and any("pairwise wins / ties / losses" in m for m in d["missing"])
     from decision.economics import EconomicsError
