@@ -673,8 +673,14 @@ class ExtractionSpec(TaskSpec):
     def system_prompt(self, mode: Literal["short", "full"] = "full") -> str:
         if mode == "short":
             return f"{self.name}\nJSON keys: {', '.join(self.fields)}"
-        return (f"{self.instruction}\nAnswer with only a JSON object. Its keys, only for what the message mentions: "
-                f"{', '.join(self.fields)}.")
+        props = self.output_schema["properties"]
+        if not any(isinstance(p, dict) and p.get("description") for p in props.values()):
+            return (f"{self.instruction}\nAnswer with only a JSON object. Its keys, only for what the message "
+                    f"mentions: {', '.join(self.fields)}.")
+        # the keys' descriptions tell a teacher which of two near keys a value belongs to (time vs time_to)
+        keys = "\n".join(f"- {k}: {p.get('description', '')}".rstrip(": ") for k, p in props.items())
+        return (f"{self.instruction}\nAnswer with only a JSON object. Its keys, only for what the message "
+                f"mentions:\n{keys}")
 
 
 class InstructionSpec(TaskSpec):

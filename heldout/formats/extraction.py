@@ -13,7 +13,7 @@ import json
 import random
 from typing import Any, Callable
 
-from heldout.extraction_score import canonical, paired_bootstrap_f1, score
+from heldout.extraction_score import canonical, parse_prediction, paired_bootstrap_f1, score
 from heldout.formats.base import TaskFormat, dumps
 
 
@@ -85,14 +85,13 @@ class ExtractionFormat(TaskFormat):
 
     # ------------------------------------------------------------------ answers
     def validate_answer(self, raw: str | None) -> tuple[str | None, str]:
+        """Lenient like the scorer (a ```json fence or a line around the object is fine: small
+        teachers without a grammar write them), then schema-checked and canonical."""
         if raw is None or not raw.strip():
             return None, "empty output"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
-            return None, f"not JSON: {raw[:60]!r}"
-        if not isinstance(obj, dict):
-            return None, "not a JSON object"
+        obj, err = parse_prediction(raw)
+        if obj is None:
+            return None, err or f"not JSON: {raw[:60]!r}"
         bad = schema_error(self.schema, obj)
         return (None, bad) if bad else (self.canonical(obj), "")
 
