@@ -16,20 +16,21 @@ from conftest import REPO, cli
 EXAMPLES = REPO / "examples"
 
 
-@pytest.fixture(scope="module")
-def extraction_run(tmp_path_factory, fast_teacher):
-    out = tmp_path_factory.mktemp("nlupp") / "run"
-    r = cli("run", EXAMPLES / "nlupp_banking" / "task.yaml", "--profile", "smoke", "--out", out, timeout=1800)
+def _run(tmp_path_factory, example: str):
+    out = tmp_path_factory.mktemp(example) / "run"
+    r = cli("run", EXAMPLES / example / "task.yaml", "--profile", "smoke", "--out", out, timeout=1800)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     return out
+
+
+@pytest.fixture(scope="module")
+def extraction_run(tmp_path_factory, fast_teacher):
+    return _run(tmp_path_factory, "nlupp_banking")
 
 
 @pytest.fixture(scope="module")
 def instruction_run(tmp_path_factory, fast_teacher):
-    out = tmp_path_factory.mktemp("replies") / "run"
-    r = cli("run", EXAMPLES / "instruction" / "task.yaml", "--profile", "smoke", "--out", out, timeout=1800)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
-    return out
+    return _run(tmp_path_factory, "instruction")
 
 
 def _metrics(run) -> dict:
