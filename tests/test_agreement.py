@@ -252,13 +252,13 @@ XROWS = [  # the teacher's answer differs from the row's only by case, spacing a
 ]
 
 
-def test_extraction_answers_are_compared_after_value_folding(monkeypatch):
+def test_extraction_answers_are_compared_after_value_folding():
     """The pieces curate's funnel calls (`prepare`, `checks`), on extraction rows: the teacher's JSON
     disagrees only when a value differs after extraction_score's folding (null == absent)."""
-    from heldout.formats.extraction import ExtractionFormat
-
-    assert not agreement.enabled(_xspec()) and agreement.checks(_xspec()) == []  # off until the format turns it on
-    monkeypatch.setattr(ExtractionFormat, "agreement_enabled", lambda self: True)
+    assert agreement.enabled(_xspec())  # the extraction format takes part: generation.teacher_agreement switches it
+    off = parse_spec({**_xspec().model_dump(mode="json", exclude={"generation"}),
+                      "generation": {"teacher_agreement": False}})
+    assert not agreement.enabled(off) and agreement.checks(off) == []
     raw = datasets.Dataset.from_list(XROWS)
     rows, rep = agreement.prepare(raw, _xspec())
     [(step, reason, check)] = agreement.checks(_xspec())

@@ -48,8 +48,16 @@ class ExtractionFormat(TaskFormat):
 
     def canonical(self, obj: dict) -> str:
         """The one surface form the student learns and answers are stored in:
-        heldout/extraction_score.py `canonical` (schema key order, nulls dropped, compact)."""
-        return canonical(obj, self.schema)
+        heldout/extraction_score.py `canonical` (schema key order, nulls dropped, compact), except
+        that a key the schema requires stays, as null, so the stored answer still validates."""
+        text = canonical(obj, self.schema)
+        required = set(self.schema.get("required") or [])
+        if not required:
+            return text
+        kept = json.loads(text)
+        full = {k: kept.get(k) for k in self.schema["properties"] if k in kept or k in required}
+        return json.dumps(full | {k: v for k, v in kept.items() if k not in full}, ensure_ascii=False,
+                          separators=(",", ":"))
 
     # ------------------------------------------------------------------ generation
     def answer_schema(self) -> dict:
