@@ -161,17 +161,24 @@ class TaskFormat:
             return {"type": "json_object", "schema": schema}
         return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
 
-    def answer_inputs(self, endpoint, texts: list[str], desc: str = "asking the teacher") -> tuple[list[str | None], dict]:
-        """The teacher's answer to each input as the task asks it (full system prompt, temperature 0):
-        canonical answers, None where it gave nothing usable, and the tokens spent. What the eval's
-        teacher row, the traffic stage and teacher agreement all ask, so they agree by construction."""
+    def teacher_max_tokens(self) -> int:
+        return max(self.spec.teacher.max_tokens, self.max_tokens())
+
+    def teacher_raw(self, endpoint, texts: list[str], desc: str = "asking the teacher") -> tuple[list[str], dict]:
+        """The teacher's raw answer to each input as the task asks it (full system prompt,
+        temperature 0, `teacher_response_format`) and the tokens spent: what eval scores as written."""
         from heldout.answers import ask_teacher
 
         t = self.spec.teacher
         msgs = [self.spec.student_prompt(x, "full") for x in texts]
-        raw, tokens = ask_teacher(endpoint, msgs, max_tokens=max(t.max_tokens, self.max_tokens()),
-                                  response_format=self.teacher_response_format(endpoint.kind),
-                                  timeout=t.timeout_s, max_retries=t.max_retries, desc=desc)
+        return ask_teacher(endpoint, msgs, max_tokens=self.teacher_max_tokens(),
+                           response_format=self.teacher_response_format(endpoint.kind),
+                           timeout=t.timeout_s, max_retries=t.max_retries, desc=desc)
+
+    def answer_inputs(self, endpoint, texts: list[str], desc: str = "asking the teacher") -> tuple[list[str | None], dict]:
+        """`teacher_raw`, validated: canonical answers, None where it gave nothing usable. What the
+        traffic stage and teacher agreement ask, the same question the eval's teacher row answers."""
+        raw, tokens = self.teacher_raw(endpoint, texts, desc)
         return [self.validate_answer(a)[0] for a in raw], tokens
 
     def evaluate(self, ctx: Any) -> dict:

@@ -209,7 +209,7 @@ class ExtractionFormat(TaskFormat):
         is the raw view's micro field-F1 (an invalid answer extracts nothing); comparisons are paired
         bootstraps of that same number on the same rows."""
         from heldout import evaluate as ev
-        from heldout.answers import ask_teacher, generate_local, json_object_done
+        from heldout.answers import generate_local, json_object_done
 
         spec, rows = ctx.spec, ctx.rows
         texts, gold = list(rows["text"]), [json.loads(x) for x in rows["label"]]
@@ -232,11 +232,7 @@ class ExtractionFormat(TaskFormat):
         models["student"]["kept"] = ctx.kept
         t_idx = ev.sample_rows(len(texts), spec.eval.teacher_max_rows)
         if ctx.endpoint is not None:
-            t = spec.teacher
-            raw, tokens = ask_teacher(ctx.endpoint, ctx.full_prompts([texts[i] for i in t_idx]),
-                                      max_tokens=max(t.max_tokens, self.max_tokens()),
-                                      response_format=self.teacher_response_format(ctx.endpoint.kind),
-                                      timeout=t.timeout_s, max_retries=t.max_retries, desc="answering: teacher")
+            raw, tokens = self.teacher_raw(ctx.endpoint, [texts[i] for i in t_idx], "answering: teacher")
             models["teacher"] = {**self._scored(raw, [gold[i] for i in t_idx], "full"), "tokens": tokens,
                                  "model": ctx.endpoint.model,
                                  "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}

@@ -50,6 +50,9 @@ class InstructionFormat(TaskFormat):
     def guideline_lines(self) -> list[str]:
         return ["## Style guide", "", self.spec.style_guide.strip(), ""] if self.spec.style_guide else []
 
+    def teacher_max_tokens(self) -> int:
+        return self.spec.teacher.max_tokens  # a reply as long as the style guide wants, not a served cap
+
     # ------------------------------------------------------------------ held-out
     def heldout_target(self, value: Any) -> str:
         return ""  # real inputs without reference replies: nothing to hash but the text
@@ -67,7 +70,7 @@ class InstructionFormat(TaskFormat):
         the teacher's; win / tie / loss with bootstrap CIs and the reply checks per model.
         Nothing here quotes a held-out input or a reply: only rates, counts and row ids."""
         from heldout import evaluate as ev
-        from heldout.answers import ask_teacher, generate_local
+        from heldout.answers import generate_local
         from heldout.pairwise import compare, compare_grades, endpoint_ask, grade, reply_check_rates
 
         spec = ctx.spec
@@ -78,8 +81,7 @@ class InstructionFormat(TaskFormat):
         rows = ctx.rows.select(idx) if len(idx) < len(ctx.rows) else ctx.rows
         texts, t = list(rows["text"]), spec.teacher
         row_ids = list(rows["id"]) if len(idx) < len(ctx.rows) else None
-        teacher, tokens = ask_teacher(ctx.endpoint, ctx.full_prompts(texts), max_tokens=t.max_tokens,
-                                      timeout=t.timeout_s, max_retries=t.max_retries, desc="teacher replies")
+        teacher, tokens = self.teacher_raw(ctx.endpoint, texts, "teacher replies")
         replies = {"base": generate_local(ctx.base, None, ctx.full_prompts(texts), t.max_tokens, "base replies")}
         for name, path in ctx.adapters.items():
             replies[name] = generate_local(ctx.base, str(path), ctx.trained_prompts(texts), t.max_tokens,
