@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distilforge.card import METRIC_NAMES, headline, metric_of, pairwise_of, reply_checks_of
+from distilforge.card import METRIC_NAMES, headline, judge_how, metric_of, pairwise_of, reply_checks_of
 from distilforge.records import Metrics
-from decision.report_html import COLORS, ci_text, img, not_run, num, pyplot, table
+from decision.report_html import COLORS, ci_text, esc, img, not_run, num, pyplot, table
 
 _MODEL_ORDER = ("base", "teacher", "student_sft", "student_dpo", "student")
 
@@ -138,7 +138,9 @@ def _eval_extraction(m: Metrics, keys: list[str]) -> str:
 
 
 def _eval_instruction(m: Metrics, keys: list[str]) -> str:
-    """Win / tie / loss against the teacher (judged in both orders) and the reply checks."""
+    """Win / tie / loss against the teacher (as the run's judge method says) and the reply checks."""
+    judge = getattr(m, "judge", None) or {}
+    graded = judge.get("method") == "graded"
     pw = {k: p for k in keys if (p := pairwise_of(m.models[k]))}
     parts = []
     if pw:
@@ -156,16 +158,20 @@ def _eval_instruction(m: Metrics, keys: list[str]) -> str:
         ax.axvline(0.5, ls="--", color="black", lw=1)
         ax.set_xlim(0, 1)
         ax.set_xlabel("share of locked rows")
-        ax.set_title("vs the teacher: win / tie / loss (judged in both orders)")
+        ax.set_title("vs the teacher: win / tie / loss (" + ("graded yes/no" if graded else "judged in both orders")
+                     + ")")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8, frameon=False)
         parts.append("<h3>win / tie / loss vs the teacher</h3>" + img(fig, "win rate vs teacher"))
-        parts.append(table(["model", "n", "wins", "ties", "losses", "win rate, ties half (95% CI)", "position bias",
+        last = ("judge yes rate (model / teacher)", lambda p: f"{num(p.get('student_yes_rate'), '{:.2f}')} / "
+                f"{num(p.get('teacher_yes_rate'), '{:.2f}')}") if graded else \
+            ("position bias", lambda p: num(p.get("position_bias"), "{:.2f}"))
+        parts.append(table(["model", "n", "wins", "ties", "losses", "win rate, ties half (95% CI)", last[0],
                             "unreadable verdicts"],
                            [[k, p.get("n"), p["wins"], p["ties"], p["losses"],
                              f"{num(p.get('win_rate_tie_half'), '{:.3f}')} {ci_text(p.get('win_rate_tie_half_ci'))}",
-                             num(p.get("position_bias"), "{:.2f}"), p.get("unparsable", "")] for k, p in pw.items()]))
-        parts.append("<p>Each reply is judged twice, with the order swapped; only a verdict that survives the swap "
-                     "counts, anything else is a tie. The dashed line is parity (wins = losses).</p>")
+                             last[1](p), p.get("unparsable", "")] for k, p in pw.items()]))
+        parts.append(f"<p>Each reply is {esc(judge_how(m))}; judge: {esc(str(judge.get('model') or 'the teacher'))}. "
+                     "The dashed line is parity (wins = losses).</p>")
     else:
         parts.append("<p>No pairwise judgement against the teacher recorded.</p>")
     checks = {k: c for k in keys if (c := reply_checks_of(m.models[k], m, k))}

@@ -76,6 +76,21 @@ def _record_with(entry: Any, keys: tuple[str, ...]) -> dict | None:
     return next((v for v in e.values() if isinstance(v, dict) and all(k in v for k in keys)), None)
 
 
+# How each instruction judging method (heldout/pairwise.py) reads, for the report and the card.
+JUDGE_HOW = {
+    "pairwise": "judged against the teacher's reply in both orders (a verdict that flips with the order is a tie)",
+    "graded": "graded yes/no alone, as the teacher's reply is (student yes and teacher no = win, the reverse = "
+              "loss, same grade = tie)",
+}
+
+
+def judge_how(metrics: Metrics | dict | None) -> str:
+    """The sentence for a run's recorded judge method (metrics.json `judge.method`); runs that
+    predate the field were all judged pairwise."""
+    method = (_as_dict(metrics).get("judge") or {}).get("method") or "pairwise"
+    return JUDGE_HOW.get(method, JUDGE_HOW["pairwise"])
+
+
 def pairwise_of(entry: Any) -> dict | None:
     """An instruction entry's win / tie / loss record against the teacher (heldout/pairwise.py
     `compare`: wins, ties, losses, rates with CIs), without its per-row verdicts; None if none."""
@@ -200,8 +215,7 @@ def _pairwise_lines(metrics: Metrics, keys: list[str]) -> str:
         if pw:
             out.append(f"- {k} vs teacher: {pw['wins']} wins, {pw['ties']} ties, {pw['losses']} losses")
     if out:
-        out.insert(0, "Each reply judged against the teacher's in both orders (a verdict that flips with the order "
-                      "is a tie):\n")
+        out.insert(0, f"Each reply {judge_how(metrics)}:\n")
     checks = {k: reply_checks_of(metrics.models[k], metrics, k) for k in keys}
     checks = {k: c for k, c in checks.items() if c}
     if checks:
@@ -273,7 +287,8 @@ def _headline_metric(metrics: Metrics, s: Any) -> dict:
         return {"type": "f1", "value": float(_or0(v)), "name": METRIC_NAMES[metric], "args": {**args, "average": "micro"}}
     pw = pairwise_of(s)
     if pw:
-        args.update(wins=pw["wins"], ties=pw["ties"], losses=pw["losses"], judge="the teacher, both orders")
+        method = (_as_dict(metrics).get("judge") or {}).get("method") or "pairwise"
+        args.update(wins=pw["wins"], ties=pw["ties"], losses=pw["losses"], judge=f"the teacher, {method}")
     return {"type": metric, "value": float(_or0(v)), "name": METRIC_NAMES.get(metric, metric), "args": args}
 
 
@@ -316,7 +331,7 @@ def render_card(run: Path, metrics: Metrics | dict | None = None, library: str =
         how = {"accuracy": "label-likelihood scoring",
                "micro_f1": "greedy answers scored field by field against the gold JSON (an invalid answer "
                            "extracts nothing)",
-               "win_or_tie": "greedy replies judged against the teacher's by the teacher, in both orders"}
+               "win_or_tie": f"greedy replies, each {judge_how(metrics)}, the teacher judging"}
         lines += [f"Locked held-out set, n = {metrics.n}, sha256 `{metrics.heldout_sha256}`; "
                   f"{how.get(metric_of(metrics), 'scored by the task format')}; bootstrap 95% CIs.", "",
                   _metrics_table(metrics)]

@@ -483,9 +483,13 @@ class Eval(_Strict):
     # Instruction tasks: how the teacher judges a reply against its own. `pairwise`: "which reply is
     # better, A or B?" asked in both orders, a tie when the orders disagree (position bias cannot
     # score). `graded`: a yes/no "is this reply good?" per reply; a win is yes for the student and
-    # no for the teacher. A 0.5B judge answers "A" to every A-or-B question (all ties); see
-    # heldout/pairwise.py for what was measured.
+    # no for the teacher. Neither separates replies with the embedded models: the 0.5B and 1.5B
+    # answered "A" to every A-or-B question (position bias 1.0) and the 1.5B graded every reply
+    # "yes"; both give all ties, which `decide` calls inconclusive. See heldout/pairwise.py.
     judge: Literal["pairwise", "graded"] = "pairwise"
+    # The judge's endpoint when it should not be the teacher's: a teacher block (`endpoint: openai`
+    # with base_url / model / api_key_env, or another embedded model). None: the teacher judges.
+    judge_endpoint: Teacher | None = None
     # Extraction: the untrained base model writes free text until max_tokens (SmolLM2
     # on NLU++: ~3 s a row here, no JSON), so it may be scored on a seeded subset of this many rows.
     base_max_rows: int | None = Field(None, gt=0)

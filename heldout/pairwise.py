@@ -13,9 +13,13 @@ evidence either way" — instead of flattering whichever model sat first.
 
 Why also a graded judge: a 0.5B judge answers "A" to every A-or-B prompt (measured on Banking77
 messages: six clearly good-vs-useless pairs, both orders, current and reworded prompts, twelve "A"s;
-the top-token logprobs of A and B moved by under 0.1 with the content). Asked about ONE reply
+the top-token logprobs of A and B moved by under 0.1 with the content), and so does the 1.5B
+default teacher (the instruction demo: 40 messages, base and student each against the teacher,
+160 verdicts, position bias 1.0, all 80 outcomes ties). Asked about ONE reply
 ("does this reply answer the message helpfully? yes or no", with the style guide) the same model
-told good replies from useless ones (no wrong verdict; undecided ones come out as ties). So
+told good replies from useless ones (no wrong verdict; undecided ones come out as ties); the 1.5B
+teacher did not: on the instruction demo it said yes to all 120 replies, the base model's ten
+refusals included (all ties again, and a yes rate of 1.0 in the metrics says why). So
 `grade` asks that yes/no question of each reply alone, and `compare_grades` turns the two grades
 of an input into an outcome: student yes and teacher no = win, the reverse = loss, same = tie.
 No position exists to be biased towards, and a judge that always says "yes" again gives only ties.

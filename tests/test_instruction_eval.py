@@ -96,6 +96,52 @@ def test_eval_scores_base_and_student_against_the_teacher(evaluated):
     assert {"student_vs_teacher", "base_vs_teacher", "student_vs_base"} <= set(m["comparisons"])
 
 
+def test_graded_judging_on_the_real_teacher(evaluated, fast_teacher):
+    """`eval.judge: graded` asks the same endpoint one yes/no question per reply: one call per
+    reply, every input gets exactly one outcome, and the yes rates say what the judge did."""
+    from distilforge.secrets import Secret
+    from distilforge.teacher import Endpoint
+    from heldout.pairwise import compare_grades, endpoint_ask, grade
+
+    spec, _, _, locked, _ = evaluated
+    endpoint = Endpoint(fast_teacher["base_url"], fast_teacher["model"], Secret("none"), "embedded")
+    usage: dict = {"calls": 0, "prompt": 0, "completion": 0, "seconds": 0.0}
+    ask = endpoint_ask(endpoint, timeout=120, max_retries=1, usage=usage)
+    inputs = [{"instruction": spec.instruction, "input": t} for t in locked["text"][:2]]
+    student = grade(ask, inputs, [REPLY, "ok"], style_guide=spec.style_guide)
+    teacher = grade(ask, inputs, ["I can't help with that.", REPLY], style_guide=spec.style_guide)
+    res = compare_grades(student, teacher)
+    assert usage["calls"] == 4 and res["n"] == 2 and all(g in (True, False, None) for g in student + teacher)
+    assert res["wins"] + res["ties"] + res["losses"] == 2 and 0 <= res["unparsable"] <= 4
+    assert res["student_yes_rate"] == sum(g is True for g in student) / 2
+
+
+def test_the_judge_can_be_another_endpoint(evaluated, fast_teacher, tmp_path):
+    """`eval.judge_endpoint`: replies still come from the teacher, verdicts from the judge block's
+    endpoint (here the same llama.cpp server reached as a plain OpenAI-compatible URL, so the
+    `openai` path is the one taken), and the metrics say which judge it was."""
+    import shutil
+
+    from distilforge.secrets import Secret
+    from distilforge.spec import Teacher
+    from distilforge.teacher import Endpoint
+    from heldout.stages import eval_stage
+
+    spec, run, _, _, _ = evaluated
+    spec = spec.model_copy(deep=True)
+    spec.eval.max_rows, spec.eval.judge = 2, "graded"
+    spec.eval.judge_endpoint = Teacher(endpoint="openai", base_url=fast_teacher["base_url"],
+                                       model=fast_teacher["model"])
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    teacher = Endpoint(fast_teacher["base_url"], fast_teacher["model"], Secret("none"), "embedded")
+    eval_stage(spec, copy, teacher, force=True)
+    m = json.loads((copy / "eval" / "metrics.json").read_text())
+    judge = m["judge"]
+    assert (judge["endpoint"], judge["is_teacher"], judge["method"]) == ("openai", False, "graded")
+    assert judge["calls"] == 3 * 2 and m["models"]["teacher"]["tokens"]["calls"] == 2
+
+
 def test_no_held_out_text_or_reply_in_the_metrics(evaluated):
     _, run, _, locked, m = evaluated
     dumped = json.dumps(m)

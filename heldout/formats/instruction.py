@@ -7,11 +7,13 @@ number or PIN).
 The headline is the win-or-tie rate against the teacher: how often the student's reply is at
 least as good as the teacher's. The judge is the teacher's endpoint. `eval.judge: pairwise` (the
 default) asks it an A-or-B question in both orders, a tie when the orders disagree; `graded` a
-yes/no question about each reply alone. A 0.5B judge answers "A" to every A-or-B prompt, so
-pairwise only ever gives ties there (heldout/pairwise.py says what was measured).
+yes/no question about each reply alone. The embedded models separate replies neither way (the
+0.5B and 1.5B answer "A" to every A-or-B prompt; the 1.5B grades every reply "yes"), so with them
+every row is a tie and `decide` says inconclusive (heldout/pairwise.py says what was measured).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from distilforge.errors import UserError
@@ -71,6 +73,7 @@ class InstructionFormat(TaskFormat):
         Nothing here quotes a held-out input or a reply: only rates, counts and row ids."""
         from heldout import evaluate as ev
         from heldout.answers import generate_local
+        from distilforge.teacher import teacher_endpoint
         from heldout.pairwise import compare, compare_grades, endpoint_ask, grade, reply_check_rates
 
         spec = ctx.spec
@@ -87,16 +90,18 @@ class InstructionFormat(TaskFormat):
             replies[name] = generate_local(ctx.base, str(path), ctx.trained_prompts(texts), t.max_tokens,
                                            f"{name} replies")
         usage: dict = {"calls": 0, "prompt": 0, "completion": 0, "seconds": 0.0}
-        ask = endpoint_ask(ctx.endpoint, timeout=t.timeout_s, max_retries=t.max_retries, usage=usage)
         judged = [{"instruction": spec.instruction, "input": x} for x in texts]
-        if spec.eval.judge == "graded":
-            guide = spec.style_guide
-            teacher_grades = grade(ask, judged, teacher, style_guide=guide, desc="judging teacher replies")
-            vs = {name: compare_grades(grade(ask, judged, r, style_guide=guide, desc=f"judging {name} replies"),
-                                       teacher_grades) for name, r in replies.items()}
-        else:
-            vs = {name: compare(ask, judged, r, teacher, desc=f"judging {name} vs teacher")
-                  for name, r in replies.items()}
+        method, jcfg = spec.eval.judge, spec.eval.judge_endpoint or t
+        with (teacher_endpoint(jcfg) if spec.eval.judge_endpoint else nullcontext(ctx.endpoint)) as judge_ep:
+            ask = endpoint_ask(judge_ep, timeout=jcfg.timeout_s, max_retries=jcfg.max_retries, usage=usage)
+            if method == "graded":
+                guide = spec.style_guide
+                teacher_grades = grade(ask, judged, teacher, style_guide=guide, desc="judging teacher replies")
+                vs = {name: compare_grades(grade(ask, judged, r, style_guide=guide, desc=f"judging {name} replies"),
+                                           teacher_grades) for name, r in replies.items()}
+            else:
+                vs = {name: compare(ask, judged, r, teacher, desc=f"judging {name} vs teacher")
+                      for name, r in replies.items()}
         checks = reply_check_rates({**replies, "teacher": teacher}, self.reply_style())
         prompt = {"base": "full", **{name: ctx.student_mode for name in ctx.adapters}}
         models: dict[str, dict] = {name: self._model_entry(vs[name], checks[name], prompt[name], len(texts))
@@ -107,7 +112,7 @@ class InstructionFormat(TaskFormat):
         models["teacher"] = {"score": None, "score_ci": None, "rows": len(texts), "prompt": "full",
                              "checks": checks["teacher"], "table": self._check_cells(checks["teacher"]),
                              "tokens": tokens, "model": ctx.endpoint.model}
-        if spec.eval.judge == "graded":
+        if method == "graded":
             models["teacher"]["judge_yes_rate"] = next(iter(vs.values()))["teacher_yes_rate"]
         for m in models.values():
             if row_ids is not None:
@@ -123,7 +128,8 @@ class InstructionFormat(TaskFormat):
                                           "what": "difference of win-or-tie rates vs the teacher, same rows"}
         if "student_dpo" in outcomes:
             comparisons["dpo_vs_sft"] = ev.paired_bootstrap(outcomes["student_dpo"], outcomes["student_sft"])
-        judge = {"model": ctx.endpoint.model, "method": spec.eval.judge, "calls": usage["calls"],
+        judge = {"model": judge_ep.model, "endpoint": judge_ep.kind, "is_teacher": judge_ep is ctx.endpoint,
+                 "method": method, "calls": usage["calls"],
                  "tokens": {"prompt": usage["prompt"], "completion": usage["completion"]},
                  "seconds": usage["seconds"]}
         return {"models": models, "comparisons": comparisons, "judge": judge,
