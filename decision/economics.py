@@ -123,6 +123,11 @@ class EconInputs:
     metric: str = "accuracy"  # accuracy | micro_f1 | win_or_tie
     pairwise: dict | None = None  # win_or_tie: the student vs the teacher (wins, ties, losses, n, ...)
     n_heldout: int | None = None
+    # When the teacher was scored on a subset of the locked rows (eval.teacher_max_per_label /
+    # teacher_max_rows), the student's score above is its score on those same rows, so both numbers
+    # stand on one sample; `student_all_rows` keeps its score on every scored row, for the record.
+    same_rows: int | None = None
+    student_all_rows: float | None = None
     student_model: str | None = None
     margin: float = 0.20
     quality_tolerance: float = 0.0
@@ -457,6 +462,10 @@ def decide(inp: EconInputs) -> dict:
     else:
         line += (f" | student {_named(inp)}{_acc(inp.student_accuracy, inp.student_ci)} vs hosted "
                  f"{_acc(inp.teacher_accuracy, inp.teacher_ci)}")
+        if inp.same_rows:
+            line += f" on the teacher's {inp.same_rows} rows"
+            if inp.student_all_rows is not None:
+                line += f" (student on every scored row: {inp.student_all_rows:.3f})"
     if measured:
         per = measured["tasks_per_hour"] / 3600
         line += (f" | serving measured: {per:,.2f} tasks/s per {measured['unit']} at ${measured['price_per_hour']:g}/"
@@ -505,6 +514,7 @@ def decide(inp: EconInputs) -> dict:
             "teacher_ci": inputs["teacher_ci"],
             "tolerance": inp.quality_tolerance,
             "n": inp.n_heldout,
+            **({"same_rows": inp.same_rows, "student_all_rows": inp.student_all_rows} if inp.same_rows else {}),
             **({"pairwise": inp.pairwise} if inp.pairwise is not None else {}),
         },
         "precheck": [p.to_dict() for p in prechecks.values()],

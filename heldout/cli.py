@@ -59,7 +59,7 @@ def eval_cmd(run: Path = RunArg, spec: Optional[Path] = SpecOpt, profile: Option
              structured: str = typer.Option("none", "--structured", help="Endpoint output constraint: none (a served "
                                             "student constrains itself) | llama_cpp | openai."),
              max_per_label: Optional[int] = typer.Option(None, "--max-per-label", min=1,
-                                                         help="Endpoint: score only the first N locked rows of each label.")):
+                                                         help="Endpoint: score a seeded random N locked rows of each label.")):
     """Score base, student and teacher on the verified held-out set (eval/metrics.json)."""
     from distilforge.teacher import teacher_endpoint
     from heldout.stages import eval_stage

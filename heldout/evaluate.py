@@ -204,17 +204,22 @@ def paired_bootstrap(a: list[int], b: list[int], n_boot: int = 2000, seed: int =
             round(float(np.percentile(d, 97.5)), 4)], "p_value": round(float(min(1.0, p)), 4)}
 
 
-def stratified_rows(gold: list[str], per_label: int | None) -> list[int]:
-    """The first `per_label` rows of each label, in locked order (all rows when None)."""
+def stratified_rows(gold: list[str], per_label: int | None, seed: int = 0) -> list[int]:
+    """A seeded random `per_label` rows of each label, in locked order (all rows when None).
+
+    Why random and not the first rows: the locked order is the source file's, and its first rows
+    of a label need not be typical. On the Banking77 demo the SFT student scored 0.980 on the first
+    10 test rows of each label and 0.877 on the other 300, so a teacher scored on the first rows
+    was compared on an easier sample than the student's."""
     if not per_label:
         return list(range(len(gold)))
-    seen: dict[str, int] = {}
-    out = []
+    by_label: dict[str, list[int]] = {}
     for i, g in enumerate(gold):
-        seen[g] = seen.get(g, 0) + 1
-        if seen[g] <= per_label:
-            out.append(i)
-    return out
+        by_label.setdefault(g, []).append(i)
+    rng = random.Random(seed)
+    out = [i for g in sorted(by_label) for i in
+           (by_label[g] if len(by_label[g]) <= per_label else rng.sample(by_label[g], per_label))]
+    return sorted(out)
 
 
 def sample_rows(n: int, max_rows: int | None, seed: int = 0) -> list[int]:

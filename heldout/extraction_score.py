@@ -248,6 +248,16 @@ def score(preds_raw: list[str], gold: list[dict], schema: dict, n_boot: int = 20
                      for v, (_, err), e, c in zip(valid, checked, exact, counts)]}
 
 
+def micro_f1_rows(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float] | None]:
+    """Micro field-F1 of some rows of a `score()["rows"]` list, with its bootstrap 95 % CI: one
+    model's score on another model's subset (the teacher's), for a same-rows comparison."""
+    if not rows:
+        raise DataError("extraction score: no rows")
+    c = np.array([[r["tp"], r["fp"], r["fn"]] for r in rows], dtype=float)
+    w = _weights(len(rows), n_boot, seed).astype(float)
+    return round(float(_f1(*c.sum(0))[2]), 4), _ci(_f1(*(w @ c).T)[2])
+
+
 def paired_bootstrap_f1(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """Micro field-F1 of model a minus model b on the same rows (each model's `score()["rows"]`,
     same order), with a 95 % CI and a two-sided p-value from one set of row resamples shared by

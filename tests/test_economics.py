@@ -180,6 +180,38 @@ def test_cpu_train_time_is_never_turned_into_gpu_hours(tmp_path):
     assert d["verdict"] == FINE_TUNE and (gpu / "decide" / "cost_vs_volume.png").stat().st_size > 1000
 
 
+def test_a_teacher_scored_on_a_subset_is_compared_on_the_same_rows(tmp_path):
+    """The teacher on 100 of 400 rows: quality compares the student's score on THOSE rows (eval's
+    comparisons.student_vs_teacher), not its score on all 400; the verdict line says so."""
+    from decision.cli import DecideConfig, decide_run
+    from distilforge.atomic import atomic_write_json
+
+    run = _mini_run(tmp_path, "cuda:0")
+    atomic_write_json(run / "eval" / "metrics.json", {"n": 400, "models": {
+        "teacher": {"score": 0.97, "score_ci": [0.94, 1.0], "rows": 100,
+                    "tokens": {"prompt": 40_000, "completion": 1_000, "calls": 100}},
+        "student": {"score": 0.9025, "score_ci": [0.872, 0.93], "rows": 400}},
+        "comparisons": {"student_vs_teacher": {"diff": 0.01, "ci": [-0.03, 0.05], "rows": 100,
+                                               "student_score": 0.98, "student_score_ci": [0.95, 1.0],
+                                               "teacher_score": 0.97}}})
+    cfg = DecideConfig.model_validate({"hosted": {"price_in_per_m": 1.0, "price_out_per_m": 4.0},
+                                       "volume": {"tasks_per_month": 1e6, "months": 12},
+                                       "training": {"gpu_per_hour": 2.0}, "serving": {"per_hour": 0.1}})
+    d = decide_run(run, cfg)
+    q = d["quality"]
+    assert (q["student_accuracy"], q["student_ci"], q["n"], q["same_rows"]) == (0.98, [0.95, 1.0], 100, 100)
+    assert q["student_all_rows"] == 0.9025 and q["status"] == "ok"
+    assert "vs hosted 0.970 [0.940, 1.000] on the teacher's 100 rows (student on every scored row: 0.902)" \
+        in d["verdict_line"], d["verdict_line"]
+    assert "student_vs_teacher" in d["inputs"]["sources"]["quality"]
+    # the same metrics with the teacher on every row: the student's own score stands
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    m["models"]["teacher"]["rows"] = 400
+    atomic_write_json(run / "eval" / "metrics.json", m)
+    q = decide_run(run, cfg)["quality"]
+    assert q["student_accuracy"] == 0.9025 and "same_rows" not in q and q["status"] == "worse"
+
+
 def test_config_error_is_one_line_naming_the_field(tmp_path):
     from typer.testing import CliRunner
     import typer

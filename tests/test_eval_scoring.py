@@ -70,3 +70,16 @@ def test_fallback_teacher_answers_match_the_grammar(banking77_texts, fast_teache
     assert all(p in spec.label_names for p in plain)  # every miss was re-asked under the grammar
     assert sum(a == b for a, b in zip(plain, grammar)) >= 6, (plain, grammar)
     assert tp["requests"] >= tp["calls"] == 8 and "requests" not in tg
+
+
+def test_teacher_subset_is_a_seeded_sample_of_each_label_not_its_first_rows():
+    """`eval.teacher_max_per_label` picks N rows of each label at random (seeded, locked order kept):
+    the first rows of a label in the source file need not be typical (module doc of stratified_rows)."""
+    gold = [g for g in ("a", "b", "c") for _ in range(40)]  # grouped, like a source sorted by label
+    rows = ev.stratified_rows(gold, 10)
+    assert rows == sorted(rows) and rows == ev.stratified_rows(gold, 10)  # sorted, reproducible
+    assert {g: sum(gold[i] == g for i in rows) for g in "abc"} == {"a": 10, "b": 10, "c": 10}
+    assert rows != [i for i in range(120) if i % 40 < 10]  # not the first 10 of each label
+    assert ev.stratified_rows(gold, 10, seed=1) != rows
+    assert ev.stratified_rows(gold, 50) == list(range(120)) and ev.stratified_rows(gold, None) == list(range(120))
+    assert ev.stratified_rows(["a", "a", "b"], 1) in ([0, 2], [1, 2])

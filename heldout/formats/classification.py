@@ -183,9 +183,12 @@ class ClassificationFormat(TaskFormat):
             m.setdefault("rows", len(gold))
         comparisons = {}
         if "teacher" in models:
+            st = [models["student"]["correct"][i] for i in t_idx]
             comparisons["student_vs_teacher"] = {
-                **ev.paired_bootstrap([models["student"]["correct"][i] for i in t_idx], models["teacher"]["correct"]),
-                "rows": len(t_idx)}
+                **ev.paired_bootstrap(st, models["teacher"]["correct"]), "rows": len(t_idx),
+                # the student on the teacher's rows: what `decide` compares when the teacher has a subset
+                "student_score": round(sum(st) / len(st), 4), "student_score_ci": ev.bootstrap_ci(st),
+                "teacher_score": models["teacher"]["accuracy"]}
         comparisons["student_vs_base"] = ev.paired_bootstrap(models["student"]["correct"], models["base"]["correct"])
         if "student_dpo" in models:
             comparisons["dpo_vs_sft"] = ev.paired_bootstrap(models["student_dpo"]["correct"],

@@ -13,7 +13,7 @@ import json
 import random
 from typing import Any, Callable
 
-from heldout.extraction_score import canonical, parse_prediction, paired_bootstrap_f1, score
+from heldout.extraction_score import canonical, micro_f1_rows, parse_prediction, paired_bootstrap_f1, score
 from heldout.formats.base import TaskFormat, dumps
 
 
@@ -239,8 +239,11 @@ class ExtractionFormat(TaskFormat):
         per_row = {name: m.pop("_rows") for name, m in models.items()}
         cmp = {}
         if "teacher" in models:
-            cmp["student_vs_teacher"] = {**paired_bootstrap_f1([per_row["student"][i] for i in t_idx],
-                                                               per_row["teacher"]), "rows": len(t_idx)}
+            st = [per_row["student"][i] for i in t_idx]
+            score_st, ci_st = micro_f1_rows(st)
+            cmp["student_vs_teacher"] = {**paired_bootstrap_f1(st, per_row["teacher"]), "rows": len(t_idx),
+                                         "student_score": score_st, "student_score_ci": ci_st,
+                                         "teacher_score": models["teacher"]["score"]}
         cmp["student_vs_base"] = {**paired_bootstrap_f1([per_row["student"][i] for i in b_idx], per_row["base"]),
                                   "rows": len(b_idx)}
         if "student_dpo" in models:
