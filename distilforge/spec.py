@@ -475,7 +475,8 @@ class Eval(_Strict):
     teacher: bool = True
     max_rows: int | None = Field(None, gt=0)
     # The teacher is scored through its endpoint, one request per row: on a CPU box that is the
-    # slow part, so it may be scored on a label-stratified subset (comparisons use the same rows).
+    # slow part, so it may be scored on a seeded random `teacher_max_per_label` rows of each label;
+    # `decide` then compares the student on those same rows (heldout/evaluate.py stratified_rows).
     teacher_max_per_label: int | None = Field(None, gt=0)
     # Task types without labels (extraction, instruction): the teacher is scored on a seeded random
     # subset of this many of the scored rows (the report says how many rows each number stands on).
