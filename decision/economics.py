@@ -35,7 +35,7 @@ extraction; the `student_accuracy` / `teacher_accuracy` inputs hold that score w
   ok           : student point score >= teacher score - tol (which implies the CI upper
                  bound is too, i.e. the looser "upper bound >= teacher" rule also holds)
 Instruction tasks (`metric` win_or_tie) have no teacher score: the teacher's replies are the
-reference the student's are judged against, both orders (heldout/pairwise.py). "At least equal"
+reference the student's are judged against (`eval.judge`: both orders, or graded; heldout/pairwise.py). "At least equal"
 is then "the student wins at least as often as it loses": with w = (wins + ties / 2) / n (the
 tie-half win rate; w >= 0.5 exactly when wins >= losses), the same rule reads with 0.5 in the
 teacher's place: worse when w's CI upper bound < 0.5 - tol, ok when w >= 0.5 - tol, else

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distilforge.card import METRIC_NAMES, headline, judge_how, metric_of, pairwise_of, reply_checks_of
+from distilforge.card import METRIC_NAMES, headline, judge_how, judge_of, metric_of, pairwise_of, reply_checks_of
 from distilforge.records import Metrics
 from decision.report_html import COLORS, ci_text, esc, img, not_run, num, pyplot, table
 
@@ -139,8 +139,8 @@ def _eval_extraction(m: Metrics, keys: list[str]) -> str:
 
 def _eval_instruction(m: Metrics, keys: list[str]) -> str:
     """Win / tie / loss against the teacher (as the run's judge method says) and the reply checks."""
-    judge = getattr(m, "judge", None) or {}
-    graded = judge.get("method") == "graded"
+    judge = judge_of(m)
+    graded = judge["method"] == "graded"
     pw = {k: p for k in keys if (p := pairwise_of(m.models[k]))}
     parts = []
     if pw:

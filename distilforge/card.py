@@ -84,11 +84,17 @@ JUDGE_HOW = {
 }
 
 
-def judge_how(metrics: Metrics | dict | None) -> str:
-    """The sentence for a run's recorded judge method (metrics.json `judge.method`); runs that
+def judge_of(metrics: Metrics | dict | None) -> dict:
+    """metrics.json `judge` (model, endpoint, method, calls) with `method` always set: runs that
     predate the field were all judged pairwise."""
-    method = (_as_dict(metrics).get("judge") or {}).get("method") or "pairwise"
-    return JUDGE_HOW.get(method, JUDGE_HOW["pairwise"])
+    judge = dict(_as_dict(metrics).get("judge") or {})
+    judge["method"] = judge.get("method") or "pairwise"
+    return judge
+
+
+def judge_how(metrics: Metrics | dict | None) -> str:
+    """The sentence for a run's recorded judge method."""
+    return JUDGE_HOW.get(judge_of(metrics)["method"], JUDGE_HOW["pairwise"])
 
 
 def pairwise_of(entry: Any) -> dict | None:
@@ -287,8 +293,9 @@ def _headline_metric(metrics: Metrics, s: Any) -> dict:
         return {"type": "f1", "value": float(_or0(v)), "name": METRIC_NAMES[metric], "args": {**args, "average": "micro"}}
     pw = pairwise_of(s)
     if pw:
-        method = (_as_dict(metrics).get("judge") or {}).get("method") or "pairwise"
-        args.update(wins=pw["wins"], ties=pw["ties"], losses=pw["losses"], judge=f"the teacher, {method}")
+        judge = judge_of(metrics)
+        args.update(wins=pw["wins"], ties=pw["ties"], losses=pw["losses"],
+                    judge=f"{judge.get('model') or 'the teacher'}, {judge['method']}")
     return {"type": metric, "value": float(_or0(v)), "name": METRIC_NAMES.get(metric, metric), "args": args}
 
 
@@ -331,7 +338,8 @@ def render_card(run: Path, metrics: Metrics | dict | None = None, library: str =
         how = {"accuracy": "label-likelihood scoring",
                "micro_f1": "greedy answers scored field by field against the gold JSON (an invalid answer "
                            "extracts nothing)",
-               "win_or_tie": f"greedy replies, each {judge_how(metrics)}, the teacher judging"}
+               "win_or_tie": f"greedy replies, each {judge_how(metrics)}; judge: "
+                             f"{judge_of(metrics).get('model') or 'the teacher'}"}
         lines += [f"Locked held-out set, n = {metrics.n}, sha256 `{metrics.heldout_sha256}`; "
                   f"{how.get(metric_of(metrics), 'scored by the task format')}; bootstrap 95% CIs.", "",
                   _metrics_table(metrics)]

@@ -169,4 +169,3 @@ def test_reply_style_from_the_style_guide_wording():
     assert ReplyStyle.from_guide("under 50 words") == ReplyStyle(5, 50)
     assert ReplyStyle.from_guide("one or two sentences") == ReplyStyle(5, 40)
     assert ReplyStyle.from_guide("Be kind.") == ReplyStyle.from_guide(None) == ReplyStyle()
-

@@ -71,9 +71,9 @@ class InstructionFormat(TaskFormat):
         of `eval.teacher_max_rows`), base and student replies (greedy, local), each judged against
         the teacher's; win / tie / loss with bootstrap CIs and the reply checks per model.
         Nothing here quotes a held-out input or a reply: only rates, counts and row ids."""
+        from distilforge.teacher import teacher_endpoint
         from heldout import evaluate as ev
         from heldout.answers import generate_local
-        from distilforge.teacher import teacher_endpoint
         from heldout.pairwise import compare, compare_grades, endpoint_ask, grade, reply_check_rates
 
         spec = ctx.spec
