@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from distilforge.errors import DistilforgeError, UserError, one_line
@@ -28,7 +29,7 @@ from distilforge.atomic import atomic_write_json
 from distilforge.layout import Run
 from distilforge.manifest import sha256_json
 from distilforge.stage import STAGE_NAMES, first_stage_reading
-from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec, validate_spec
+from distilforge.spec import SpecError, TaskSpec, cosmetic_paths, load_spec, spec_error, validate_spec
 
 console = Console(stderr=True)
 
@@ -155,6 +156,9 @@ def prepare(run: Path, spec_path: Path | None = None, profile: str | None = None
     raw = {k: v for k, v in _recorded(p).items() if not k.startswith("_")}
     try:
         return validate_spec(raw)
+    except ValidationError as e:  # name the field, as a bad TASK.yaml does
+        raise SpecError(f"{spec_error(e, raw, f'{p}: not a valid recorded spec')}; "
+                        "pass --spec TASK.yaml --respec to rewrite it") from None
     except ValueError as e:
         raise SpecError(f"{p}: not a valid recorded spec ({str(e).splitlines()[0]}); "
                         "pass --spec TASK.yaml --respec to rewrite it") from None

@@ -713,7 +713,7 @@ def validate_spec(raw: Any) -> TaskSpec:
     return _ADAPTER.validate_python(raw)
 
 
-def _spec_error(e: ValidationError, raw: Any, source: str) -> SpecError:
+def spec_error(e: ValidationError, raw: Any, source: str) -> SpecError:
     """The first error as one line, located without the union's tag (`labels`, not
     `classification.labels`)."""
     err = e.errors()[0]
@@ -746,7 +746,7 @@ def parse_spec(raw: Any, *, source: str = "<spec>", profile: str | None = None) 
     try:
         return validate_spec(raw)
     except ValidationError as e:
-        raise _spec_error(e, raw, source) from None
+        raise spec_error(e, raw, source) from None
 
 
 def load_spec(path: str | Path, profile: str | None = None) -> TaskSpec:

@@ -145,3 +145,23 @@ def test_traffic_block_validates(monkeypatch):
         with pytest.raises(SpecError) as e:
             parse_spec({**raw, "traffic": {**no_gold, **extra}})
         assert "traffic" in str(e.value) and field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_recorded_spec_names_the_field(tmp_path):
+    """RUN/spec.json that no longer validates (a field changed under it) fails in one line naming
+    the field and the way out, like a bad TASK.yaml."""
+    import json
+
+    from distilforge.layout import Run
+    from distilforge.runctx import prepare
+
+    run = tmp_path / "run"
+    prepare(run, TASK, create=True)
+    p = Run(run).spec_json
+    raw = json.loads(p.read_text())
+    raw["eval"]["teacher"] = "sometimes"
+    p.write_text(json.dumps(raw))
+    with pytest.raises(SpecError) as e:
+        prepare(run)
+    msg = str(e.value)
+    assert "\n" not in msg and "not a valid recorded spec: field 'eval.teacher'" in msg and "--respec" in msg
