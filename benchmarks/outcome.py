@@ -81,7 +81,10 @@ def _deep(a: dict, b: dict) -> dict:
 
 def profiles(quick: bool, sizes: list[int], score_rows: int | None) -> dict[str, dict]:
     """One spec profile per pool (+ `train` for the points), over examples/banking77/task.yaml."""
-    base: dict = {"generation": {"per_label": max(sizes)}, "traffic": None, "eval": {"teacher": False}}
+    # the demo profile's teacher settings: 4 inputs per generation request, label questions without
+    # the grammar unless an answer is no label (examples/banking77/task.yaml, profile demo)
+    base: dict = {"generation": {"per_label": max(sizes), "inputs_per_request": 4},
+                  "teacher": {"structured_output": "fallback"}, "traffic": None, "eval": {"teacher": False}}
     if quick:
         base = _deep(base, {"teacher": {"model": "qwen2.5-coder-0.5b", "max_tokens": 64, "replicas": 1},
                             "student": {"base": "tiny-random"}, "training": {"epochs": 1}})
