@@ -65,8 +65,9 @@ def stages_cmd():
 
 @app.command("blindspots")
 def blindspots(run: Path = typer.Argument(..., help="Run directory."),
-               clusters: Optional[int] = typer.Option(None, "--clusters", help="Held-out clusters (default ~2 per label).")):
-    """Teacher blind spots: held-out regions the training rows don't cover → targets.yaml."""
+               clusters: Optional[int] = typer.Option(None, "--clusters", help="Dev-split clusters (default ~2 per label).")):
+    """Teacher blind spots: real dev-split regions the training rows don't cover, student errors → targets.yaml
+    (the locked test set is never read here)."""
     from labeling.blindspots import blindspots_cmd
 
     blindspots_cmd(run, clusters)

@@ -17,7 +17,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 from distilforge.atomic import atomic_path, atomic_write_json
-from distilforge.card import headline, metric_of, pairwise_of
+from distilforge.card import headline, judge_of, metric_of, pairwise_of
 from distilforge.layout import Run
 from distilforge.manifest import read_json
 from distilforge.records import Decision, GenerationResult, Metrics, ModelScore, StageManifest, TrainResult
@@ -234,6 +234,8 @@ def gather_inputs(run: str | Path, cfg: DecideConfig, overrides: dict[str, Any] 
         if inp.metric == "win_or_tie":  # the teacher is the reference: its wins / losses decide
             pw = pairwise_of(s)
             inp.pairwise = {k: pw[k] for k in _PAIRWISE_KEYS if k in pw} if pw else None
+            if inp.pairwise is not None:  # how the judge judged: both orders (pairwise) or graded
+                inp.pairwise["method"] = judge_of(metrics)["method"]
         else:
             _same_rows(inp, metrics, key, src)
 

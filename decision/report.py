@@ -139,7 +139,8 @@ def _quality_line(q) -> str:
     pw = getattr(q, "pairwise", None)
     if metric == "win_or_tie":
         got = f"{pw.get('wins')} wins / {pw.get('ties')} ties / {pw.get('losses')} losses" if pw else "not judged"
-        return f"{q.status}: {q.student_model} vs teacher (pairwise): {got} (n={q.n})"
+        how = (pw or {}).get("method") or "pairwise"
+        return f"{q.status}: {q.student_model} vs teacher ({how}): {got} (n={q.n})"
     name = "" if metric == "accuracy" else f"{METRIC_NAMES.get(metric, metric)} "
     return (f"{q.status}: {q.student_model} {name}{num(q.student_accuracy, '{:.3f}')} "
             f"{q.student_ci} vs teacher {num(q.teacher_accuracy, '{:.3f}')} (n={q.n})")

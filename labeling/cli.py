@@ -13,7 +13,7 @@ import typer
 
 from distilforge.layout import Run
 from distilforge.errors import DistilforgeError
-from distilforge.runctx import cli_errors, fail, prepare
+from distilforge.runctx import ProfileOpt, RespecOpt, SpecOpt, cli_errors, fail, prepare
 from labeling.server import control
 
 review_app = typer.Typer(help="Human review in Argilla (embedded server on SQLite, or a hosted one).",
@@ -93,14 +93,15 @@ PrefixOption = typer.Option(None, "--dataset", help="Dataset name prefix [defaul
 
 @review_app.command()
 @cli_errors
-def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
+def push(run: Path = RunArg, spec_file: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+         respec: bool = RespecOpt, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
          data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
          dataset: Optional[str] = PrefixOption,
          batch_size: int = typer.Option(50, "--batch-size", help="Records per upsert request.")) -> None:
     """Push curated rows (and preference pairs) to Argilla for review; safe to rerun."""
     from labeling.push import push_run
 
-    spec = prepare(run)
+    spec = prepare(run, spec_file, profile, respec=respec)
     try:
         report = push_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
                           prefix=dataset, batch_size=batch_size)
@@ -117,13 +118,14 @@ def push(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Option
 
 @review_app.command()
 @cli_errors
-def pull(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
+def pull(run: Path = RunArg, spec_file: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+         respec: bool = RespecOpt, api_url: Optional[str] = UrlOption, api_key: Optional[str] = KeyOption,
          data_dir: Optional[Path] = DataDirOption, workspace: Optional[str] = WorkspaceOption,
          dataset: Optional[str] = PrefixOption) -> None:
     """Pull every response (all users, all statuses) into RUN/review/reviews."""
     from labeling.pull import pull_run
 
-    spec = prepare(run)
+    spec = prepare(run, spec_file, profile, respec=respec)
     counts = pull_run(run, spec, api_url=api_url, api_key=api_key, data_dir=data_dir, workspace=workspace,
                       prefix=dataset)
     for fmt, c in counts.items():
@@ -135,14 +137,15 @@ def pull(run: Path = RunArg, api_url: Optional[str] = UrlOption, api_key: Option
 
 @review_app.command("export")
 @cli_errors
-def export_cmd(run: Path = RunArg,
+def export_cmd(run: Path = RunArg, spec_file: Optional[Path] = SpecOpt, profile: Optional[str] = ProfileOpt,
+               respec: bool = RespecOpt,
                policy: str = typer.Option("one", help="one | majority | unanimous (accepts needed to approve)."),
                min_reviewers: int = typer.Option(1, "--min-reviewers",
                                                  help="Rows with fewer submitted decisions stay undecided.")) -> None:
     """Approved rows (corrections applied) for training, rejected rows with reasons."""
     from labeling.export import export_run
 
-    spec = prepare(run)
+    spec = prepare(run, spec_file, profile, respec=respec)
     try:
         m = export_run(run, spec, policy=policy, min_reviewers=min_reviewers)
     except DistilforgeError:

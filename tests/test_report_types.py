@@ -76,7 +76,7 @@ def extraction_run(tmp_path, student: float = 0.82, ci=None):
     return _run(tmp_path, "extract", {"type": "extraction", "output_schema": SCHEMA}, metrics)
 
 
-def instruction_run(tmp_path, wins: int = 12, ties: int = 5, losses: int = 3, ci=(0.52, 0.82)):
+def instruction_run(tmp_path, wins: int = 12, ties: int = 5, losses: int = 3, ci=(0.52, 0.82), method=None):
     n = wins + ties + losses
     pw = {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": wins / n, "tie_rate": ties / n,
           "loss_rate": losses / n, "win_rate_tie_half": (wins + ties / 2) / n, "win_rate_tie_half_ci": list(ci),
@@ -91,6 +91,8 @@ def instruction_run(tmp_path, wins: int = 12, ties: int = 5, losses: int = 3, ci
                     "tokens": {"prompt": n * 120, "completion": n * 60, "calls": n}},
         "student": {"score": score, "score_ci": [score - 0.15, min(1.0, score + 0.1)], "rows": n,
                     "table": {"length ok": 0.95}, "vs_teacher": pw, "reply_checks": checks}}}
+    if method:
+        metrics["judge"] = {"model": "qwen2.5-coder-1.5b", "method": method, "calls": n}
     return _run(tmp_path, "reply", {"type": "instruction", "style_guide": "Two to four short sentences."}, metrics)
 
 
@@ -193,6 +195,15 @@ def test_instruction_decide_needs_wins_at_least_losses(tmp_path, wins, ties, los
         assert "loses more often than it wins" in d["reasons"][0]
     sec = _section(render_html(tmp_path / "reply"), "economics")
     assert f"{status}: student vs teacher (pairwise): {wins} wins / {ties} ties / {losses} losses" in sec
+
+
+def test_graded_judge_is_named_graded_in_the_verdict(tmp_path):
+    """A run judged by graded yes / no (eval.judge: graded) must not be called pairwise in the verdict."""
+    d = decide_run(instruction_run(tmp_path, 6, 6, 6, (0.35, 0.65), method="graded"), CFG)
+    assert d["quality"]["pairwise"]["method"] == "graded"
+    assert "6 wins / 6 ties / 6 losses (graded)" in d["verdict_line"] and "(pairwise)" not in d["verdict_line"]
+    sec = _section(render_html(tmp_path / "reply"), "economics")
+    assert "student vs teacher (graded): 6 wins" in sec
 
 
 def test_pairwise_rule_by_hand():

@@ -1,6 +1,8 @@
 """A malformed task spec gets one error line naming the field; nothing is written."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -165,3 +167,34 @@ def test_a_bad_recorded_spec_names_the_field(tmp_path):
         prepare(run)
     msg = str(e.value)
     assert "\n" not in msg and "not a valid recorded spec: field 'eval.teacher'" in msg and "--respec" in msg
+
+
+# The README's list: commands that (re)record the spec take --spec/--profile/--respec; the rest read RUN's.
+TAKES_SPEC = {"traffic", "generate", "curate", "train", "eval", "heldout lock", "review push", "review pull",
+              "review export"}
+READS_RUNS_SPEC = {"blindspots", "loop", "decide", "report", "export", "heldout verify"}
+
+
+def test_every_run_command_is_in_the_readme_spec_list():
+    """A new RUN command must say which it is (README 'Any command ... --spec'), and the options must match."""
+    import typer.main
+
+    from app.cli import app
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield " ".join(path), cmd
+
+    seen = {}
+    for name, cmd in walk(typer.main.get_command(app), []):
+        if "run" in [p.name for p in cmd.params if p.param_type_name == "argument"]:
+            opts = {o for p in cmd.params if p.param_type_name == "option" for o in p.opts}
+            seen[name] = {"--spec", "--profile", "--respec"} <= opts
+    assert set(seen) == TAKES_SPEC | READS_RUNS_SPEC, set(seen) ^ (TAKES_SPEC | READS_RUNS_SPEC)
+    assert {n for n, ok in seen.items() if ok} == TAKES_SPEC
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in TAKES_SPEC | READS_RUNS_SPEC:
+        assert f"`{name}`" in readme or f"`{name.split()[0]} " in readme, name
