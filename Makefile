@@ -13,6 +13,7 @@ setup:
 
 demo: setup
 	.venv/bin/distilforge run examples/banking77/task.yaml --profile demo --out runs/demo
+	.venv/bin/distilforge report runs/demo --learning-curve benchmarks/results/outcome.json
 
 smoke: setup
 	.venv/bin/distilforge run examples/banking77/task.yaml --profile smoke --out runs/smoke

@@ -343,11 +343,17 @@ def decide_cmd(
 
 
 @cli_errors
-def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+def report_cmd(run: Annotated[Path, typer.Argument(help="run directory")],
+               learning_curve: Annotated[Optional[Path], typer.Option(
+                   "--learning-curve", help="a benchmarks/outcome.py results file: copied into RUN, shown with "
+                   "this run's student on it")] = None) -> None:
     """Render RUN/report.html: one self-contained page that opens offline."""
     from decision.report import render_report
+    from decision.report_curve import record_learning_curve
 
     check_run(run)  # a missing RUN, or a file, is refused before anything is written
+    if learning_curve is not None:
+        record_learning_curve(run, learning_curve)
     try:
         out = render_report(run)
     except (ValueError, OSError) as e:  # not one of ours: still one line, rc 2

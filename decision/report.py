@@ -24,6 +24,7 @@ from distilforge.card import METRIC_NAMES, headline
 from distilforge.layout import Run
 from distilforge.manifest import read_json, read_manifest
 from distilforge.records import Decision, PricedServing, TrainResult
+from decision.report_curve import sec_learning_curve
 from decision.report_data import sec_coverage, sec_distribution, sec_funnel, sec_generation, sec_training
 from decision.report_eval import sec_eval
 from decision.report_html import esc, img, not_run, num, png_bytes, pyplot, table, usd
@@ -31,8 +32,8 @@ from decision.report_html import esc, img, not_run, num, png_bytes, pyplot, tabl
 __all__ = ["SECTIONS", "esc", "img", "not_run", "plot_cost_vs_volume", "png_bytes", "render_html", "render_report",
            "table"]
 
-SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "rounds", "serving", "generation",
-            "economics")
+SECTIONS = ("summary", "funnel", "distribution", "coverage", "training", "eval", "curve", "rounds", "serving",
+            "generation", "economics")
 _QUALITY = {"student_accuracy", "student_ci", "teacher_accuracy", "teacher_ci", "n_heldout", "student_model",
             "metric", "pairwise"}
 
@@ -234,6 +235,7 @@ _BUILDERS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "distribution": ("Label / strategy distribution", sec_distribution),
     "coverage": ("Coverage map", sec_coverage), "training": ("Training curves", sec_training),
     "eval": ("Evaluation on the locked held-out set", sec_eval),
+    "curve": ("Learning curve: accuracy vs rows per label", sec_learning_curve),
     "rounds": ("Loop rounds (chosen on dev)", sec_rounds),
     "serving": ("Serving the student", sec_serving),
     "generation": ("Generation tokens and cost", sec_generation),

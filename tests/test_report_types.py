@@ -277,3 +277,37 @@ def test_data_sections_without_labels_show_all_rows_not_a_nameless_bucket(tmp_pa
     (plot,) = re.findall(r'alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dist)
     assert plot[0] == "strategy distribution" and _spread(plot[1]) > 5
     assert "tokens per label" not in gen and "<td>rows</td><td>30</td>" in gen
+
+
+def test_learning_curve_section_from_a_results_file(tmp_path):
+    """`report --learning-curve FILE` copies a benchmarks/outcome.py results file into RUN (a bad one is
+    refused with the point and field named, RUN untouched) and the page plots it with this run's student."""
+    from conftest import cli
+    from decision.report_curve import FILE
+
+    labels = [{"name": f"l{i}"} for i in range(10)]
+    run = _run(tmp_path, "intents", {"type": "classification", "labels": labels},
+               {"type": "classification", "metric": "accuracy", "n": 400,
+                "models": {"student": {"score": 0.8875, "score_ci": [0.855, 0.92], "rows": 400}}})
+    atomic_write_json(run / "train" / "manifest.json", {"stage": "train", "train_rows": 240, "seconds": 10.0})
+    html = render_html(run)
+    assert "--learning-curve" in _section(html, "curve")  # says how to add one, does not fail
+    pts = [{"condition": c, "size": s, "accuracy": a, "accuracy_ci": [a - 0.04, a + 0.04], "rows": 10 * s,
+            "cpu_minutes": 1.5} for c, s, a in (("gold", 8, 0.61), ("gold", 16, 0.7345), ("traffic", 8, 0.5925))]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"points": [*pts, {"condition": "gold", "size": "32", "accuracy": 0.9}]}))
+    res = cli("report", run, "--learning-curve", bad)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == f"error: {bad}: points[3].size: missing or not an integer"
+    assert not (run / FILE).exists()
+    good = tmp_path / "outcome.json"
+    good.write_text(json.dumps({"mode": "full", "task": "t.yaml", "points": [*pts, {"condition": "base", "size": 0,
+                                                                                    "accuracy": 0.3175}]}))
+    res = cli("report", run, "--learning-curve", good)
+    assert res.returncode == 0, res.stderr
+    sec = _section((run / "report.html").read_text(), "curve")
+    assert "0.735 [0.695, 0.775] (160 rows, 1.5 CPU-min)" in sec and "0.593" in sec and "--quick" not in sec
+    b64 = re.search(r'src="data:image/png;base64,([^"]+)"', sec).group(1)
+    assert _spread(b64) > 5  # a drawn chart, not a blank image
+    from decision.report_curve import _this_run
+
+    assert _this_run(run) == (24.0, 0.8875)  # the star: 240 rows over 10 labels, the student's score
