@@ -204,8 +204,9 @@ def sec_generation(run: Path) -> str:
     tok = gen.tokens or Tokens()
     g = columns(r.generated_rows, ["label", "status", "prompt_tokens", "completion_tokens"])
     failed = sum(1 for s in g["status"] if s != "ok")
+    n_rows = max(len(v) for v in g.values())  # every generated row has a status; only classification has a label
     rows = [["teacher model", gen.teacher_model], ["requests", gen.requests],
-            ["rows", len(g["label"])], ["failed rows", failed],
+            ["rows", n_rows], ["failed rows", failed],
             ["prompt tokens", num(tok.prompt)], ["completion tokens", num(tok.completion)],
             ["cost (USD, at the teacher's prices)", num(gen.cost_usd, "${:,.4f}")],
             ["seconds", gen.seconds]]

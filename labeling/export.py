@@ -58,7 +58,7 @@ def validate_answer(spec: TaskSpec, raw: str) -> tuple[Optional[str], str]:
     raw = (raw or "").strip()
     if not raw:
         return None, "empty correction"
-    return task_format(spec).validate_answer(raw)
+    return task_format(spec).validate_correction(raw)
 
 
 def correction(spec: TaskSpec, accepting: list[dict], current_label: Optional[str]) -> Optional[str]:

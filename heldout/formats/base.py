@@ -92,6 +92,11 @@ class TaskFormat:
             return None, "empty output"
         return raw.strip(), ""
 
+    def validate_correction(self, raw: str | None) -> tuple[str | None, str]:
+        """A reviewer's typed correction: the same check as a teacher answer unless a format makes
+        typing easier (extraction: keys left out are null)."""
+        return self.validate_answer(raw)
+
     def completion(self, label: str, answer: str) -> str:
         """The SFT completion text: what the student learns to write."""
         return answer

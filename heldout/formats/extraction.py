@@ -29,6 +29,11 @@ def schema_error(schema: dict, obj: Any) -> str:
     return f"schema: {where}: {err.message}"
 
 
+def _nullable(prop: dict) -> bool:
+    t = prop.get("type")
+    return t == "null" or (isinstance(t, list) and "null" in t) or None in (prop.get("enum") or [])
+
+
 def _norm(s: str) -> str:
     return " ".join(s.lower().split())
 
@@ -102,6 +107,22 @@ class ExtractionFormat(TaskFormat):
             return None, err or f"not JSON: {raw[:60]!r}"
         bad = schema_error(self.schema, obj)
         return (None, bad) if bad else (self.canonical(obj), "")
+
+    def correction_hint(self) -> str:
+        return (" Type the whole JSON object; a key you leave out means null (no value in the message). "
+                "It must fit the schema above, or the row is not trained on.")
+
+    def validate_correction(self, raw: str | None) -> tuple[str | None, str]:
+        """A curator types only the keys that have a value: a required key left out is null when the
+        schema allows null for it (the scorer reads absent and null alike), then the answer check."""
+        obj, _ = parse_prediction(raw or "")
+        if isinstance(obj, dict):
+            props = self.schema.get("properties") or {}
+            for k in self.schema.get("required") or []:
+                if k not in obj and _nullable(props.get(k) or {}):
+                    obj[k] = None
+            raw = dumps(obj)
+        return self.validate_answer(raw)
 
     def answer_request_schema(self) -> dict | None:
         return self.schema
