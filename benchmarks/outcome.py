@@ -59,6 +59,9 @@ CONDITIONS = {
     "traffic": "(c) real traffic (Banking77 train), teacher labels",
     "gold": "(d) the same real rows, gold labels (reference)",
 }
+PAIRS = [("traffic", "synthetic", "real inputs vs generated ones, both teacher-labelled"),
+         ("gold", "traffic", "gold labels vs the teacher's on the same texts"),
+         ("agreement", "synthetic", "what teacher agreement buys")]
 QUICK = {"sizes": [2, 4], "conditions": ["synthetic", "traffic", "gold"], "score_rows": 40}
 FULL = {"sizes": [8, 16, 32, 64], "conditions": list(CONDITIONS), "score_rows": None}
 # (a)'s rows with every curate step off but the validity checks and held-out decontamination
@@ -491,6 +494,18 @@ def report(path: Path) -> str:
             d = paired_bootstrap([int(x) for x in cu["correct"]], [int(x) for x in un["correct"]])
             out.append(f"| {s} | {cu['rows']} | {_acc(cu)} | {_acc(un)} | {d['diff']:+.3f} [{d['ci'][0]:+.3f}, "
                        f"{d['ci'][1]:+.3f}] | {d['p_value']} |")
+    diffs = []
+    for a_, b_, what in PAIRS:
+        for s in sizes:
+            pa, pb = pts.get((a_, s)), pts.get((b_, s))
+            if pa and pb and pa["scored_rows_sha256"] == pb["scored_rows_sha256"]:
+                d = paired_bootstrap([int(x) for x in pa["correct"]], [int(x) for x in pb["correct"]])
+                diffs.append(f"| {a_} - {b_} ({what}) | {s} | {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
+                             f"{d['p_value']} |")
+    if diffs:
+        out += ["", "Kind of data, paired on the same locked rows (the CI covers the test rows, not training "
+                "randomness):", "", "| difference | rows / label | accuracy difference [95 % CI] | p |",
+                "|---|---|---|---|", *diffs]
     loop = data.get("loop") or {}
     if loop.get("rounds"):
         out += ["", f"Loop rounds ({loop.get('run')}; kept = best on dev):", "",
