@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+
+from distilforge.card import pairwise_method
 from distilforge.errors import UserError
 
 METRICS = ("accuracy", "micro_f1", "win_or_tie")  # eval's headline metrics (heldout/formats)
@@ -325,11 +327,6 @@ def _wtl(pw: dict) -> str:
     return f"{pw['wins']} wins / {pw['ties']} ties / {pw['losses']} losses"
 
 
-def _judged_how(inp: EconInputs) -> str:
-    """The judge method eval recorded (`eval.judge`): pairwise (both orders) or graded."""
-    return str((inp.pairwise or {}).get("method") or "pairwise")
-
-
 def _quality_reason(inp: EconInputs, q: str) -> str:
     """Why the quality is what it is, in one clause of the verdict (worse / inconclusive / ok)."""
     m = _named(inp)
@@ -337,7 +334,7 @@ def _quality_reason(inp: EconInputs, q: str) -> str:
         pw = inp.pairwise
         w, ci = win_rate(pw)
         n = pw["wins"] + pw["ties"] + pw["losses"]
-        judged = f"against the teacher in {_judged_how(inp)} judging (n={n}): {_wtl(pw)}"
+        judged = f"against the teacher in {pairwise_method(inp.pairwise)} judging (n={n}): {_wtl(pw)}"
         if q == "worse":
             return (f"student is significantly worse {judged}; tie-half win rate {_acc(w, ci)}, CI upper bound "
                     f"{(ci[1] if ci else w):.3f} < 0.5 - tolerance {inp.quality_tolerance:g}")
@@ -463,7 +460,7 @@ def decide(inp: EconInputs) -> dict:
     costs_known = None not in (fixed, c_s, c_h)
     line += f" | break-even {f'{be:,.0f} tasks' if be is not None else ('never' if costs_known else '?')}"
     if inp.metric == "win_or_tie":
-        line += f" | student vs hosted: {_wtl(inp.pairwise) if inp.pairwise else '?'} ({_judged_how(inp)})"
+        line += f" | student vs hosted: {_wtl(inp.pairwise) if inp.pairwise else '?'} ({pairwise_method(inp.pairwise)})"
     else:
         line += (f" | student {_named(inp)}{_acc(inp.student_accuracy, inp.student_ci)} vs hosted "
                  f"{_acc(inp.teacher_accuracy, inp.teacher_ci)}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distilforge.atomic import atomic_write_text
-from distilforge.card import METRIC_NAMES, headline
+from distilforge.card import METRIC_NAMES, headline, pairwise_method
 from distilforge.layout import Run
 from distilforge.manifest import read_json, read_manifest
 from distilforge.records import Decision, PricedServing, TrainResult
@@ -140,8 +140,7 @@ def _quality_line(q) -> str:
     pw = getattr(q, "pairwise", None)
     if metric == "win_or_tie":
         got = f"{pw.get('wins')} wins / {pw.get('ties')} ties / {pw.get('losses')} losses" if pw else "not judged"
-        how = (pw or {}).get("method") or "pairwise"
-        return f"{q.status}: {q.student_model} vs teacher ({how}): {got} (n={q.n})"
+        return f"{q.status}: {q.student_model} vs teacher ({pairwise_method(pw)}): {got} (n={q.n})"
     name = "" if metric == "accuracy" else f"{METRIC_NAMES.get(metric, metric)} "
     return (f"{q.status}: {q.student_model} {name}{num(q.student_accuracy, '{:.3f}')} "
             f"{q.student_ci} vs teacher {num(q.teacher_accuracy, '{:.3f}')} (n={q.n})")

@@ -92,6 +92,11 @@ def judge_of(metrics: Metrics | dict | None) -> dict:
     return judge
 
 
+def pairwise_method(pw: dict | None) -> str:
+    """The judge method a decision's pairwise record carries (`decide` copies it from judge_of)."""
+    return str((pw or {}).get("method") or "pairwise")
+
+
 def judge_how(metrics: Metrics | dict | None) -> str:
     """The sentence for a run's recorded judge method."""
     return JUDGE_HOW.get(judge_of(metrics)["method"], JUDGE_HOW["pairwise"])

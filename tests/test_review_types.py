@@ -73,14 +73,14 @@ def _round_trip(server, run: Path, spec, plan):
     pushed = push_run(run, spec, data_dir=server.data_dir, progress=False)
     state = json.loads((run / "review" / "push.json").read_text())
     ds = connect(data_dir=server.data_dir).datasets(name=state["datasets"]["sft"]["name"], workspace=state["workspace"])
-    questions = [q.name for q in ds.settings.questions]
-    fields = [f.name for f in ds.settings.fields]
+    settings = {"questions": [q.name for q in ds.settings.questions], "fields": [f.name for f in ds.settings.fields],
+                "guidelines": ds.settings.guidelines}
     _answer(server, run, plan)
     counts = pull_run(run, spec, data_dir=server.data_dir)
     m = export_run(run, spec)
     approved = {r["text"]: r for r in load_dataset_dir(run / "review" / "export" / "approved")}
     rejected = {r["text"]: r for r in load_dataset_dir(run / "review" / "export" / "rejected")}
-    return pushed, questions, fields, counts, m, approved, rejected
+    return pushed, settings, counts, m, approved, rejected
 
 
 def test_extraction_review_corrections_are_schema_checked(server, tmp_path):
@@ -96,14 +96,12 @@ def test_extraction_review_corrections_are_schema_checked(server, tmp_path):
             items[1][0]: {"decision": "accept", "corrected": fixed},
             items[2][0]: {"decision": "accept", "corrected": '{"amount": 250, "transaction_type": "wire"}'},
             items[3][0]: {"decision": "reject", "reject_reason": ["off_topic"]}}
-    pushed, questions, fields, counts, m, approved, rejected = _round_trip(server, tmp_path / "extract", spec, plan)
+    pushed, settings, counts, m, approved, rejected = _round_trip(server, tmp_path / "extract", spec, plan)
     assert pushed["sft"]["records"] == 4
+    questions, guide = settings["questions"], settings["guidelines"]
     assert "correct_label" not in questions and {"decision", "corrected", "reject_reason"} <= set(questions)
-    assert fields == ["text", "completion"]
+    assert settings["fields"] == ["text", "completion"]
     assert counts["sft"]["responses"] == 4
-    state = json.loads((tmp_path / "extract" / "review" / "push.json").read_text())
-    guide = connect(data_dir=server.data_dir).datasets(name=state["datasets"]["sft"]["name"],
-                                                      workspace=state["workspace"]).settings.guidelines
     assert "a key you leave out means null" in guide and "card_last4" in guide  # the schema, from the spec
     assert (m["approved"], m.get("corrected"), m["rejected"]) == (2, 1, 2), m
     assert approved[items[0][0]]["completion"][0]["content"] == ok and not approved[items[0][0]]["corrected"]
@@ -132,15 +130,13 @@ def test_instruction_review_corrected_reply_is_the_completion(server, tmp_path):
     plan = {items[0][0]: {"decision": "accept", "rating": 5},
             items[1][0]: {"decision": "accept", "corrected": better},
             items[2][0]: {"decision": "reject", "reject_reason": ["unnatural"]}}
-    pushed, questions, fields, counts, m, approved, rejected = _round_trip(server, tmp_path / "reply", spec, plan)
-    assert pushed["sft"]["records"] == 3 and "correct_label" not in questions
+    pushed, settings, counts, m, approved, rejected = _round_trip(server, tmp_path / "reply", spec, plan)
+    assert pushed["sft"]["records"] == 3 and "correct_label" not in settings["questions"]
     assert (m["approved"], m["corrected"], m["rejected"]) == (2, 1, 1)
     got = approved[items[1][0]]
     assert got["corrected"] and got["completion"][0]["content"] == better
     assert "PIN" in got["original_completion"] and got["reviewed_by"]
     assert approved[items[0][0]]["completion"][0]["content"] == items[0][1]
     assert rejected[items[2][0]]["reasons"] == ["unnatural"]
-    guide = connect(data_dir=server.data_dir).datasets(
-        name=json.loads((tmp_path / "reply" / "review" / "push.json").read_text())["datasets"]["sft"]["name"],
-        workspace=json.loads((tmp_path / "reply" / "review" / "push.json").read_text())["workspace"]).settings.guidelines
+    guide = settings["guidelines"]
     assert "style" in guide.lower() and "a key you leave out" not in guide
