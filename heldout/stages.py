@@ -1,9 +1,9 @@
 """Held-out stages: lock (or verify an existing lock) and evaluate base / student / teacher."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import datasets
 
@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from distilforge.atomic import atomic_write_json
+from distilforge.manifest import read_json
 from distilforge.layout import Run
-from distilforge.manifest import Stage, read_manifest, sha256_json, verified_output
+from distilforge.manifest import Stage, read_json, read_manifest, sha256_json, verified_output
 from distilforge.spec import TaskSpec
 from heldout import evaluate as ev
 from heldout.lock import HeldoutError, load_locked, lock, verify
@@ -79,6 +80,47 @@ class EvalContext:
     def trained_prompts(self, texts: list[str]) -> list[list[dict]]:
         return [[{"role": "system", "content": self.student_system}, {"role": "user", "content": t}] for t in texts]
 
+    # ------------------------------------------------------------------ answers kept between evals
+    answers: Path | None = None  # RUN/eval/answers; None: nothing kept (every answer asked again)
+    reused: list[str] = field(default_factory=list)  # which answer sets came from an earlier eval
+
+    def _model_key(self, model: str) -> dict:
+        """What makes a model's answers differ: for the base its folder and weight files; for the
+        teacher what eval asks it with (eval asks at temperature 0). An embedded teacher's ports
+        change every start and are left out; a remote server's address is part of the key."""
+        if model == "base":
+            d = Path(self.base)
+            files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file()) \
+                if d.is_dir() else []
+            return {"base": str(d.resolve()), "files": files}
+        t = self.spec.teacher
+        remote = sorted(self.endpoint.base_urls) if self.endpoint is not None and self.endpoint.kind != "embedded" else None
+        return {"teacher": t.model, "endpoint": t.endpoint, "urls": remote, "max_tokens": t.max_tokens,
+                "structured_output": t.structured_output}
+
+    def reuse(self, model: str, name: str, inputs: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()`, or the answers an earlier eval of this run got for exactly the same model and
+        inputs. Why: the base and the teacher do not change between evals of one run (a loop round,
+        a retrain, `eval --force`), and re-asking them is most of an eval's time with the teacher on
+        every row (742 s of the 1.5B here on 400 rows) or, with a hosted teacher, its bill. The
+        student is always scored afresh. The file holds answers only, under RUN/eval (which only
+        eval reads), keyed by a hash of model and inputs; any change asks again."""
+        if self.answers is None:
+            return compute()
+        key = sha256_json({"model": self._model_key(model), "name": name, "inputs": inputs})
+        path = self.answers / f"{name}.json"
+        try:
+            got = read_json(path, HeldoutError)
+        except HeldoutError:  # a damaged cache file is asked again, never trusted
+            got = None
+        if isinstance(got, dict) and got.get("key") == key:
+            self.reused.append(name)
+            value = got["value"]
+            return tuple(value) if got.get("tuple") else value
+        value = compute()
+        atomic_write_json(path, {"key": key, "tuple": isinstance(value, tuple), "value": value})
+        return value
+
 
 def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, force: bool = False) -> dict:
     """Score on the verified held-out set; writes eval/metrics.json, a manifest, and the model card.
@@ -127,13 +169,18 @@ def eval_stage(spec: TaskSpec, run: Path, endpoint: Endpoint | None = None, forc
     rows = rows.select(ev.sample_rows(len(rows), spec.eval.max_rows))
     kept = train_m.get("kept") or {"which": "sft", "why": "SFT only (trained before DPO support)", "selected_on": None}
     ctx = EvalContext(spec, rows, base, adapters, kept, mode, student_system,
-                      endpoint if spec.eval.teacher else None, dev if dev and len(dev[0]) else None)
+                      endpoint if spec.eval.teacher else None, dev if dev and len(dev[0]) else None,
+                      answers=r.eval / "answers")
     metrics = {"type": spec.type, "metric": fmt.headline_metric, "n": len(rows), "heldout_sha256": info["sha256"],
                "adapter_sha256": train_m["adapter_sha256"], "row_ids": list(rows["id"]), **fmt.evaluate(ctx)}
     for m in metrics["models"].values():  # predictions stay out of metrics.json; no held-out text anywhere
         m.pop("predictions", None)
+    metrics["reused_answers"] = ctx.reused  # answer sets an earlier eval of this run already had
+    if ctx.reused:
+        console.print(f"eval: answers reused from an earlier eval of the same rows, unchanged models: "
+                      f"{', '.join(ctx.reused)} ({ctx.answers})")
     atomic_write_json(r.metrics, metrics)
-    out = st.finish(n=len(rows), metric=fmt.headline_metric,
+    out = st.finish(n=len(rows), metric=fmt.headline_metric, reused_answers=ctx.reused,
                     score={k: v["score"] for k, v in metrics["models"].items()},
                     **({"accuracy": {k: v["accuracy"] for k, v in metrics["models"].items()}}
                        if fmt.headline_metric == "accuracy" else {}),

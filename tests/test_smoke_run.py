@@ -117,3 +117,37 @@ def test_rerun_skips_unchanged_stages(smoke_run, fast_teacher):
     assert "held-out: verified 20 locked rows" in r.stderr
     assert r.stdout.count("skipped") >= 5, r.stdout[-2000:]  # the stages table says so, from each stage's record
     assert time.time() - t0 < 120
+
+
+def test_eval_again_reuses_the_unchanged_base_and_teacher(smoke_run, tmp_path):
+    """A second eval of the same locked rows (a loop round, a retrain, `eval --force`) asks the base
+    and the teacher nothing: their answers come from RUN/eval/answers. The teacher endpoint given
+    here is a closed port, so any question to it would fail the eval; a changed teacher is asked."""
+    import shutil
+
+    import pytest
+
+    from distilforge.runctx import prepare
+    from distilforge.secrets import Secret
+    from distilforge.teacher import Endpoint
+    from heldout.stages import eval_stage
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    first = json.loads((run / "eval" / "metrics.json").read_text())
+    assert first["reused_answers"] == []
+    spec = prepare(run)
+    closed = Endpoint(base_url="http://127.0.0.1:9/v1", model=first["models"]["teacher"]["model"],
+                      api_key=Secret("unused"), kind="embedded")
+    eval_stage(spec, run, closed, force=True)
+    again = json.loads((run / "eval" / "metrics.json").read_text())
+    assert again["reused_answers"] == ["base-test", "teacher-test", "base-dev"]
+    for name in ("base", "teacher", "student"):  # the student is scored afresh, and scores the same
+        assert again["models"][name]["correct"] == first["models"][name]["correct"]
+    assert again["dev"]["base"] == first["dev"]["base"]
+    # the teacher's settings are part of the key: one token more and it is asked again (closed port)
+    other = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"max_tokens": spec.teacher.max_tokens + 1,
+                                                                                 "max_retries": 0})})
+    with pytest.raises(Exception):
+        eval_stage(other, run, closed, force=True)
+    assert json.loads((run / "eval" / "metrics.json").read_text())["reused_answers"] == again["reused_answers"]

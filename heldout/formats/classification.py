@@ -162,8 +162,9 @@ class ClassificationFormat(TaskFormat):
         gold, texts, labels = list(rows["label"]), list(rows["text"]), spec.label_names
         full, trained = ctx.full_prompts(texts), ctx.trained_prompts(texts)
         models: dict[str, dict] = {}
-        models["base"] = {**ev.summarize(ev.score_local(ctx.base, None, full, labels, "scoring base"), gold, labels),
-                          "prompt": "full"}
+        base = ctx.reuse("base", "base-test", {"prompts": full, "labels": labels},
+                         lambda: ev.score_local(ctx.base, None, full, labels, "scoring base"))
+        models["base"] = {**ev.summarize(base, gold, labels), "prompt": "full"}
         for name, path in ctx.adapters.items():
             models[name] = {**ev.summarize(ev.score_local(ctx.base, str(path), trained, labels, f"scoring {name}"),
                                            gold, labels), "prompt": ctx.student_mode}
@@ -172,9 +173,11 @@ class ClassificationFormat(TaskFormat):
         models["student"]["kept"] = ctx.kept
         t_idx = ev.stratified_rows(gold, spec.eval.teacher_max_per_label)
         if ctx.endpoint is not None:
-            t = spec.teacher
-            preds, tokens = ev.score_teacher(ctx.endpoint, spec.system_prompt("full"), [texts[i] for i in t_idx],
-                                             labels, t.structured_output, t.timeout_s, t.max_retries)
+            t, t_texts = spec.teacher, [texts[i] for i in t_idx]
+            preds, tokens = ctx.reuse("teacher", "teacher-test", {"system": spec.system_prompt("full"), "texts": t_texts,
+                                                                  "labels": labels},
+                                      lambda: ev.score_teacher(ctx.endpoint, spec.system_prompt("full"), t_texts, labels,
+                                                               t.structured_output, t.timeout_s, t.max_retries))
             models["teacher"] = {**ev.summarize(preds, [gold[i] for i in t_idx], labels), "prompt": "full",
                                  "tokens": tokens, "model": ctx.endpoint.model, "rows": len(t_idx),
                                  "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}
@@ -213,7 +216,11 @@ class ClassificationFormat(TaskFormat):
                "row_ids": list(ds["id"])}
         for name, adapter, prompts in (("base", None, ctx.full_prompts(ds["text"])),
                                        ("student", str(student), ctx.trained_prompts(ds["text"]))):
-            s = ev.summarize(ev.score_local(ctx.base, adapter, prompts, labels, f"scoring {name} on dev"), gold, labels)
+            def answer(adapter=adapter, prompts=prompts, name=name):
+                return ev.score_local(ctx.base, adapter, prompts, labels, f"scoring {name} on dev")
+            preds = (ctx.reuse("base", "base-dev", {"prompts": prompts, "labels": labels}, answer)
+                     if adapter is None else answer())
+            s = ev.summarize(preds, gold, labels)
             out[name] = {k: s[k] for k in ("accuracy", "accuracy_ci", "macro_f1")}
             out[name].update(score=s["accuracy"], score_ci=s["accuracy_ci"])
         # the student's answer per dev row (row_ids order; labels, no text): blind spots rank the dev

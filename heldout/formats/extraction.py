@@ -239,9 +239,10 @@ class ExtractionFormat(TaskFormat):
         n_new = self.max_tokens()
         models: dict[str, dict] = {}
         b_idx = ev.sample_rows(len(texts), spec.eval.base_max_rows)  # the untrained base: slow, often a subset
-        models["base"] = self._scored(generate_local(ctx.base, None, ctx.full_prompts([texts[i] for i in b_idx]), n_new,
-                                                     "answering: base", done=json_object_done),
-                                      [gold[i] for i in b_idx], "full")
+        b_prompts = ctx.full_prompts([texts[i] for i in b_idx])
+        base = ctx.reuse("base", "base-test", {"prompts": b_prompts, "max_new": n_new},
+                         lambda: generate_local(ctx.base, None, b_prompts, n_new, "answering: base", done=json_object_done))
+        models["base"] = self._scored(base, [gold[i] for i in b_idx], "full")
         if len(b_idx) < len(gold):
             models["base"]["row_ids"] = [rows[i]["id"] for i in b_idx]
         for name, path in ctx.adapters.items():
@@ -253,7 +254,9 @@ class ExtractionFormat(TaskFormat):
         models["student"]["kept"] = ctx.kept
         t_idx = ev.sample_rows(len(texts), spec.eval.teacher_max_rows)
         if ctx.endpoint is not None:
-            raw, tokens = self.teacher_raw(ctx.endpoint, [texts[i] for i in t_idx], "answering: teacher")
+            t_texts = [texts[i] for i in t_idx]
+            raw, tokens = ctx.reuse("teacher", "teacher-test", {"texts": t_texts, "prompt": ctx.full_prompts(t_texts[:1])},
+                                    lambda: self.teacher_raw(ctx.endpoint, t_texts, "answering: teacher"))
             models["teacher"] = {**self._scored(raw, [gold[i] for i in t_idx], "full"), "tokens": tokens,
                                  "model": ctx.endpoint.model,
                                  "row_ids": [rows[i]["id"] for i in t_idx] if len(t_idx) < len(gold) else None}
@@ -308,8 +311,11 @@ class ExtractionFormat(TaskFormat):
         b_idx = ev.sample_rows(len(texts), self.spec.eval.base_max_rows)
         for name, adapter, idx, prompts in (("base", None, b_idx, ctx.full_prompts([texts[i] for i in b_idx])),
                                             ("student", str(student), range(len(texts)), ctx.trained_prompts(texts))):
-            s = score(generate_local(ctx.base, adapter, prompts, n_new, f"answering: {name} on dev",
-                                     done=json_object_done), [gold[i] for i in idx], self.schema)
+            def answer(adapter=adapter, prompts=prompts, name=name):
+                return generate_local(ctx.base, adapter, prompts, n_new, f"answering: {name} on dev", done=json_object_done)
+            got = (ctx.reuse("base", "base-dev", {"prompts": prompts, "max_new": n_new}, answer)
+                   if adapter is None else answer())
+            s = score(got, [gold[i] for i in idx], self.schema)
             out[name] = {"score": s["raw"]["micro_f1"], "score_ci": s["raw"]["micro_f1_ci"],
                          "macro_f1": s["raw"]["macro_f1"], "exact_match": s["raw"]["exact_match"],
                          "json_validity": s["json_validity"]}
