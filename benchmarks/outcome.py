@@ -61,7 +61,8 @@ CONDITIONS = {
 }
 PAIRS = [("traffic", "synthetic", "real inputs vs generated ones, both teacher-labelled"),
          ("gold", "traffic", "gold labels vs the teacher's on the same texts"),
-         ("agreement", "synthetic", "what teacher agreement buys")]
+         ("agreement", "synthetic", "what teacher agreement buys"),
+         ("agreement", "unfiltered", "curate with teacher agreement vs no curation; equal rows where both have them")]
 QUICK = {"sizes": [2, 4], "conditions": ["synthetic", "traffic", "gold"], "score_rows": 40}
 FULL = {"sizes": [8, 16, 32, 64], "conditions": list(CONDITIONS), "score_rows": None}
 # (a)'s rows with every curate step off but the validity checks and held-out decontamination
@@ -185,6 +186,8 @@ class Bench:
             data["points"] = [x for x in data.get("points", []) if x["key"] != p["key"]] + [p]
         if "loop" in parts:
             data["loop"] = parts["loop"]
+        for name, rec in parts.get("loops", {}).items():
+            data[name] = rec
         data.setdefault("loop", {"status": "not run", "why": "each round is a full generate + curate + train + eval "
                                  "(hours on this box); not part of this benchmark's budget", "command": LOOP_COMMAND})
         atomic_write_json(self.results, data)
@@ -293,9 +296,10 @@ def _cores() -> int:
     return torch.get_num_threads()
 
 
-def score_point(spec, run: Path, adapter: str | None) -> dict:
+def score_point(spec, run: Path, adapter: str | None, train_manifest: dict | None = None) -> dict:
     """heldout.evaluate's scoring of one model on the (sampled) locked rows: the adapter with the
-    prompt it was trained with, the base with the full prompt (as `eval` does)."""
+    prompt it was trained with (`train_manifest`: that adapter's, default RUN/train's), the base
+    with the full prompt (as `eval` does)."""
     from heldout import evaluate as ev
     from heldout.lock import load_locked
     from heldout.stages import trained_prompt
@@ -309,7 +313,7 @@ def score_point(spec, run: Path, adapter: str | None) -> dict:
     if adapter is None:
         base, prompts, mode = student_base_dir(spec.student.base), [spec.student_prompt(t, "full") for t in texts], "full"
     else:
-        tm = read_manifest(Run(run).train)
+        tm = train_manifest or read_manifest(Run(run).train)
         mode, system = trained_prompt(spec, tm)  # what the adapter was trained with, as train recorded it
         base = tm["base_dir"]
         prompts = [[{"role": "system", "content": system}, {"role": "user", "content": t}] for t in texts]
@@ -426,16 +430,32 @@ def run_all(a) -> None:
 
 
 def record_loop(a) -> None:
-    """Record a finished `distilforge loop` run's rounds (RUN/loop.json) in the results file."""
-    from app.loop import read_rounds
+    """Record a finished `distilforge loop` run's rounds (RUN/loop.json) in the results file, under
+    `--loop-name`. Each round's snapshot adapter (RUN/loop/round-<r>/) is scored again on the same
+    locked rows, so the report can pair every round with round 0 row by row (loop.json keeps only
+    each round's score: a paired difference is what says whether a round moved anything)."""
+    import json
 
-    rounds = read_rounds(Path(a.loop_run))
+    from app.loop import read_rounds
+    from distilforge.runctx import prepare
+
+    run = Path(a.loop_run)
+    rounds = read_rounds(run)
     if not rounds:
         raise SystemExit(f"{a.loop_run}: no loop rounds recorded (run `distilforge loop {a.loop_run} --rounds 2` first)")
+    spec = prepare(run)
+    out = []
+    for x in rounds:
+        rec = {k: x.get(k) for k in ("round", "rows", "targets", "dev", "test", "kept")}
+        snap = run / "loop" / f"round-{x['round']}"
+        tm = json.loads((snap / "train_manifest.json").read_text())
+        p = score_point(spec, run, str(snap / "adapter"), tm)
+        rec["rescored"] = {k: p[k] for k in ("accuracy", "accuracy_ci", "n", "correct", "scored_rows_sha256")}
+        out.append(rec)
+    command = a.loop_command or (LOOP_COMMAND if a.loop_name == "loop" else f"distilforge loop {run}")
     with ExitStack() as stack:
-        Bench(a, stack).save(loop={"status": "recorded", "run": str(a.loop_run), "command": LOOP_COMMAND,
-                                   "rounds": [{k: x.get(k) for k in ("round", "rows", "targets", "dev", "test", "kept")}
-                                              for x in rounds]})
+        Bench(a, stack).save(loops={a.loop_name: {"status": "recorded", "run": str(run), "command": command,
+                                                  "rounds": out}})
     print(report(Path(a.results)))
 
 
@@ -507,12 +527,22 @@ def report(path: Path) -> str:
                 "randomness):", "", "| difference | rows / label | accuracy difference [95 % CI] | p |",
                 "|---|---|---|---|", *diffs]
     loop = data.get("loop") or {}
-    if loop.get("rounds"):
-        out += ["", f"Loop rounds ({loop.get('run')}; kept = best on dev):", "",
-                "| round | rows | test accuracy | dev accuracy | kept |", "|---|---|---|---|---|"]
-        out += [f"| {x['round']} | {x.get('rows')} | {_acc(x.get('test'))} | {_acc(x.get('dev'))} | "
-                f"{'yes' if x.get('kept') else ''} |" for x in loop["rounds"]]
-    else:
+    for name in ["loop"] + sorted(k for k in data if k.startswith("loop_")):
+        lp = data.get(name) or {}
+        if not lp.get("rounds"):
+            continue
+        out += ["", f"Loop rounds ({lp.get('run')}; `{lp.get('command')}`; kept = best on dev):", "",
+                "| round | rows | test accuracy | dev accuracy | kept | test vs round 0, paired [95 % CI] |",
+                "|---|---|---|---|---|---|"]
+        r0 = (lp["rounds"][0].get("rescored") or {})
+        for x in lp["rounds"]:
+            rs, cell = x.get("rescored") or {}, ""
+            if x["round"] and rs and r0 and rs["scored_rows_sha256"] == r0["scored_rows_sha256"]:
+                d = paired_bootstrap([int(c) for c in rs["correct"]], [int(c) for c in r0["correct"]])
+                cell = f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p {d['p_value']}"
+            out.append(f"| {x['round']} | {x.get('rows')} | {_acc(x.get('test'))} | {_acc(x.get('dev'))} | "
+                       f"{'yes' if x.get('kept') else ''} | {cell} |")
+    if not loop.get("rounds"):
         out += ["", f"Loop rounds 0/1/2: {loop.get('status', 'not run')} ({loop.get('why', '')}); "
                 f"to run: `{loop.get('command', LOOP_COMMAND)}`"]
     return "\n".join(out)
@@ -528,6 +558,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(WORK), help="cache of every pool and point (resume: run again)")
     ap.add_argument("--results", help="results file (default benchmarks/results/outcome[_quick].json)")
     ap.add_argument("--loop-run", help="record RUN/loop.json's rounds (a finished `distilforge loop RUN`)")
+    ap.add_argument("--loop-name", default="loop", help="where --loop-run goes in the results file: loop or loop_<name>")
+    ap.add_argument("--loop-command", help="the commands that made --loop-run's run (recorded with it)")
     a = ap.parse_args()
     mode = QUICK if a.quick else FULL
     a.results = a.results or str(RESULTS / ("outcome_quick.json" if a.quick else "outcome.json"))
@@ -535,6 +567,8 @@ def main() -> None:
     a.conditions = a.conditions.split(",") if a.conditions else mode["conditions"]
     a.score_rows = mode["score_rows"]
     bad = [c for c in a.conditions if c not in CONDITIONS]
+    if a.loop_name != "loop" and not a.loop_name.startswith("loop_"):
+        ap.error("--loop-name: loop, or loop_<name>")
     if bad or not a.sizes or min(a.sizes) < 1:
         ap.error(f"--conditions: unknown {', '.join(bad)}" if bad else "--sizes: positive integers")
     if a.report:
