@@ -210,8 +210,11 @@ def test_train_builds_the_student_prompt_and_eval_scores_with_the_recorded_one(t
     assert tm_full["fingerprint"] != tm["fingerprint"] and tm_full["adapter_sha256"] != tm["adapter_sha256"]
     assert (tm_full["prompt"], tm_full["system_prompt"]) == ("full", full_system)
     scored.clear()
-    eval_stage(full, run, None)
-    assert scored == [(None, full_system), (str(run / "train" / "adapter"), full_system)]
+    eval_stage(full, run, None)  # the base is unchanged: its answers come from the first eval
+    assert scored == [(str(run / "train" / "adapter"), full_system)]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["reused_answers"] == ["base-test"]
+    assert {k: v["prompt"] for k, v in metrics["models"].items()} == {"base": "full", "student": "full"}
 
 
 def test_contaminated_row_makes_train_refuse(tmp_path):
