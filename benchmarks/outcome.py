@@ -184,8 +184,6 @@ class Bench:
         if "point" in parts:
             p = parts["point"]
             data["points"] = [x for x in data.get("points", []) if x["key"] != p["key"]] + [p]
-        if "loop" in parts:
-            data["loop"] = parts["loop"]
         for name, rec in parts.get("loops", {}).items():
             data[name] = rec
         data.setdefault("loop", {"status": "not run", "why": "each round is a full generate + curate + train + eval "

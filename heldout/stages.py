@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from distilforge.atomic import atomic_write_json
-from distilforge.manifest import read_json
 from distilforge.layout import Run
 from distilforge.manifest import Stage, read_json, read_manifest, sha256_json, verified_output
 from distilforge.spec import TaskSpec

@@ -255,7 +255,7 @@ class ExtractionFormat(TaskFormat):
         t_idx = ev.sample_rows(len(texts), spec.eval.teacher_max_rows)
         if ctx.endpoint is not None:
             t_texts = [texts[i] for i in t_idx]
-            raw, tokens = ctx.reuse("teacher", "teacher-test", {"texts": t_texts, "prompt": ctx.full_prompts(t_texts[:1])},
+            raw, tokens = ctx.reuse("teacher", "teacher-test", {"system": spec.system_prompt("full"), "texts": t_texts},
                                     lambda: self.teacher_raw(ctx.endpoint, t_texts, "answering: teacher"))
             models["teacher"] = {**self._scored(raw, [gold[i] for i in t_idx], "full"), "tokens": tokens,
                                  "model": ctx.endpoint.model,

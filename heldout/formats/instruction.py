@@ -84,7 +84,7 @@ class InstructionFormat(TaskFormat):
         rows = ctx.rows.select(idx) if len(idx) < len(ctx.rows) else ctx.rows
         texts, t = list(rows["text"]), spec.teacher
         row_ids = list(rows["id"]) if len(idx) < len(ctx.rows) else None
-        teacher, tokens = ctx.reuse("teacher", "teacher-test", {"texts": texts, "prompt": ctx.full_prompts(texts[:1])},
+        teacher, tokens = ctx.reuse("teacher", "teacher-test", {"system": spec.system_prompt("full"), "texts": texts},
                                     lambda: self.teacher_raw(ctx.endpoint, texts, "teacher replies"))
         replies = {"base": ctx.reuse("base", "base-test", {"prompts": ctx.full_prompts(texts), "max_new": t.max_tokens},
                                      lambda: generate_local(ctx.base, None, ctx.full_prompts(texts), t.max_tokens,
