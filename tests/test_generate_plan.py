@@ -220,6 +220,33 @@ def test_inputs_per_request_keeps_row_ids_and_shards_whole_batches(tmp_path):
         parse_spec(raw, profile="demo")
 
 
+def test_batch_prompt_opens_with_what_every_request_shares(tmp_path):
+    """The embedded teacher re-reads a prompt only after the prefix it shares with the request
+    before it (distilforge/llama_server.py), so the default batch template must open with the
+    shared instruction and answer format, and put the label's situation and the style lines last.
+    The old order (v1: situation first) shared almost nothing between two labels' requests."""
+    import os
+
+    spec = load_spec(EXAMPLES / "banking77" / "task.yaml", "demo")
+    assert spec.generation.inputs_per_request == 4
+    reqs = plan.batch_requests(spec, plan_all(spec, tmp_path)[0])
+    first = {}
+    for r in reqs:
+        first.setdefault(r["label"], r)
+    a, b = list(first.values())[:2]
+
+    def shared(tname: str) -> float:
+        x, y = (formats.messages(tname, r) for r in (a, b))
+        full = "".join(m["content"] for m in x)
+        return len(os.path.commonprefix(["".join(m["content"] for m in x), "".join(m["content"] for m in y)])) / len(full)
+
+    tname = formats.batch_template_name(spec)
+    assert tname != "classification_batch_v1"
+    assert shared(tname) > 0.5 > 0.25 > shared("classification_batch_v1")
+    user = formats.messages(tname, a)[-1]["content"]
+    assert user.index("exactly 4 strings") < user.index(a["description"]) < user.index("1. ")
+
+
 def test_contrastive_target_asks_for_the_boundary(tmp_path):
     """A blind-spot target that says the student confuses a with b asks the teacher for a message
     that is clearly a and names b's situation as what it must not read like."""

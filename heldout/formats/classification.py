@@ -15,7 +15,7 @@ from heldout.formats.base import TaskFormat
 class ClassificationFormat(TaskFormat):
     type = "classification"
     template = "classification_v3"
-    batch_template = "classification_batch_v1"
+    batch_template = "classification_batch_v2"
     has_labels = True
 
     # ------------------------------------------------------------------ generation
