@@ -66,6 +66,13 @@ def _this_run(run: Path) -> tuple[float | None, float | None]:
     return per, acc
 
 
+def _per_label(p: dict, data: dict) -> float:
+    """Where a point sits on the x axis: the rows it really trained on per label (a curated pool
+    can fall short of the nominal size: (b) at "32" trained on 227 rows), else the nominal size."""
+    n = data.get("n_labels")
+    return p["rows"] / n if p.get("rows") and n else p["size"]
+
+
 def plot_curve(data: dict, run: Path):
     pts = [p for p in data["points"] if p["condition"] != "base"]
     conds = [c for c in _ORDER if any(p["condition"] == c for p in pts)]
@@ -74,7 +81,7 @@ def plot_curve(data: dict, run: Path):
     fig, ax = plt.subplots(figsize=(8, 4.4))
     for i, c in enumerate(conds):
         mine = sorted((p for p in pts if p["condition"] == c), key=lambda p: p["size"])
-        xs, ys = [p["size"] for p in mine], [p["accuracy"] for p in mine]
+        xs, ys = [_per_label(p, data) for p in mine], [p["accuracy"] for p in mine]
         lo = [p["accuracy"] - (p.get("accuracy_ci") or [p["accuracy"]] * 2)[0] for p in mine]
         hi = [(p.get("accuracy_ci") or [p["accuracy"]] * 2)[1] - p["accuracy"] for p in mine]
         ax.errorbar([x * (1 + 0.03 * (i - len(conds) / 2)) for x in xs], ys, yerr=[lo, hi], marker="o", capsize=3,
@@ -88,7 +95,7 @@ def plot_curve(data: dict, run: Path):
     ax.set_xscale("log", base=2)
     sizes = sorted({p["size"] for p in pts})
     ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_xlabel("training rows per label")
+    ax.set_xlabel("training rows per label (mean over labels; a curated pool can fall short of the size asked)")
     ax.set_ylabel("accuracy on the locked test rows")
     ax.set_title("learning curve (bars: bootstrap 95 % CI)")
     ax.legend(fontsize=8, loc="lower right")

@@ -311,3 +311,8 @@ def test_learning_curve_section_from_a_results_file(tmp_path):
     from decision.report_curve import _this_run
 
     assert _this_run(run) == (24.0, 0.8875)  # the star: 240 rows over 10 labels, the student's score
+    from decision.report_curve import _per_label
+
+    short = {"condition": "agreement", "size": 32, "accuracy": 0.85, "rows": 227}
+    assert _per_label(short, {"n_labels": 10}) == 22.7  # plotted where it trained, not at the nominal 32
+    assert _per_label(short, {}) == 32 and _per_label({**short, "rows": None}, {"n_labels": 10}) == 32
