@@ -19,13 +19,14 @@ Results: benchmarks/results/prompt_reuse.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,14 +53,40 @@ def log_reads(log: Path, start: int) -> tuple[list[tuple[float, int]], int]:
     return [(float(ms), int(t)) for ms, t in PERF.findall(data[start:].decode(errors="replace"))], len(data)
 
 
-def run_group(client, endpoint, tname: str, reqs: list[dict], log: Path) -> dict:
+@contextmanager
+def own_server(model: str, log: Path):
+    """A fresh single-thread embedded server for this benchmark alone, launched as `teacher serve`
+    launches one (distilforge.teacher.serve would reuse a running server for the model, whose
+    cache another client's requests would disturb)."""
+    from distilforge.assets import gguf_path
+    from distilforge.teacher import _free_port, healthy
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "distilforge.llama_server", "--model", str(gguf_path(model)), "--model_alias", model,
+           "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 300
+        while not healthy(url):
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"{log}: the server did not come up")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_group(client, model: str, tname: str, reqs: list[dict], log: Path) -> dict:
     from curation import formats
 
     start = log.stat().st_size
     lat, full = [], []
     for r in reqs:
         t0 = time.perf_counter()
-        resp = client.chat.completions.create(model=endpoint.model, messages=formats.messages(tname, r),
+        resp = client.chat.completions.create(model=model, messages=formats.messages(tname, r),
                                               temperature=0.0, max_tokens=1)
         lat.append(time.perf_counter() - t0)
         full.append(resp.usage.prompt_tokens)
@@ -92,18 +119,18 @@ def main() -> None:
     from openai import OpenAI
 
     from distilforge.atomic import atomic_write_json
-    from distilforge.teacher import teacher_endpoint
 
     load = os.getloadavg()[0]
     names = a.templates.split(",")
-    spec, reqs = planned_requests(a.model, a.requests)
+    _, reqs = planned_requests(a.model, a.requests)
     logdir = Path(tempfile.mkdtemp(prefix="bench-reuse-"))
     groups: dict[str, list[dict]] = {n: [] for n in names}
-    with teacher_endpoint(spec.teacher, log_dir=logdir) as ep:
-        client = OpenAI(base_url=ep.base_url, api_key=ep.api_key.reveal(), timeout=600)
+    log = logdir / "teacher.log"
+    with own_server(a.model, log) as url:
+        client = OpenAI(base_url=url, api_key="embedded", timeout=600)
         for rnd in range(a.rounds):
             for name in names:
-                g = run_group(client, ep, name, reqs, logdir / "teacher.log")
+                g = run_group(client, a.model, name, reqs, log)
                 groups[name].append(g)
                 print(f"round {rnd + 1} {name}: read {statistics.mean(g['tokens_read']):.0f} of "
                       f"{statistics.mean(g['prompt_tokens']):.0f} prompt tokens a request, "
