@@ -466,6 +466,16 @@ def _acc(p: dict | None) -> str:
     return f"{p['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{p['accuracy']:.3f}"
 
 
+def _pool_table(pools: dict) -> list[str]:
+    out = ["| pool | rows | fewest per label | teacher | teacher s | teacher CPU-min | note |", "|---|---|---|---|---|---|---|"]
+    for name, p in pools.items():
+        pl = p.get("per_label") or {}
+        few = min(pl.values()) if pl else 0
+        out.append(f"| {name} | {p.get('rows')} | {few} | {p.get('teacher_model')} | {p.get('teacher_seconds') or 0:.0f} | "
+                   f"{p.get('teacher_cpu_minutes')} | {p.get('note', '')} |")
+    return out
+
+
 def report(path: Path) -> str:
     """The results file as markdown tables (accuracy, CPU-minutes, pools, curated vs unfiltered, loop)."""
     from heldout.evaluate import paired_bootstrap
@@ -475,8 +485,9 @@ def report(path: Path) -> str:
     sizes = sorted({s for c, s in pts if c != "base"})
     conds = [c for c in CONDITIONS if any(k[0] == c for k in pts)]
     n = next((p["n"] for p in pts.values()), "?")
+    cmds = data.get("commands") or [data.get("command", "")]
     out = [f"Mode `{data.get('mode')}`, {n} locked rows scored per point; accuracy [bootstrap 95 % CI]; "
-           f"`{data.get('command', '')}`", ""]
+           + "; ".join(f"`{c}`" for c in cmds), ""]
     head = "| condition | " + " | ".join(f"{s} / label" for s in sizes) + " |"
     sep = "|---|" + "---|" * len(sizes)
     rows = []
@@ -494,12 +505,9 @@ def report(path: Path) -> str:
     out += [f"| {c} | " + " | ".join(str(pts[(c, s)]["cpu_minutes"]) if (c, s) in pts else "-" for s in sizes) + " |"
             for c in conds]
     out += ["", "Data pools (teacher time reported once per pool; CPU-min = teacher wall seconds x replicas):", "",
-            "| pool | rows | fewest per label | teacher | teacher s | teacher CPU-min | note |", "|---|---|---|---|---|---|---|"]
-    for name, p in (data.get("pools") or {}).items():
-        pl = p.get("per_label") or {}
-        few = min(pl.values()) if pl else 0
-        out.append(f"| {name} | {p.get('rows')} | {few} | {p.get('teacher_model')} | {p.get('teacher_seconds') or 0:.0f} | "
-                   f"{p.get('teacher_cpu_minutes')} | {p.get('note', '')} |")
+            *_pool_table(data.get("pools") or {})]
+    if data.get("pools_earlier"):  # the pools the smaller sizes were drawn from, before the pools grew
+        out += ["", data.get("pools_earlier_note", "Earlier pools:"), "", *_pool_table(data["pools_earlier"])]
     pairs = [(s, pts[("synthetic", s)], pts[("unfiltered", s)]) for s in sizes
              if ("synthetic", s) in pts and ("unfiltered", s) in pts]
     if pairs:
