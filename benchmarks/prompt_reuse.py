@@ -59,11 +59,10 @@ def own_server(model: str, log: Path):
     launches one (distilforge.teacher.serve would reuse a running server for the model, whose
     cache another client's requests would disturb)."""
     from distilforge.assets import gguf_path
-    from distilforge.teacher import _free_port, healthy
+    from distilforge.teacher import _free_port, healthy, server_command
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "distilforge.llama_server", "--model", str(gguf_path(model)), "--model_alias", model,
-           "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = server_command(model, gguf_path(model), port)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}/v1"

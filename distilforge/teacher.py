@@ -138,6 +138,13 @@ def _adopt_or_stop(model: str, replicas: int) -> list[int]:
     return adopted
 
 
+def server_command(model: str, gguf: str | Path, port: int, n_ctx: int = 4096) -> list[str]:
+    """One single-thread embedded server for `model` on 127.0.0.1:`port` (block-aligned prompt reuse)."""
+    return [sys.executable, "-m", "distilforge.llama_server", "--model", str(gguf), "--model_alias", model,
+            "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", str(n_ctx),
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
 def serve(model: str, *, port: int | None = None, log_path: str | Path | None = None, n_ctx: int = 4096,
           wait_s: float = 180, replicas: int = 1, owned: bool = False) -> dict:
     """Start (or find) `replicas` embedded servers for `model`, one thread each.
@@ -162,9 +169,7 @@ def serve(model: str, *, port: int | None = None, log_path: str | Path | None = 
         log = Path(log_path or cache_dir() / "teacher" / f"{_key(model)}.log")
         log = log if i == 0 else log.with_name(f"{log.stem}@{i}{log.suffix}")
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "distilforge.llama_server", "--model", str(gguf), "--model_alias", model,
-               "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", str(n_ctx),
-               "--host", "127.0.0.1", "--port", str(p)]
+        cmd = server_command(model, gguf, p, n_ctx)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with open(log, "ab") as fh:  # a run's server dies with the run (PDEATHSIG, set before exec)
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env,
