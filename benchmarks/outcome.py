@@ -25,7 +25,9 @@ wall time) x torch threads; each pool's teacher time is reported once (wall s x 
 Default: teacher qwen2.5-coder-1.5b, student smollm2-135m, sizes 8/16/32/64, all conditions, all
 400 locked rows -> results/outcome.json. `--quick`: 0.5B teacher (a running server is reused),
 tiny-random student, sizes 2/4, synthetic/traffic/gold, 1 epoch, 40 seeded locked rows ->
-results/outcome_quick.json. Loop rounds are not run here; `--loop-run RUN` records RUN/loop.json.
+results/outcome_quick.json. `--teacher qwen2.5-coder-0.5b --results F`: the same with every pool
+from another embedded teacher (its own cache under WORK), e.g. to see whether curation matters more
+when the teacher is weaker. Loop rounds are not run here; `--loop-run RUN` records RUN/loop.json.
 """
 from __future__ import annotations
 
@@ -83,8 +85,9 @@ def _deep(a: dict, b: dict) -> dict:
     return out
 
 
-def profiles(quick: bool, sizes: list[int], score_rows: int | None) -> dict[str, dict]:
-    """One spec profile per pool (+ `train` for the points), over examples/banking77/task.yaml."""
+def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str | None = None) -> dict[str, dict]:
+    """One spec profile per pool (+ `train` for the points), over examples/banking77/task.yaml;
+    `teacher`: another embedded teacher model for every pool (e.g. the weaker 0.5B)."""
     # the demo profile's teacher settings: 4 inputs per generation request, label questions without
     # the grammar unless an answer is no label (examples/banking77/task.yaml, profile demo)
     base: dict = {"generation": {"per_label": max(sizes), "inputs_per_request": 4},
@@ -92,6 +95,8 @@ def profiles(quick: bool, sizes: list[int], score_rows: int | None) -> dict[str,
     if quick:
         base = _deep(base, {"teacher": {"model": "qwen2.5-coder-0.5b", "max_tokens": 64, "replicas": 1},
                             "student": {"base": "tiny-random"}, "training": {"epochs": 1}})
+    if teacher:
+        base = _deep(base, {"teacher": {"model": teacher}})
     if score_rows:
         base = _deep(base, {"eval": {"max_rows": score_rows}})
     n = TRAFFIC_FACTOR * max(sizes)
@@ -131,7 +136,8 @@ class Bench:
         from rich.console import Console
 
         self.a, self.stack, self.console = a, stack, Console(stderr=True)
-        self.work = Path(a.work).expanduser() / ("quick" if a.quick else "full")
+        # another teacher: other pools and points, so a cache of its own
+        self.work = Path(a.work).expanduser() / (("quick" if a.quick else "full") + (f"-{a.teacher}" if a.teacher else ""))
         self.results = Path(a.results)
         threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else ""
         self.command = threads + " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/outcome.py", *sys.argv[1:]])
@@ -145,7 +151,7 @@ class Bench:
         import yaml
 
         raw = read_yaml(TASK, "task spec")
-        raw["profiles"] = profiles(self.a.quick, self.a.sizes, self.a.score_rows)
+        raw["profiles"] = profiles(self.a.quick, self.a.sizes, self.a.score_rows, self.a.teacher)
         atomic_write_text(self.spec_file, "# written by benchmarks/outcome.py: examples/banking77/task.yaml, "
                           "one profile per data pool\n" + yaml.safe_dump(raw, sort_keys=False))
 
@@ -178,6 +184,7 @@ class Bench:
         data = self._read()
         data.update({"benchmark": "benchmarks/outcome.py", "mode": "quick" if self.a.quick else "full",
                      "task": "examples/banking77/task.yaml", "n_labels": 10, "what": CONDITIONS,
+                     **({"teacher_model": self.a.teacher} if self.a.teacher else {}),
                      **parts.get("header", {})})
         if "pool" in parts:
             data.setdefault("pools", {})[parts["pool"]["name"]] = parts["pool"]
@@ -451,10 +458,31 @@ def record_loop(a) -> None:
         rec["rescored"] = {k: p[k] for k in ("accuracy", "accuracy_ci", "n", "correct", "scored_rows_sha256")}
         out.append(rec)
     command = a.loop_command or (LOOP_COMMAND if a.loop_name == "loop" else f"distilforge loop {run}")
+    rec = {"status": "recorded", "run": str(run), "command": command, "rounds": out}
+    if a.control_run:
+        rec["control"] = control_point(Path(a.control_run), a.control_command)
     with ExitStack() as stack:
-        Bench(a, stack).save(loops={a.loop_name: {"status": "recorded", "run": str(run), "command": command,
-                                                  "rounds": out}})
+        Bench(a, stack).save(loops={a.loop_name: rec})
     print(report(Path(a.results)))
+
+
+def control_point(run: Path, command: str | None) -> dict:
+    """The untargeted control of a loop: a plain run whose generation asked for as many more rows
+    per label as the loop's round 1 added, without targets. Its trained adapter is scored on the
+    same locked rows, so round 1 can be paired with it: did *targeting* help, or only more rows?"""
+    from distilforge.layout import Run
+    from distilforge.manifest import read_manifest
+    from distilforge.records import TrainResult
+    from distilforge.runctx import prepare
+
+    spec = prepare(run)
+    tm = TrainResult.read(run)
+    if tm is None:
+        raise SystemExit(f"{run}: no trained model (run `distilforge run` on it first)")
+    p = score_point(spec, run, str(Run(run).train / (tm.adapter or "adapter")), read_manifest(Run(run).train))
+    return {"run": str(run), "command": command or f"distilforge run ... --out {run}", "rows": tm.rows,
+            "adapter_sha256": tm.adapter_sha256,
+            **{k: p[k] for k in ("accuracy", "accuracy_ci", "n", "correct", "scored_rows_sha256")}}
 
 
 # ---------------------------------------------------------------- report
@@ -486,7 +514,8 @@ def report(path: Path) -> str:
     conds = [c for c in CONDITIONS if any(k[0] == c for k in pts)]
     n = next((p["n"] for p in pts.values()), "?")
     cmds = data.get("commands") or [data.get("command", "")]
-    out = [f"Mode `{data.get('mode')}`, {n} locked rows scored per point; accuracy [bootstrap 95 % CI]; "
+    who = f", every pool from the {data['teacher_model']} teacher" if data.get("teacher_model") else ""
+    out = [f"Mode `{data.get('mode')}`{who}, {n} locked rows scored per point; accuracy [bootstrap 95 % CI]; "
            + "; ".join(f"`{c}`" for c in cmds), ""]
     head = "| condition | " + " | ".join(f"{s} / label" for s in sizes) + " |"
     sep = "|---|" + "---|" * len(sizes)
@@ -548,6 +577,15 @@ def report(path: Path) -> str:
                 cell = f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p {d['p_value']}"
             out.append(f"| {x['round']} | {x.get('rows')} | {_acc(x.get('test'))} | {_acc(x.get('dev'))} | "
                        f"{'yes' if x.get('kept') else ''} | {cell} |")
+        c = lp.get("control")
+        if c:
+            out += ["", f"Untargeted control (`{c['command']}`): {c['rows']} rows, test accuracy {_acc(c)}."]
+            for x in lp["rounds"][1:]:
+                rs = x.get("rescored") or {}
+                if rs and rs["scored_rows_sha256"] == c["scored_rows_sha256"]:
+                    d = paired_bootstrap([int(v) for v in rs["correct"]], [int(v) for v in c["correct"]])
+                    out.append(f"Round {x['round']} ({x.get('rows')} rows) - control, paired: {d['diff']:+.3f} "
+                               f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p {d['p_value']}.")
     if not loop.get("rounds"):
         out += ["", f"Loop rounds 0/1/2: {loop.get('status', 'not run')} ({loop.get('why', '')}); "
                 f"to run: `{loop.get('command', LOOP_COMMAND)}`"]
@@ -561,12 +599,19 @@ def main() -> None:
     ap.add_argument("--sizes", help="rows per label, comma-separated (default 8,16,32,64; quick 2,4)")
     ap.add_argument("--conditions", help=f"comma-separated, of: {', '.join(CONDITIONS)}")
     ap.add_argument("--seed", type=int, default=0, help="the per-label subset order")
+    ap.add_argument("--teacher", help="embedded teacher model for every pool instead of the spec's (e.g. "
+                    "qwen2.5-coder-0.5b: does curation matter more with a weaker teacher?); needs --results")
     ap.add_argument("--work", default=str(WORK), help="cache of every pool and point (resume: run again)")
     ap.add_argument("--results", help="results file (default benchmarks/results/outcome[_quick].json)")
     ap.add_argument("--loop-run", help="record RUN/loop.json's rounds (a finished `distilforge loop RUN`)")
     ap.add_argument("--loop-name", default="loop", help="where --loop-run goes in the results file: loop or loop_<name>")
     ap.add_argument("--loop-command", help="the commands that made --loop-run's run (recorded with it)")
+    ap.add_argument("--control-run", help="with --loop-run: a plain run with as many untargeted rows as round 1 "
+                    "(scored on the same locked rows and paired with each round)")
+    ap.add_argument("--control-command", help="the commands that made --control-run's run")
     a = ap.parse_args()
+    if a.teacher and not a.results and not a.report:
+        ap.error("--teacher: pass --results too, so another teacher's points do not mix with outcome.json's")
     mode = QUICK if a.quick else FULL
     a.results = a.results or str(RESULTS / ("outcome_quick.json" if a.quick else "outcome.json"))
     a.sizes = sorted({int(x) for x in a.sizes.split(",")}) if a.sizes else mode["sizes"]

@@ -88,6 +88,13 @@ def teacher_by_cluster(hc: Clusters, teacher_labels: dict[str, str]) -> dict[int
     return dev_errors.accuracy_by_cluster(hc, teacher_labels)
 
 
+def teacher_answers(dev_rows) -> dict[str, str]:
+    """{dev row id: the teacher's label} for the rows the teacher answered. Gold dev rows are not
+    asked (traffic asks only about what it trains on), so their `teacher_label` is None: they are
+    left out of the teacher's per-cluster agreement rather than counted as teacher mistakes."""
+    return {rid: t for rid, t in zip(dev_rows["id"], dev_rows["teacher_label"]) if t is not None}
+
+
 def _length_hint(words: float) -> str:
     return "a few words only" if words < 7 else "one short sentence" if words < 16 else "two sentences"
 
@@ -252,7 +259,7 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     metrics = json.loads(r.metrics.read_text()) if r.metrics.exists() and labelled else None
     student = dev_errors.dev_predictions(metrics, dev_h)  # only metrics["dev"]: never the test scores
     gold = labelled and label_source == "gold" and "teacher_label" in cols
-    teacher = dict(zip(dev_rows["id"], dev_rows["teacher_label"])) if gold else {}
+    teacher = teacher_answers(dev_rows) if gold else {}
     inputs = {src: h, "traffic_dev": dev_h, **({"student_dev": sha256_json(student)} if student else {})}
     reviews_out = ((read_manifest(r.review) or {}).get("outputs") or {}).get("reviews")
     if reviews_out:

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import BANKING77, TASK, cli
 from heldout.coverage import cluster_texts
-from labeling.blindspots import SKIPPED, analyse, load_targets, write_outputs
+from labeling.blindspots import SKIPPED, analyse, load_targets, teacher_answers, write_outputs
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "card_payment_fee_charged",
           "cash_withdrawal_charge", "transfer_not_received_by_recipient", "pin_blocked",
@@ -123,6 +123,26 @@ def test_a_perfect_student_yields_no_error_or_contrastive_targets(world):
         share = g["labels"].get(MISSING, 0) / g["size"]
         assert g["teacher_accuracy"] == pytest.approx(1 - share, abs=1e-3)
     assert min(g["teacher_accuracy"] for g in res["coverage"]["gaps"]) < 0.5
+
+
+def test_gold_dev_rows_the_teacher_was_not_asked_about_do_not_count_as_its_mistakes(world):
+    """With `dev_labels: gold` the traffic stage asks the teacher only about training rows, so dev rows
+    can carry no teacher answer (None). Those rows drop out of the per-cluster teacher agreement;
+    counted as wrong they would show a 0.0-accurate teacher in every cluster."""
+    import datasets
+
+    hc, syn, _, _ = world
+    answered = {rid: lab for i, (rid, lab) in enumerate(zip(hc.row_ids, hc.labels)) if i % 2 == 0}
+    dev = datasets.Dataset.from_dict({"id": list(hc.row_ids),
+                                      "teacher_label": [answered.get(rid) for rid in hc.row_ids]})
+    got = teacher_answers(dev)
+    assert got == answered
+    res = analyse(hc, syn, None, got)
+    scored = [g for g in res["coverage"]["gaps"] if "teacher_accuracy" in g]
+    assert scored and all(g["teacher_accuracy"] == 1.0 for g in scored)
+    none_asked = datasets.Dataset.from_dict({"id": list(hc.row_ids), "teacher_label": [None] * len(hc.row_ids)})
+    assert teacher_answers(none_asked) == {}
+    assert not any("teacher_accuracy" in g for g in analyse(hc, syn, None, {}).get("coverage")["gaps"])
 
 
 def test_run_without_traffic_skips_blind_spots_with_the_reason(tmp_path):
