@@ -18,7 +18,9 @@ where they are missing.
 Errors: where eval recorded the student's prediction per dev row, clusters are also ranked by the
 student's error rate there (labeling/dev_errors.py); error hot spots and the label pairs the
 student confuses most become targets too (the latter *contrastive*: clearly `a`, could be taken
-for `b`). Where the dev labels are gold, the teacher's agreement per cluster says where the
+for `b`). The targets' total row count is then spent in the training rows' label mix
+(labeling/target_mix.py): targeted rows piled onto the labels the student confused shift the
+label prior and cost more than they add. Where the dev labels are gold, the teacher's agreement per cluster says where the
 teacher itself fails on real inputs — its synthetic labels there are suspect too.
 
 Task types without labels (extraction, instruction: `task_format(spec).has_labels` is False)
@@ -28,6 +30,7 @@ coverage gaps alone (targets without a label), and the result says so in `notes`
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from distilforge.runctx import cli_errors, fail, prepare
 from distilforge.spec import TaskSpec
 from heldout.coverage import Clusters
 from labeling import dev_errors
+from labeling.target_mix import keep_label_mix
 
 SKIPPED = ("skipped: blind spots need a real split (set `traffic:` in the spec); "
            "the locked test set is never used to choose data")
@@ -267,7 +271,7 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     curated_out = ((read_manifest(r.curate) or {}).get("outputs") or {}).get("curated")
     if curated_out:
         inputs["curated"] = curated_out["sha256"]  # row clusters cover every curated row
-    st = Stage(r.blindspots, "blindspots", inputs, {"k": k, "split": "dev"})
+    st = Stage(r.blindspots, "blindspots", inputs, {"k": k, "split": "dev", "targets": "label mix kept"})
     if st.is_current() and r.blindspots_json.exists() and r.row_clusters.exists():
         print("blindspots: inputs unchanged, skipped")
         return read_manifest(st.dir)
@@ -280,6 +284,12 @@ def blindspots_stage(spec: TaskSpec, run: Path, k: int | None = None) -> dict:
     hc = cluster_texts(texts, labels, list(dev_rows["id"]), emb, k=k)
     syn = np.asarray(emb.encode(list(rows["text"])), dtype=np.float32)
     result = analyse(hc, syn, student, teacher, texts, spec.label_names)
+    if labelled:  # a round's rows are spent in the training rows' label mix (labeling/target_mix.py)
+        words = float(np.mean([len(t.split()) for t in texts])) if texts else 10.0
+        result["targets"], mix = keep_label_mix(result["targets"], Counter(rows["label"]), spec.label_names,
+                                                _length_hint(words))
+        if mix:
+            result["label_mix"] = mix
     if not labelled:
         result["notes"] = [NO_LABELS.format(kind=spec.type)]
         print(f"blindspots: {result['notes'][0]}")

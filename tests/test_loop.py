@@ -120,6 +120,14 @@ def test_rounds_resume_at_the_first_unrecorded_one_and_keep_the_best_on_dev(smal
     assert not any(t in targets[:asked_1] for t in targets[asked_1:])
     m = json.loads((run / "blindspots" / "manifest.json").read_text())
     assert m["split"] == "dev" and m["contrastive_targets"] >= 1  # blind spots saw the student's dev errors
+    # the round's rows follow the training rows' label mix, not the confused labels (labeling/target_mix.py)
+    bs = json.loads((run / "blindspots" / "blindspots.json").read_text())
+    per: dict[str, int] = {}
+    for t in bs["targets"]:
+        per[t["label"]] = per.get(t["label"], 0) + t["count"]
+    mix = bs["label_mix"]["per_label"]
+    assert sum(per.values()) == bs["label_mix"]["budget"] and per == {lab: x["gets"] for lab, x in mix.items() if x["gets"]}
+    assert mix["card_arrival"]["asked"] == 0 < mix["card_arrival"]["gets"]  # the label errors were mistaken FOR
     from decision.report import render_html
 
     sec = render_html(run).split('<section id="rounds">')[1].split("</section>")[0]
