@@ -442,6 +442,8 @@ def record_loop(a) -> None:
     import json
 
     from app.loop import read_rounds
+    from distilforge.atomic import atomic_write_json
+    from distilforge.manifest import read_json
     from distilforge.runctx import prepare
 
     run = Path(a.loop_run)
@@ -454,7 +456,12 @@ def record_loop(a) -> None:
         rec = {k: x.get(k) for k in ("round", "rows", "targets", "dev", "test", "kept")}
         snap = run / "loop" / f"round-{x['round']}"
         tm = json.loads((snap / "train_manifest.json").read_text())
-        p = score_point(spec, run, str(snap / "adapter"), tm)
+        cache = snap / "outcome_rescored.json"  # a rerun (e.g. to add --control-run) does not score again
+        p = read_json(cache)
+        if not p or p.get("adapter_sha256") != tm.get("adapter_sha256") or p.get("n_requested") != spec.eval.max_rows:
+            p = {**score_point(spec, run, str(snap / "adapter"), tm), "adapter_sha256": tm.get("adapter_sha256"),
+                 "n_requested": spec.eval.max_rows}
+            atomic_write_json(cache, p)
         rec["rescored"] = {k: p[k] for k in ("accuracy", "accuracy_ci", "n", "correct", "scored_rows_sha256")}
         out.append(rec)
     command = a.loop_command or (LOOP_COMMAND if a.loop_name == "loop" else f"distilforge loop {run}")
