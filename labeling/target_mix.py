@@ -9,7 +9,7 @@ student learned the new prior, not the new content: it answered lost_or_stolen_c
 
 So a round keeps the round's row budget (the targets' total count) but spends it in proportion
 to the labels' current share of the training rows: each label's quota goes to its own targets
-(in proportion to their counts, errors and confusions first), and a label without a target gets
+(in proportion to their counts, each keeping at least 4), and a label without a target gets
 a plain `balance` target (its own description, no keywords) so its share does not shrink. What a
 round changes is what the rows of each label look like, not how often each label is the answer.
 Tasks without labels (extraction, instruction) have nothing to balance; their targets pass as
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-# the order targets keep their rows in when a label's quota is smaller than what they asked for:
-# where the student erred on real rows first, then coverage gaps
+# ties in a label's split go to where the student erred on real rows first, then coverage gaps
 PRIORITY = {"contrastive": 0, "errors": 1, "gap": 2}
+MIN_ROWS = 4  # no blind-spot target is cut below what blind spots ask at least (targets_from_gaps)
 
 
 def _split(total: int, weights: list[int]) -> list[int]:
@@ -59,9 +59,13 @@ def keep_label_mix(targets: list[dict], label_counts: dict[str, int], labels: li
                         "why": f"keeps {lab}'s share of the training rows ({label_counts.get(lab, 0)} of "
                                f"{sum(label_counts.values())}) while other labels get targeted rows"})
             continue
+        # every target stays (one per gap cluster, error cluster, confused pair), with at least
+        # MIN_ROWS: a label with many targets can go a few rows over its share
         for t, n in zip(mine, _split(quota[lab], [int(t["count"]) for t in mine])):
-            if n:
-                out.append({**t, "count": n})
-    record = {lab: {"training_rows": label_counts.get(lab, 0), "asked": asked.get(lab, 0), "gets": quota[lab]}
+            out.append({**t, "count": max(n, MIN_ROWS)})
+    gets = Counter()
+    for t in out:
+        gets[t["label"]] += int(t["count"])
+    record = {lab: {"training_rows": label_counts.get(lab, 0), "asked": asked.get(lab, 0), "gets": gets.get(lab, 0)}
               for lab in labels}
-    return out, {"budget": budget, "per_label": record}
+    return out, {"budget": budget, "rows": sum(gets.values()), "per_label": record}

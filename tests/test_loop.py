@@ -126,7 +126,7 @@ def test_rounds_resume_at_the_first_unrecorded_one_and_keep_the_best_on_dev(smal
     for t in bs["targets"]:
         per[t["label"]] = per.get(t["label"], 0) + t["count"]
     mix = bs["label_mix"]["per_label"]
-    assert sum(per.values()) == bs["label_mix"]["budget"] and per == {lab: x["gets"] for lab, x in mix.items() if x["gets"]}
+    assert sum(per.values()) == bs["label_mix"]["rows"] and per == {lab: x["gets"] for lab, x in mix.items() if x["gets"]}
     assert mix["card_arrival"]["asked"] == 0 < mix["card_arrival"]["gets"]  # the label errors were mistaken FOR
     from decision.report import render_html
 

@@ -35,17 +35,18 @@ def test_a_round_spends_its_rows_in_the_training_label_mix_not_on_the_confused_l
     assert before["lost_or_stolen_card"] == 40 and before["card_arrival"] == 0  # the skew that cost 11 points
     out, rec = keep_label_mix(_targets(), counts, LABELS, "short")
     after = _per_label(out)
-    assert sum(after.values()) == sum(before.values()) == rec["budget"] == 99
-    assert set(after) == set(LABELS)  # every label gets rows
-    assert max(after.values()) - min(after.values()) <= 1
+    assert sum(before.values()) == rec["budget"] == 99 and sum(after.values()) == rec["rows"]
+    assert set(after) == set(LABELS)  # every label gets rows: its share of 99 (~10), or 4 a target if more
+    assert all(abs(after[lab] - 10) <= 1 for lab in LABELS), after
     assert after["pin_blocked"] <= min(v for k, v in after.items() if k != "pin_blocked")  # 7 rows: the smallest share
+    assert len([t for t in out if t["kind"] != "balance"]) == len(ROUND1)  # no blind-spot target is dropped
+    assert all(t["count"] >= 4 for t in out if t["kind"] != "balance")
     # labels without a target get a plain one for their own description; the others keep their targets
     plain = [t for t in out if t["kind"] == "balance"]
     assert {t["label"] for t in plain} == {"card_arrival", "cash_withdrawal_charge", "pin_blocked", "declined_card_payment"}
     assert all(t["keywords"] == [] and t["attributes"] == {"length": "short"} for t in plain)
     lost = [t for t in out if t["label"] == "lost_or_stolen_card"]
     assert {t["kind"] for t in lost} == {"errors", "contrastive"} and sum(t["count"] for t in lost) == after["lost_or_stolen_card"]
-    assert all(t["count"] >= 1 for t in out)
     assert rec["per_label"]["lost_or_stolen_card"] == {"training_rows": 8, "asked": 40, "gets": after["lost_or_stolen_card"]}
 
 
@@ -54,6 +55,9 @@ def test_an_uneven_mix_stays_uneven_and_a_label_with_no_rows_gets_none():
     targets = [{"kind": "errors", "label": "exchange_rate", "keywords": [], "attributes": {}, "count": 20, "why": ""}]
     out, _ = keep_label_mix(targets, counts, ["card_arrival", "exchange_rate", "pin_blocked"])
     assert _per_label(out) == {"card_arrival": 15, "exchange_rate": 5}
+    many = [{**targets[0], "keywords": [str(i)], "count": 8} for i in range(3)]  # 3 targets, a share of 6
+    out, rec = keep_label_mix(many, {"card_arrival": 30, "exchange_rate": 10}, ["card_arrival", "exchange_rate"])
+    assert [t["count"] for t in out if t["label"] == "exchange_rate"] == [4, 4, 4] and rec["rows"] == 18 + 12
 
 
 def test_targets_without_labels_pass_as_they_are():
