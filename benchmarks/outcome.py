@@ -57,6 +57,7 @@ TRAFFIC_FACTOR = 10  # traffic rows the teacher labels: 10 x the largest size (1
 CONDITIONS = {
     "synthetic": "(a) teacher-generated, curated",
     "agreement": "(b) generated + teacher agreement (disagreeing rows dropped), curated",
+    "likeness": "(a)'s generated rows, curated with the real-traffic likeness filter too (min_traffic_similarity 0.5)",
     "unfiltered": "(a)'s generated rows before curate (decontaminated only), same rows per label as (a)",
     "traffic": "(c) real traffic (Banking77 train), teacher labels",
     "gold": "(d) the same real rows, gold labels (reference)",
@@ -64,7 +65,10 @@ CONDITIONS = {
 PAIRS = [("traffic", "synthetic", "real inputs vs generated ones, both teacher-labelled"),
          ("gold", "traffic", "gold labels vs the teacher's on the same texts"),
          ("agreement", "synthetic", "what teacher agreement buys"),
-         ("agreement", "unfiltered", "curate with teacher agreement vs no curation; equal rows where both have them")]
+         ("agreement", "unfiltered", "curate with teacher agreement vs no curation; equal rows where both have them"),
+         ("likeness", "synthetic", "what the real-traffic likeness filter buys over the other filters"),
+         ("likeness", "unfiltered", "curate with the likeness filter vs no curation; equal rows where both have them")]
+LIKENESS = 0.5  # curation.filters.min_traffic_similarity of the `likeness` pool (docs/outcome.md)
 QUICK = {"sizes": [2, 4], "conditions": ["synthetic", "traffic", "gold"], "score_rows": 40}
 FULL = {"sizes": [8, 16, 32, 64], "conditions": list(CONDITIONS), "score_rows": None}
 # (a)'s rows with every curate step off but the validity checks and held-out decontamination
@@ -85,12 +89,15 @@ def _deep(a: dict, b: dict) -> dict:
     return out
 
 
-def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str | None = None) -> dict[str, dict]:
+def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str | None = None,
+             seed: int = 0, pool: int | None = None) -> dict[str, dict]:
     """One spec profile per pool (+ `train` for the points), over examples/banking77/task.yaml;
-    `teacher`: another embedded teacher model for every pool (e.g. the weaker 0.5B)."""
+    `teacher`: another embedded teacher model for every pool (e.g. the weaker 0.5B); `seed` != 0:
+    a repeat, whose points train with `training.seed` = seed (profile `train-s<seed>`)."""
     # the demo profile's teacher settings: 4 inputs per generation request, label questions without
     # the grammar unless an answer is no label (examples/banking77/task.yaml, profile demo)
-    base: dict = {"generation": {"per_label": max(sizes), "inputs_per_request": 4},
+    pool = pool or max(sizes)  # rows a label each pool is built for (--pool-per-label; default the largest size)
+    base: dict = {"generation": {"per_label": pool, "inputs_per_request": 4},
                   "teacher": {"structured_output": "fallback"}, "traffic": None, "eval": {"teacher": False}}
     if quick:
         base = _deep(base, {"teacher": {"model": "qwen2.5-coder-0.5b", "max_tokens": 64, "replicas": 1},
@@ -99,13 +106,29 @@ def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str
         base = _deep(base, {"teacher": {"model": teacher}})
     if score_rows:
         base = _deep(base, {"eval": {"max_rows": score_rows}})
-    n = TRAFFIC_FACTOR * max(sizes)
-    return {"outcome-train": base, "outcome-synthetic": base,
+    n = TRAFFIC_FACTOR * pool
+    repeat = {f"outcome-{train_profile(seed)}": _deep(base, {"training": {"seed": seed}})} if seed else {}
+    return {"outcome-train": base, **repeat, "outcome-synthetic": base,
             "outcome-agreement": _deep(base, {"generation": {"teacher_agreement": True},
                                               "curation": {"filters": {"teacher_disagreement": "drop"}}}),
             "outcome-unfiltered": _deep(base, {"curation": UNFILTERED}),
+            # the task's traffic block is the reference only: this pool runs no traffic stage
+            "outcome-likeness": _deep(base, {"traffic": _task_traffic(),
+                                             "curation": {"filters": {"min_traffic_similarity": LIKENESS}}}),
             "outcome-traffic": _deep(base, {"traffic": {"max_rows": n, "dev_rows": 0}}),
             "outcome-gold": _deep(base, {"traffic": {"max_rows": 0, "dev_rows": n, "dev_labels": "gold"}})}
+
+
+def _task_traffic() -> dict:
+    """examples/banking77/task.yaml's `traffic:` block (Banking77 train texts of these intents)."""
+    from distilforge.yamlfile import read_yaml
+
+    return read_yaml(TASK, "task spec")["traffic"]
+
+
+def train_profile(seed: int) -> str:
+    """The points' profile: seed 0 keeps the spec's training seed; a repeat trains with its own."""
+    return f"train-s{seed}" if seed else "train"
 
 
 def uptime() -> str:
@@ -151,7 +174,8 @@ class Bench:
         import yaml
 
         raw = read_yaml(TASK, "task spec")
-        raw["profiles"] = profiles(self.a.quick, self.a.sizes, self.a.score_rows, self.a.teacher)
+        raw["profiles"] = profiles(self.a.quick, self.a.sizes, self.a.score_rows, self.a.teacher, self.a.seed,
+                                   self.a.pool_per_label)
         atomic_write_text(self.spec_file, "# written by benchmarks/outcome.py: examples/banking77/task.yaml, "
                           "one profile per data pool\n" + yaml.safe_dump(raw, sort_keys=False))
 
@@ -182,6 +206,12 @@ class Bench:
         from distilforge.atomic import atomic_write_json
 
         data = self._read()
+        head = parts.get("header", {})
+        if head.get("command"):  # every run that added points, not only the last
+            cmds = data.get("commands") or ([data["command"]] if data.get("command") else [])
+            data["commands"] = cmds + ([head["command"]] if head["command"] not in cmds else [])
+        if "seed" in head:
+            data["seeds"] = sorted(set(data.get("seeds", [data.get("seed", 0)])) | {head["seed"]})
         data.update({"benchmark": "benchmarks/outcome.py", "mode": "quick" if self.a.quick else "full",
                      "task": "examples/banking77/task.yaml", "n_labels": 10, "what": CONDITIONS,
                      **({"teacher_model": self.a.teacher} if self.a.teacher else {}),
@@ -248,14 +278,16 @@ def build_pool(b: Bench, name: str) -> tuple[object, dict]:
     r = Run(run)
     rec: dict = {"name": name, "run": str(run), "teacher_model": spec.teacher.model, "teacher_seconds": 0.0}
     syn = Run(b.work / "pools" / "synthetic")
-    if name in ("synthetic", "agreement"):
-        if name == "agreement":
+    if name in ("synthetic", "agreement", "likeness"):
+        if name != "synthetic":
             _sync_shards(syn.generate, r.generate)
         _generate(b, spec, run)
         gen = GenerationResult.read(run)
         if name == "synthetic":
             rec.update(teacher_seconds=gen.seconds, teacher_requests=gen.requests, teacher_ok=gen.ok,
                        teacher_tokens=gen.tokens.model_dump(exclude_none=True) if gen.tokens else None)
+        elif name == "likeness":
+            rec["note"] = "no teacher time of its own: (a)'s generated rows, curated with the likeness filter"
         else:
             ta = gen.teacher_agreement or {}
             rec.update(teacher_seconds=ta.get("seconds", 0.0), teacher_requests=ta.get("rows"),
@@ -265,7 +297,7 @@ def build_pool(b: Bench, name: str) -> tuple[object, dict]:
         if not (r.generate / "manifest.json").exists() or output_hash(r.generate, "rows") != output_hash(syn.generate, "rows"):
             atomic_copy_dir(syn.generate, r.generate)  # (a)'s generation as it is; curate alone differs
         rec["note"] = "no teacher time of its own: (a)'s generated rows"
-    if name in ("synthetic", "agreement", "unfiltered"):
+    if name in ("synthetic", "agreement", "unfiltered", "likeness"):
         curate_stage(spec, run)
         cm = StageManifest.in_folder(r.curate)
         rows, _ = verified_output(r.curate, "curated", f"distilforge curate {run}")
@@ -341,10 +373,11 @@ def run_point(b: Bench, cond: str, size: int, rows) -> dict:
     from distilforge.records import TrainResult
     from training.stages import train_stage
 
-    run = b.work / "points" / f"{cond}-{size}"
+    seed = b.a.seed  # a repeat (seed != 0) has run dirs of its own: another subset, another training seed
+    run = b.work / "points" / (f"{cond}-{size}" + (f"-s{seed}" if seed else ""))
     cache = run / "outcome_point.json"
     load = uptime()
-    spec = b.spec(run, "train")
+    spec = b.spec(run, train_profile(seed))
     _lock(spec, run)
     key = f"{cond}/{size}/seed{b.a.seed}"
     rec: dict = {"key": key, "condition": cond, "size": size, "seed": b.a.seed, "student": spec.student.base}
@@ -357,11 +390,12 @@ def run_point(b: Bench, cond: str, size: int, rows) -> dict:
         r = Run(run)
         st = Stage(r.curate, "curate", {"outcome_subset": dataset_hash(rows)},
                    {"benchmark": "outcome", "condition": cond, "per_label": size, "seed": b.a.seed})
-        if not st.is_current():
+        same = st.is_current()
+        if not same:
             st.begin()
             st.save("curated", rows)
             st.finish(kept=len(rows), note=f"benchmarks/outcome.py: {cond} pool, {size} rows per label (seeded subset)")
-        train_stage(spec, run, resume=True)
+        train_stage(spec, run, resume=same)  # other rows in this dir: train afresh, never resume onto them
         tm = TrainResult.read(run)
         got = read_json(cache)
         if got and got.get("adapter_sha256") == tm.adapter_sha256 and got.get("n_requested") == spec.eval.max_rows:
@@ -380,7 +414,7 @@ def run_point(b: Bench, cond: str, size: int, rows) -> dict:
 # ---------------------------------------------------------------- the run
 
 def plan(a) -> list[tuple[str, int]]:
-    pts = [("base", 0)]
+    pts = [] if a.seed else [("base", 0)]  # the base model has no subset to repeat
     for size in a.sizes:
         pts += [(c, size) for c in a.conditions]
     return pts
@@ -393,7 +427,7 @@ def run_all(a) -> None:
     from distilforge.runctx import set_threads
 
     pools = [p for p in CONDITIONS if p in a.conditions]  # one pool per condition
-    if {"agreement", "unfiltered"} & set(pools) and "synthetic" not in pools:
+    if {"agreement", "unfiltered", "likeness"} & set(pools) and "synthetic" not in pools:
         pools.insert(0, "synthetic")  # (b) and the unfiltered rows are built on (a)'s generation
     points = plan(a)
     with ExitStack() as stack:
@@ -511,12 +545,46 @@ def _pool_table(pools: dict) -> list[str]:
     return out
 
 
+def _repeats(points: list[dict], sizes: list[int]) -> list[str]:
+    """Curated (and agreement) vs unfiltered over repeats: each seed draws another subset of the
+    same pools and trains with another seed, so the spread across seeds is the training-and-draw
+    noise that the paired bootstrap on test rows does not see. Mean difference, its SD across seeds
+    and a t interval over seeds (wide with few seeds, and honest about it)."""
+    import statistics
+
+    from scipy import stats
+
+    by: dict[tuple[str, int], dict[int, dict]] = {}
+    for p in points:
+        by.setdefault((p["condition"], p["size"]), {})[p.get("seed", 0)] = p
+    out = []
+    for a_ in ("synthetic", "agreement", "likeness"):
+        for s in sizes:
+            A, B = by.get((a_, s), {}), by.get(("unfiltered", s), {})
+            seeds = sorted(k for k in set(A) & set(B) if A[k]["scored_rows_sha256"] == B[k]["scored_rows_sha256"])
+            if len(seeds) < 2:
+                continue
+            d = [A[k]["accuracy"] - B[k]["accuracy"] for k in seeds]
+            m, sd = statistics.mean(d), statistics.stdev(d)
+            h = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
+            out.append(f"| {'curated' if a_ == 'synthetic' else a_} - unfiltered | {s} | {len(seeds)} | "
+                       + ", ".join(f"{x:+.3f}" for x in d) + f" | {m:+.3f} | {sd:.3f} | [{m - h:+.3f}, {m + h:+.3f}] | "
+                       f"{sum(x > 0 for x in d)}/{len(d)} |")
+    if not out:
+        return []
+    return ["", "Repeats (`--seed N`: another per-label subset of the same pools and another training seed; "
+            "the spread across seeds is the noise a single run's paired CI does not cover):", "",
+            "| difference | rows / label | seeds | per seed | mean | SD | 95 % t-interval over seeds | seeds > 0 |",
+            "|---|---|---|---|---|---|---|---|", *out]
+
+
 def report(path: Path) -> str:
     """The results file as markdown tables (accuracy, CPU-minutes, pools, curated vs unfiltered, loop)."""
     from heldout.evaluate import paired_bootstrap
 
     data = json.loads(path.read_text())
-    pts = {(p["condition"], p["size"]): p for p in data.get("points", [])}
+    # the tables are seed 0's points (the base model and the first draw); repeats get a table of their own
+    pts = {(p["condition"], p["size"]): p for p in data.get("points", []) if not p.get("seed")}
     sizes = sorted({s for c, s in pts if c != "base"})
     conds = [c for c in CONDITIONS if any(k[0] == c for k in pts)]
     n = next((p["n"] for p in pts.values()), "?")
@@ -564,6 +632,7 @@ def report(path: Path) -> str:
                 d = paired_bootstrap([int(x) for x in pa["correct"]], [int(x) for x in pb["correct"]])
                 diffs.append(f"| {a_} - {b_} ({what}) | {s} | {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
                              f"{d['p_value']} |")
+    out += _repeats(data.get("points", []), sizes)
     if diffs:
         out += ["", "Kind of data, paired on the same locked rows (the CI covers the test rows, not training "
                 "randomness):", "", "| difference | rows / label | accuracy difference [95 % CI] | p |",
@@ -605,7 +674,10 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="print the markdown tables of the results file")
     ap.add_argument("--sizes", help="rows per label, comma-separated (default 8,16,32,64; quick 2,4)")
     ap.add_argument("--conditions", help=f"comma-separated, of: {', '.join(CONDITIONS)}")
-    ap.add_argument("--seed", type=int, default=0, help="the per-label subset order")
+    ap.add_argument("--seed", type=int, default=0, help="the per-label subset order; N != 0: a repeat "
+                    "(points of its own, training seed N too; the report compares repeats)")
+    ap.add_argument("--pool-per-label", type=int, help="rows a label each pool is built for (default: the "
+                    "largest size); pass the earlier runs' value to add points without shrinking the pools")
     ap.add_argument("--teacher", help="embedded teacher model for every pool instead of the spec's (e.g. "
                     "qwen2.5-coder-0.5b: does curation matter more with a weaker teacher?); needs --results")
     ap.add_argument("--work", default=str(WORK), help="cache of every pool and point (resume: run again)")
@@ -627,6 +699,8 @@ def main() -> None:
     bad = [c for c in a.conditions if c not in CONDITIONS]
     if a.loop_name != "loop" and not a.loop_name.startswith("loop_"):
         ap.error("--loop-name: loop, or loop_<name>")
+    if a.pool_per_label is not None and a.pool_per_label < max(a.sizes or [0]):
+        ap.error(f"--pool-per-label {a.pool_per_label}: smaller than the largest size {max(a.sizes)}")
     if bad or not a.sizes or min(a.sizes) < 1:
         ap.error(f"--conditions: unknown {', '.join(bad)}" if bad else "--sizes: positive integers")
     if a.report:

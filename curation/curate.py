@@ -120,9 +120,11 @@ def curate(
     spec: TaskSpec,
     heldout: datasets.Dataset | None = None,
     embedder=None,
+    traffic_texts: list[str] | None = None,
 ) -> CurateResult:
     """Run the funnel over the generate stage's rows. `heldout`: the locked rows (id, text, label);
-    `embedder`: a `curation.embed.Embedder` to share (default: one for `spec.curation.embeddings.model`)."""
+    `embedder`: a `curation.embed.Embedder` to share (default: one for `spec.curation.embeddings.model`);
+    `traffic_texts`: real messages for `filters.min_traffic_similarity` (traffic.reference_texts)."""
     cfg = spec.curation
     raw, agree = agreement.prepare(raw, spec)  # relabel mode: labels fixed before any step sees them
     f = _Funnel([{**r, "_k": k} for k, r in enumerate(raw)], spec.label_names)  # _k: row key, ids may repeat
@@ -159,7 +161,9 @@ def curate(
 
     # Embeddings: once, for decontamination and semantic dedup, for the rows still in play. A
     # funnel step of its own (dropping nothing) so its time is visible next to the others.
-    need_vectors = cfg.dedup.semantic or (heldout is not None and cfg.decontamination.enabled and cfg.decontamination.cosine is not None)
+    likeness = cfg.filters.min_traffic_similarity is not None and bool(traffic_texts)
+    need_vectors = cfg.dedup.semantic or likeness or (heldout is not None and cfg.decontamination.enabled
+                                                      and cfg.decontamination.cosine is not None)
     vectors: dict[int, np.ndarray] = {}
     if need_vectors and f.rows:
         if embedder is None:
@@ -197,6 +201,12 @@ def curate(
             return {i: ("heldout_contamination", "; ".join(ds)) for i, ds in found.items()}
 
         f.step("decontaminate", decon)
+
+    # 4b. real-traffic likeness: after decontamination (a leak is named as one), before dedup (a
+    # content-free row never represents a group)
+    if likeness and f.rows:
+        f.step("traffic_likeness", _unlike_traffic(embedder.encode(traffic_texts), vecs,
+                                                   cfg.filters.min_traffic_similarity, info))
 
     # 5. dedup, best row of each group kept; cluster sizes add up across passes
     size: dict[int, int] = {}
@@ -267,6 +277,23 @@ def curate(
         del r["_k"]
     agreement.annotate(f.steps, agree)
     return CurateResult(*_datasets(raw, f.rows, f.rejected), f.steps, under, info)
+
+
+def _unlike_traffic(ref: np.ndarray, vecs: Callable[[list[dict]], np.ndarray], th: float, info: dict):
+    """Drop generated rows whose nearest real traffic message is below cosine `th`: rows that
+    read like no message a user sends (a refusal the word lists miss, a thank-you, a template's
+    "Dear [Customer Name]"). Real traffic rows are the reference's own kind and always pass."""
+    def decide(rows: list[dict]) -> Verdicts:
+        x = vecs(rows)
+        near = np.concatenate([(x[i:i + 1024] @ ref.T).max(1) for i in range(0, len(x), 1024)])
+        out = {i: ("unlike_traffic", f"nearest real traffic message cosine {s:.2f} < {th:g}")
+               for i, s in enumerate(near) if s < th and rows[i].get("strategy") != "traffic"}
+        info["traffic_likeness"] = {"reference_rows": len(ref), "threshold": th, "dropped": len(out),
+                                    "nearest_quantiles": {q: round(float(np.quantile(near, q / 100)), 3)
+                                                          for q in (5, 25, 50)}}
+        return out
+
+    return decide
 
 
 def _datasets(raw: datasets.Dataset, kept: list[dict], rejected: list[dict]) -> tuple[datasets.Dataset, datasets.Dataset]:

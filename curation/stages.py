@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from distilforge.errors import DataError
+from distilforge.errors import DataError, UserError
 from distilforge.layout import Run
-from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest
+from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest, sha256_json
 from distilforge.records import GenerationResult
 from distilforge.spec import TaskSpec, semantic_dump
 
@@ -138,6 +138,21 @@ def _reasons(ds) -> dict[str, int]:
     return out
 
 
+def _reference(spec, r: Run) -> list[str] | None:
+    """traffic.reference_texts when `curation.filters.min_traffic_similarity` is set (the dev
+    split's texts excluded); the Ray backend does not run that filter yet: one clear error."""
+    if spec.curation.filters.min_traffic_similarity is None:
+        return None
+    if spec.backend.kind == "ray":
+        raise UserError("curation.filters.min_traffic_similarity: not supported with backend.kind ray yet "
+                        "(set it to null, or curate with the local backend)")
+    from curation.traffic import dev_split, reference_texts
+    from heldout.lock import load_locked
+
+    dev = dev_split(r.root)
+    return reference_texts(spec, load_locked(r.heldout), set(dev[0]["text"]) if dev else set())
+
+
 def curate_stage(spec: TaskSpec, run: Path) -> dict:
     from distilforge.stage import scoped
 
@@ -150,8 +165,10 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     gen_hash = output_hash(r.generate, "rows")
     lock_info = read_lock(r.heldout)
     traffic = traffic_rows(run)  # (rows, hash) when the traffic stage labelled real inputs
+    reference = _reference(spec, r)  # real messages for filters.min_traffic_similarity, or None
     st = Stage(r.curate, "curate", {"generate": gen_hash, "heldout": lock_info["sha256"],
-                                    **({"traffic": traffic[1]} if traffic else {})},
+                                    **({"traffic": traffic[1]} if traffic else {}),
+                                    **({"traffic_reference": sha256_json(reference)} if reference else {})},
                {"curation": semantic_dump(spec.curation), "labels": spec.label_names})
     if st.is_current():
         console.print("curate: inputs unchanged, skipped")
@@ -165,7 +182,7 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
 
         res = curate_ray(raw, spec, heldout=load_locked(r.heldout))
     else:
-        res = curate(raw, spec, heldout=load_locked(r.heldout))
+        res = curate(raw, spec, heldout=load_locked(r.heldout), traffic_texts=reference)
     st.save("curated", res.kept)
     st.save("rejected", res.rejected)
     reasons = res.reasons() if hasattr(res, "reasons") else {}

@@ -171,6 +171,28 @@ def _decontaminated(rows: list[dict], need: int, spec: TaskSpec, heldout: datase
     return clean[:need], dropped
 
 
+REFERENCE_MAX = 20_000  # real messages a generated row is compared with (a seeded sample beyond it)
+
+
+def reference_texts(spec: TaskSpec, heldout: datasets.Dataset, exclude: set[str]) -> list[str]:
+    """The real messages `curation.filters.min_traffic_similarity` compares generated rows with:
+    this task's slice of the traffic source, distinct, with no exact, n-gram or embedding overlap
+    with the locked rows (as the traffic stage checks its rows), and none of `exclude` (the dev
+    split: the loop and model selection score on it, so training rows must not be pulled toward
+    its texts). A seeded sample of at most REFERENCE_MAX messages."""
+    from heldout.formats import task_format
+
+    cfg = spec.traffic
+    rows, _ = _distinct(_slice(read_source(cfg, task_format(spec)), cfg, spec.label_names), heldout)
+    rows = [r for r in rows if r["text"] not in exclude]
+    random.Random(cfg.seed).shuffle(rows)
+    clean, _ = _decontaminated(rows, REFERENCE_MAX, spec, heldout)
+    if not clean:
+        raise TrafficError(f"curation.filters.min_traffic_similarity: {cfg.source} has no usable real message "
+                           "to compare generated rows with (after the dev split and decontamination)")
+    return [r["text"] for r in clean]
+
+
 # ---------------------------------------------------------------- ask the teacher
 
 def label_texts(spec: TaskSpec, endpoint: Endpoint, texts: list[str], out_dir: Path) -> tuple[dict[str, str], dict]:

@@ -109,6 +109,8 @@ def sec_learning_curve(run: Path) -> str:
         return ('<p class="not-run">No learning curve in this run: <code>distilforge report RUN --learning-curve '
                 'benchmarks/results/outcome.json</code> adds the measured one (benchmarks/outcome.py).</p>')
     data = _check(data, p)
+    # one curve: the first draw (seed 0); repeats (`outcome.py --seed N`) are a table in docs/outcome.md
+    data = {**data, "points": [x for x in data["points"] if not x.get("seed")]}
     if not [x for x in data["points"] if x["condition"] != "base"]:
         return f'<p class="not-run">The learning curve in <code>{esc(p)}</code> has no measured points yet.</p>'
     mode = data.get("mode")

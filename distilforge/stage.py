@@ -40,7 +40,7 @@ PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("heldout", (), ("heldout",)),
     StageInfo("traffic", ("heldout",), ("traffic", "task", "teacher", "curation"), teacher=True),  # curation: decontamination
     StageInfo("generate", ("heldout",), ("task", "teacher", "generation"), teacher=True),
-    StageInfo("curate", ("generate", "traffic", "heldout"), ("curation", "generation")),
+    StageInfo("curate", ("generate", "traffic", "heldout"), ("curation", "generation", "traffic")),  # traffic: likeness filter
     StageInfo("train", ("curate", "review", "heldout"), ("student", "training", "curation")),
     StageInfo("eval", ("train", "heldout", "traffic"), ("eval", "heldout", "teacher"), teacher=True),
     StageInfo("blindspots", ("train", "eval", "traffic"), ()),  # the dev split, never the locked set

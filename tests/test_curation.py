@@ -438,3 +438,71 @@ def test_extraction_rows_keep_grounded_answers_and_drop_made_up_values(embedder)
         assert (text in kept) == (why is None) and reasons.get(text) == why, (text, reasons)
     detail = dict(zip(res.rejected["text"], res.rejected["detail"]))[cases[1][0]]
     assert "company" in detail and "Amazon" in detail
+
+
+# Real-traffic likeness (curation.filters.min_traffic_similarity). Messages written for this test,
+# standing in for a user's production traffic; the generated rows are DISTINCT plus content-free
+# rows a small teacher writes. MiniLM cosine to the nearest message here: every DISTINCT row 0.45 or
+# more, the content-free ones 0.32 or less (a reference this small needs a lower threshold than a
+# real log's 0.5: the nearest real message is only as near as the log is dense).
+TRAFFIC = [
+    "where is my new card? it's been ten days", "how long until my replacement card gets delivered",
+    "my card hasn't arrived yet, can you track it", "can I collect my card instead of waiting for the mail",
+    "my card was stolen yesterday, block it please", "I lost my card, can I freeze it in the app",
+    "the atm kept my card", "there are transactions I don't recognise after I lost my wallet",
+    "what exchange rate do you use for dollars", "why was I charged a fee for converting currency",
+    "can I keep a balance in another currency", "the rate I got was worse than expected",
+    "my top up didn't go through", "I added money but my balance didn't change",
+    "apple pay top up not working", "is there a daily limit for topping up",
+]
+UNLIKE = [
+    ("card_delivery", "Thank you for your prompt response, I appreciate the assistance."),
+    ("lost_card", "We're currently trying to resolve this problem with our team."),
+    ("top_up_problem", "I don't believe I made any mistake at all. Let's try again."),
+    ("currency_exchange", "Hi there! I think we should talk more about this."),
+]  # none of them caught by another filter (test_likeness_catches_what_the_word_filters_miss)
+
+
+def _likeness_spec(threshold):
+    return parse_spec({
+        "name": "planted", "instruction": "Classify the customer's banking message by its intent.",
+        "labels": [{"name": k, "description": v} for k, v in LABELS.items()],
+        "heldout": {"source": "unused.csv"}, "traffic": {"source": "unused.csv"},
+        "curation": {"filters": {"min_traffic_similarity": threshold}},
+    })
+
+
+def test_rows_unlike_any_real_traffic_are_dropped_with_their_similarity(embedder):
+    import re
+
+    rows = [make_row(lab, t, i) for i, (lab, t) in enumerate(DISTINCT)]
+    rows += [make_row(lab, t, 300 + i) for i, (lab, t) in enumerate(UNLIKE)]
+    # a real traffic row is the reference's own kind: it passes whatever it says
+    rows.append(make_row("lost_card", "Oh no, that's not a nice situation to have. I'll be happy to hear why.", 400,
+                         strategy="traffic"))
+    raw = datasets.Dataset.from_list(rows)
+    res = curate(raw, _likeness_spec(0.4), embedder=embedder, traffic_texts=TRAFFIC)
+    assert sorted(res.rejected["text"]) == sorted(t for _, t in UNLIKE)
+    assert set(res.rejected["reason"]) == {"unlike_traffic"}
+    for d in res.rejected["detail"]:
+        m = re.fullmatch(r"nearest real traffic message cosine (0\.\d\d) < 0\.4", d)
+        assert m and float(m.group(1)) < 0.4, d
+    assert "traffic" in res.kept["strategy"] and len(res.kept) == len(DISTINCT) + 1
+    step = next(s for s in res.funnel if s["step"] == "traffic_likeness")
+    assert step["in"] - step["out"] == len(UNLIKE)
+    assert res.info["traffic_likeness"]["reference_rows"] == len(TRAFFIC)
+    assert res.info["traffic_likeness"]["dropped"] == len(UNLIKE)
+    # the filter's own threshold decides: at 0.05 nothing here is unlike the traffic
+    assert len(curate(raw, _likeness_spec(0.05), embedder=embedder, traffic_texts=TRAFFIC).rejected) == 0
+
+
+def test_likeness_catches_what_the_word_filters_miss(embedder):
+    raw = datasets.Dataset.from_list([make_row(lab, t, i) for i, (lab, t) in enumerate(UNLIKE)])
+    assert len(curate(raw, spec_for(), embedder=embedder).kept) == len(UNLIKE)
+
+
+def test_likeness_filter_needs_a_traffic_source():
+    from distilforge.errors import UserError
+
+    with pytest.raises((UserError, ValueError), match="min_traffic_similarity: needs a `traffic:` source"):
+        spec_for(filters={"min_traffic_similarity": 0.5})

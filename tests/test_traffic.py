@@ -254,3 +254,27 @@ def test_gold_dev_answers_need_a_task_with_references(tmp_path):
                traffic={"source": "x.csv", "label_column": "reply", "dev_rows": 2, "dev_labels": "gold"})
     with pytest.raises(tr.TrafficError, match=r"^traffic\.dev_labels: gold needs reference answers"):
         tr.traffic_stage(parse_spec(raw), tmp_path / "run", None)
+
+
+def test_likeness_reference_is_the_slice_without_locked_copies_or_dev_texts(done, tmp_path):
+    """curation.filters.min_traffic_similarity compares generated rows with the real traffic: this
+    task's slice of the source, never a copy of a locked row (the planted EXACT and NEAR leaks),
+    never a dev text (the loop and model selection score on those). The reference is an input of
+    curate: its hash is in the manifest, and the funnel shows the filter's step."""
+    from curation.stages import _reference, curate_stage
+
+    tmp, path, spec, run, tm, cm = done
+    run2 = tmp_path / "run"
+    shutil.copytree(run, run2)
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault("curation", {}).setdefault("filters", {})["min_traffic_similarity"] = 0.3
+    spec2 = parse_spec(raw)
+    ref = _reference(spec2, Run(run2))
+    dev = set(load(run2, "dev")["text"])
+    assert dev and not dev & set(ref)
+    assert set(ref) == {t for t, _ in SLICE} - dev  # no EXACT, NEAR or off-slice text
+    m = curate_stage(spec2, run2)
+    assert "traffic_reference" in m["inputs"] and "traffic_reference" not in cm["inputs"]
+    assert "traffic_likeness" in [s["step"] for s in m["funnel"]]
+    assert m["info"]["traffic_likeness"]["reference_rows"] == len(ref)
+    assert curate_stage(spec2, run2)["inputs"] == m["inputs"]  # a rerun with the same reference is skipped
