@@ -558,16 +558,18 @@ def _repeats(points: list[dict], sizes: list[int]) -> list[str]:
     for p in points:
         by.setdefault((p["condition"], p["size"]), {})[p.get("seed", 0)] = p
     out = []
-    for a_ in ("synthetic", "agreement", "likeness"):
+    for a_, b_ in (("synthetic", "unfiltered"), ("agreement", "unfiltered"), ("likeness", "unfiltered"),
+                   ("likeness", "synthetic")):
         for s in sizes:
-            A, B = by.get((a_, s), {}), by.get(("unfiltered", s), {})
+            A, B = by.get((a_, s), {}), by.get((b_, s), {})
             seeds = sorted(k for k in set(A) & set(B) if A[k]["scored_rows_sha256"] == B[k]["scored_rows_sha256"])
             if len(seeds) < 2:
                 continue
             d = [A[k]["accuracy"] - B[k]["accuracy"] for k in seeds]
             m, sd = statistics.mean(d), statistics.stdev(d)
             h = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
-            out.append(f"| {'curated' if a_ == 'synthetic' else a_} - unfiltered | {s} | {len(seeds)} | "
+            name = {"synthetic": "curated"}
+            out.append(f"| {name.get(a_, a_)} - {name.get(b_, b_)} | {s} | {len(seeds)} | "
                        + ", ".join(f"{x:+.3f}" for x in d) + f" | {m:+.3f} | {sd:.3f} | [{m - h:+.3f}, {m + h:+.3f}] | "
                        f"{sum(x > 0 for x in d)}/{len(d)} |")
     if not out:
