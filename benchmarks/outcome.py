@@ -210,8 +210,6 @@ class Bench:
         if head.get("command"):  # every run that added points, not only the last
             cmds = data.get("commands") or ([data["command"]] if data.get("command") else [])
             data["commands"] = cmds + ([head["command"]] if head["command"] not in cmds else [])
-        if "seed" in head:
-            data["seeds"] = sorted(set(data.get("seeds", [data.get("seed", 0)])) | {head["seed"]})
         data.update({"benchmark": "benchmarks/outcome.py", "mode": "quick" if self.a.quick else "full",
                      "task": "examples/banking77/task.yaml", "n_labels": 10, "what": CONDITIONS,
                      **({"teacher_model": self.a.teacher} if self.a.teacher else {}),
@@ -546,7 +544,7 @@ def _pool_table(pools: dict) -> list[str]:
 
 
 def _repeats(points: list[dict], sizes: list[int]) -> list[str]:
-    """Curated (and agreement) vs unfiltered over repeats: each seed draws another subset of the
+    """Curation variants against unfiltered (and likeness against curated) over repeats: each seed draws another subset of the
     same pools and trains with another seed, so the spread across seeds is the training-and-draw
     noise that the paired bootstrap on test rows does not see. Mean difference, its SD across seeds
     and a t interval over seeds (wide with few seeds, and honest about it)."""
@@ -557,7 +555,7 @@ def _repeats(points: list[dict], sizes: list[int]) -> list[str]:
     by: dict[tuple[str, int], dict[int, dict]] = {}
     for p in points:
         by.setdefault((p["condition"], p["size"]), {})[p.get("seed", 0)] = p
-    out = []
+    out, name = [], {"synthetic": "curated"}
     for a_, b_ in (("synthetic", "unfiltered"), ("agreement", "unfiltered"), ("likeness", "unfiltered"),
                    ("likeness", "synthetic")):
         for s in sizes:
@@ -568,7 +566,6 @@ def _repeats(points: list[dict], sizes: list[int]) -> list[str]:
             d = [A[k]["accuracy"] - B[k]["accuracy"] for k in seeds]
             m, sd = statistics.mean(d), statistics.stdev(d)
             h = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
-            name = {"synthetic": "curated"}
             out.append(f"| {name.get(a_, a_)} - {name.get(b_, b_)} | {s} | {len(seeds)} | "
                        + ", ".join(f"{x:+.3f}" for x in d) + f" | {m:+.3f} | {sd:.3f} | [{m - h:+.3f}, {m + h:+.3f}] | "
                        f"{sum(x > 0 for x in d)}/{len(d)} |")

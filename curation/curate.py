@@ -284,6 +284,7 @@ def _unlike_traffic(ref: np.ndarray, vecs: Callable[[list[dict]], np.ndarray], t
     read like no message a user sends (a refusal the word lists miss, a thank-you, a template's
     "Dear [Customer Name]"). Real traffic rows are the reference's own kind and always pass."""
     def decide(rows: list[dict]) -> Verdicts:
+        # "traffic" is traffic.STRATEGY; importing it here would close an import cycle
         x = vecs(rows)
         near = np.concatenate([(x[i:i + 1024] @ ref.T).max(1) for i in range(0, len(x), 1024)])
         out = {i: ("unlike_traffic", f"nearest real traffic message cosine {s:.2f} < {th:g}")

@@ -138,19 +138,19 @@ def _reasons(ds) -> dict[str, int]:
     return out
 
 
-def _reference(spec, r: Run) -> list[str] | None:
+def _reference(spec, r: Run, locked) -> list[str] | None:
     """traffic.reference_texts when `curation.filters.min_traffic_similarity` is set (the dev
-    split's texts excluded); the Ray backend does not run that filter yet: one clear error."""
+    split's texts excluded); the Ray backend does not run that filter yet: one clear error.
+    `locked`: the locked rows (loaded once by the caller)."""
     if spec.curation.filters.min_traffic_similarity is None:
         return None
     if spec.backend.kind == "ray":
         raise UserError("curation.filters.min_traffic_similarity: not supported with backend.kind ray yet "
                         "(set it to null, or curate with the local backend)")
     from curation.traffic import dev_split, reference_texts
-    from heldout.lock import load_locked
 
     dev = dev_split(r.root)
-    return reference_texts(spec, load_locked(r.heldout), set(dev[0]["text"]) if dev else set())
+    return reference_texts(spec, locked, set(dev[0]["text"]) if dev else set())
 
 
 def curate_stage(spec: TaskSpec, run: Path) -> dict:
@@ -165,7 +165,9 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     gen_hash = output_hash(r.generate, "rows")
     lock_info = read_lock(r.heldout)
     traffic = traffic_rows(run)  # (rows, hash) when the traffic stage labelled real inputs
-    reference = _reference(spec, r)  # real messages for filters.min_traffic_similarity, or None
+    # the filter's real messages are an input (their hash), so with it on the locked rows load here, once
+    locked = load_locked(r.heldout) if spec.curation.filters.min_traffic_similarity is not None else None
+    reference = _reference(spec, r, locked)  # real messages for filters.min_traffic_similarity, or None
     st = Stage(r.curate, "curate", {"generate": gen_hash, "heldout": lock_info["sha256"],
                                     **({"traffic": traffic[1]} if traffic else {}),
                                     **({"traffic_reference": sha256_json(reference)} if reference else {})},
@@ -175,14 +177,15 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
         return read_manifest(st.dir)
     st.begin()
     raw = load_dataset_dir(r.generated_rows)
+    locked = locked if locked is not None else load_locked(r.heldout)
     if traffic and len(traffic[0]):  # real rows go through the same funnel as generated ones
         raw = with_traffic(raw, traffic[0])
     if spec.backend.kind == "ray":  # same rows and reasons, spread over a Ray cluster (docs/scaling.md)
         from curation.raybackend import curate_ray
 
-        res = curate_ray(raw, spec, heldout=load_locked(r.heldout))
+        res = curate_ray(raw, spec, heldout=locked)
     else:
-        res = curate(raw, spec, heldout=load_locked(r.heldout), traffic_texts=reference)
+        res = curate(raw, spec, heldout=locked, traffic_texts=reference)
     st.save("curated", res.kept)
     st.save("rejected", res.rejected)
     reasons = res.reasons() if hasattr(res, "reasons") else {}

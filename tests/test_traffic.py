@@ -269,7 +269,9 @@ def test_likeness_reference_is_the_slice_without_locked_copies_or_dev_texts(done
     raw = yaml.safe_load(path.read_text())
     raw.setdefault("curation", {}).setdefault("filters", {})["min_traffic_similarity"] = 0.3
     spec2 = parse_spec(raw)
-    ref = _reference(spec2, Run(run2))
+    from heldout.lock import load_locked
+
+    ref = _reference(spec2, Run(run2), load_locked(Run(run2).heldout))
     dev = set(load(run2, "dev")["text"])
     assert dev and not dev & set(ref)
     assert set(ref) == {t for t, _ in SLICE} - dev  # no EXACT, NEAR or off-slice text
