@@ -58,6 +58,8 @@ CONDITIONS = {
     "synthetic": "(a) teacher-generated, curated",
     "agreement": "(b) generated + teacher agreement (disagreeing rows dropped), curated",
     "likeness": "(a)'s generated rows, curated with the real-traffic likeness filter too (min_traffic_similarity 0.5)",
+    "select": "(a)'s generated rows, curated, then the N a label nearest real traffic (max_per_label N, "
+              "max_per_label_keeps most_traffic_like)",
     "unfiltered": "(a)'s generated rows before curate (decontaminated only), same rows per label as (a)",
     "traffic": "(c) real traffic (Banking77 train), teacher labels",
     "gold": "(d) the same real rows, gold labels (reference)",
@@ -67,7 +69,9 @@ PAIRS = [("traffic", "synthetic", "real inputs vs generated ones, both teacher-l
          ("agreement", "synthetic", "what teacher agreement buys"),
          ("agreement", "unfiltered", "curate with teacher agreement vs no curation; equal rows where both have them"),
          ("likeness", "synthetic", "what the real-traffic likeness filter buys over the other filters"),
-         ("likeness", "unfiltered", "curate with the likeness filter vs no curation; equal rows where both have them")]
+         ("likeness", "unfiltered", "curate with the likeness filter vs no curation; equal rows where both have them"),
+         ("select", "unfiltered", "curate keeping the rows nearest real traffic vs no curation; equal rows"),
+         ("select", "synthetic", "the rows nearest real traffic vs a seeded draw of the curated rows")]
 LIKENESS = 0.5  # curation.filters.min_traffic_similarity of the `likeness` pool (docs/outcome.md)
 QUICK = {"sizes": [2, 4], "conditions": ["synthetic", "traffic", "gold"], "score_rows": 40}
 FULL = {"sizes": [8, 16, 32, 64], "conditions": list(CONDITIONS), "score_rows": None}
@@ -90,10 +94,11 @@ def _deep(a: dict, b: dict) -> dict:
 
 
 def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str | None = None,
-             seed: int = 0, pool: int | None = None) -> dict[str, dict]:
+             seed: int = 0, pool: int | None = None, select: bool = False) -> dict[str, dict]:
     """One spec profile per pool (+ `train` for the points), over examples/banking77/task.yaml;
     `teacher`: another embedded teacher model for every pool (e.g. the weaker 0.5B); `seed` != 0:
-    a repeat, whose points train with `training.seed` = seed (profile `train-s<seed>`)."""
+    a repeat, whose points train with `training.seed` = seed (profile `train-s<seed>`); `select`:
+    one `select-<size>` pool per size (curate keeps the `size` rows a label nearest real traffic)."""
     # the demo profile's teacher settings: 4 inputs per generation request, label questions without
     # the grammar unless an answer is no label (examples/banking77/task.yaml, profile demo)
     pool = pool or max(sizes)  # rows a label each pool is built for (--pool-per-label; default the largest size)
@@ -108,6 +113,10 @@ def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str
         base = _deep(base, {"eval": {"max_rows": score_rows}})
     n = TRAFFIC_FACTOR * pool
     repeat = {f"outcome-{train_profile(seed)}": _deep(base, {"training": {"seed": seed}})} if seed else {}
+    # the traffic block is the reference only (no traffic stage); no likeness threshold: every pool
+    # keeps `size` rows a label, the ones nearest real traffic, so the points train on equal rows
+    sel = {f"outcome-select-{n}": _deep(base, {"traffic": _task_traffic(), "curation": {"filters": {
+        "max_per_label": n, "max_per_label_keeps": "most_traffic_like"}}}) for n in sizes} if select else {}
     return {"outcome-train": base, **repeat, "outcome-synthetic": base,
             "outcome-agreement": _deep(base, {"generation": {"teacher_agreement": True},
                                               "curation": {"filters": {"teacher_disagreement": "drop"}}}),
@@ -116,7 +125,7 @@ def profiles(quick: bool, sizes: list[int], score_rows: int | None, teacher: str
             "outcome-likeness": _deep(base, {"traffic": _task_traffic(),
                                              "curation": {"filters": {"min_traffic_similarity": LIKENESS}}}),
             "outcome-traffic": _deep(base, {"traffic": {"max_rows": n, "dev_rows": 0}}),
-            "outcome-gold": _deep(base, {"traffic": {"max_rows": 0, "dev_rows": n, "dev_labels": "gold"}})}
+            "outcome-gold": _deep(base, {"traffic": {"max_rows": 0, "dev_rows": n, "dev_labels": "gold"}}), **sel}
 
 
 def _task_traffic() -> dict:
@@ -175,7 +184,7 @@ class Bench:
 
         raw = read_yaml(TASK, "task spec")
         raw["profiles"] = profiles(self.a.quick, self.a.sizes, self.a.score_rows, self.a.teacher, self.a.seed,
-                                   self.a.pool_per_label)
+                                   self.a.pool_per_label, "select" in self.a.conditions)
         atomic_write_text(self.spec_file, "# written by benchmarks/outcome.py: examples/banking77/task.yaml, "
                           "one profile per data pool\n" + yaml.safe_dump(raw, sort_keys=False))
 
@@ -276,7 +285,8 @@ def build_pool(b: Bench, name: str) -> tuple[object, dict]:
     r = Run(run)
     rec: dict = {"name": name, "run": str(run), "teacher_model": spec.teacher.model, "teacher_seconds": 0.0}
     syn = Run(b.work / "pools" / "synthetic")
-    if name in ("synthetic", "agreement", "likeness"):
+    derived = name == "likeness" or name.startswith("select-")  # (a)'s rows, curated otherwise
+    if name in ("synthetic", "agreement") or derived:
         if name != "synthetic":
             _sync_shards(syn.generate, r.generate)
         _generate(b, spec, run)
@@ -286,6 +296,9 @@ def build_pool(b: Bench, name: str) -> tuple[object, dict]:
                        teacher_tokens=gen.tokens.model_dump(exclude_none=True) if gen.tokens else None)
         elif name == "likeness":
             rec["note"] = "no teacher time of its own: (a)'s generated rows, curated with the likeness filter"
+        elif derived:
+            rec["note"] = ("no teacher time of its own: (a)'s generated rows, curated, the rows a label nearest "
+                           "real traffic kept")
         else:
             ta = gen.teacher_agreement or {}
             rec.update(teacher_seconds=ta.get("seconds", 0.0), teacher_requests=ta.get("rows"),
@@ -295,7 +308,7 @@ def build_pool(b: Bench, name: str) -> tuple[object, dict]:
         if not (r.generate / "manifest.json").exists() or output_hash(r.generate, "rows") != output_hash(syn.generate, "rows"):
             atomic_copy_dir(syn.generate, r.generate)  # (a)'s generation as it is; curate alone differs
         rec["note"] = "no teacher time of its own: (a)'s generated rows"
-    if name in ("synthetic", "agreement", "unfiltered", "likeness"):
+    if name in ("synthetic", "agreement", "unfiltered") or derived:
         curate_stage(spec, run)
         cm = StageManifest.in_folder(r.curate)
         rows, _ = verified_output(r.curate, "curated", f"distilforge curate {run}")
@@ -424,8 +437,9 @@ def run_all(a) -> None:
     from distilforge import runlock
     from distilforge.runctx import set_threads
 
-    pools = [p for p in CONDITIONS if p in a.conditions]  # one pool per condition
-    if {"agreement", "unfiltered", "likeness"} & set(pools) and "synthetic" not in pools:
+    pools = [p for p in CONDITIONS if p in a.conditions and p != "select"]  # one pool per condition
+    pools += [f"select-{s}" for s in a.sizes] if "select" in a.conditions else []  # select: one per size
+    if ({"agreement", "unfiltered", "likeness"} & set(pools) or "select" in a.conditions) and "synthetic" not in pools:
         pools.insert(0, "synthetic")  # (b) and the unfiltered rows are built on (a)'s generation
     points = plan(a)
     with ExitStack() as stack:
@@ -456,8 +470,8 @@ def run_all(a) -> None:
                 elif cond == "unfiltered":  # (a)'s row count per label at this size, from the unfiltered rows
                     want = Counter(subset(rows["synthetic"], size, a.seed)["label"])
                     data = subset(rows["unfiltered"], dict(want), a.seed)
-                else:
-                    data = subset(rows[cond], size, a.seed)
+                else:  # select: its size's pool holds `size` rows a label already (same rows every seed)
+                    data = subset(rows[f"select-{size}" if cond == "select" else cond], size, a.seed)
                 rec = run_point(b, cond, size, data)
                 b.save(point=rec)
                 cons.print(f"outcome: {cond} @ {size}/label: {rec['rows']} rows, accuracy {rec['accuracy']:.3f} "
@@ -557,7 +571,7 @@ def _repeats(points: list[dict], sizes: list[int]) -> list[str]:
         by.setdefault((p["condition"], p["size"]), {})[p.get("seed", 0)] = p
     out, name = [], {"synthetic": "curated"}
     for a_, b_ in (("synthetic", "unfiltered"), ("agreement", "unfiltered"), ("likeness", "unfiltered"),
-                   ("likeness", "synthetic")):
+                   ("likeness", "synthetic"), ("select", "unfiltered"), ("select", "synthetic")):
         for s in sizes:
             A, B = by.get((a_, s), {}), by.get((b_, s), {})
             seeds = sorted(k for k in set(A) & set(B) if A[k]["scored_rows_sha256"] == B[k]["scored_rows_sha256"])

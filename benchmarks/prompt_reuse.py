@@ -12,9 +12,12 @@ Each template's group of requests runs `--rounds` times, alternating, so drift i
 shared; the first request of a group starts from the other template's cache (as a real run's
 first request starts cold).
 
-    python benchmarks/prompt_reuse.py [--model qwen2.5-coder-1.5b] [--requests 10] [--rounds 2]
+`--task extraction|instruction`: the same for examples/extraction or examples/instruction's row
+requests, `<type>_v1` (per-request style first) against `<type>_v2` (schema / style guide first).
 
-Results: benchmarks/results/prompt_reuse.json.
+    python benchmarks/prompt_reuse.py [--model qwen2.5-coder-1.5b] [--requests 10] [--rounds 2] [--task T]
+
+Results: benchmarks/results/prompt_reuse.json (classification), prompt_reuse_<task>.json.
 """
 from __future__ import annotations
 
@@ -37,14 +40,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PERF = re.compile(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens")
 
 
-def planned_requests(model: str, n: int) -> tuple[object, list[dict]]:
-    """The demo's first `n` batch requests, in the order `generate` sends them."""
+TASKS = {  # --task: (example spec, profile, templates compared by default)
+    "classification": ("banking77", "demo", "classification_batch_v1,classification_batch_v2"),
+    "extraction": ("extraction", None, "extraction_v1,extraction_v2"),
+    "instruction": ("instruction", None, "instruction_v1,instruction_v2"),
+}
+
+
+def planned_requests(model: str, n: int, task: str = "classification") -> tuple[object, list[dict]]:
+    """The example spec's first `n` requests, in the order `generate` sends them: the demo's batch
+    requests for classification, the first-phase row requests for extraction and instruction."""
     from curation.generation.plan import batch, batch_requests, plan_base
     from distilforge.spec import load_spec
 
-    spec = load_spec(REPO / "examples" / "banking77" / "task.yaml", profile="demo")
+    folder, profile, _ = TASKS[task]
+    spec = load_spec(REPO / "examples" / folder / "task.yaml", profile=profile)
     spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"model": model, "replicas": 1})})
-    return spec, batch_requests(spec, batch(spec, plan_base(spec)))[:n]
+    if task == "classification":
+        return spec, batch_requests(spec, batch(spec, plan_base(spec)))[:n]
+    return spec, plan_base(spec)[:n]
 
 
 def log_reads(log: Path, start: int) -> tuple[list[tuple[float, int]], int]:
@@ -112,16 +126,21 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--requests", type=int, default=10, help="planned batch requests per group")
     ap.add_argument("--rounds", type=int, default=2, help="groups per template, alternating")
-    ap.add_argument("--templates", default="classification_batch_v1,classification_batch_v2")
-    ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "prompt_reuse.json"))
+    ap.add_argument("--task", choices=list(TASKS), default="classification",
+                    help="which example spec's requests (examples/banking77 demo, examples/extraction, examples/instruction)")
+    ap.add_argument("--templates", help="old,new template names (default: the task's v1 and its default)")
+    ap.add_argument("--results", help="default benchmarks/results/prompt_reuse[_<task>].json")
     a = ap.parse_args()
+    a.templates = a.templates or TASKS[a.task][2]
+    a.results = a.results or str(REPO / "benchmarks" / "results" / (
+        "prompt_reuse.json" if a.task == "classification" else f"prompt_reuse_{a.task}.json"))
     from openai import OpenAI
 
     from distilforge.atomic import atomic_write_json
 
     load = os.getloadavg()[0]
     names = a.templates.split(",")
-    _, reqs = planned_requests(a.model, a.requests)
+    _, reqs = planned_requests(a.model, a.requests, a.task)
     logdir = Path(tempfile.mkdtemp(prefix="bench-reuse-"))
     groups: dict[str, list[dict]] = {n: [] for n in names}
     log = logdir / "teacher.log"
@@ -138,7 +157,9 @@ def main() -> None:
     base, new = res[names[0]], res[names[-1]]
     out = {"benchmark": "benchmarks/prompt_reuse.py",
            "command": "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["benchmarks/prompt_reuse.py", *sys.argv[1:]]),
-           "model": a.model, "spec": "examples/banking77/task.yaml, profile demo (first planned batch requests)",
+           "model": a.model, "task": a.task,
+           "spec": (f"examples/{TASKS[a.task][0]}/task.yaml" + (f", profile {TASKS[a.task][1]}" if TASKS[a.task][1] else "")
+                    + (" (first planned batch requests)" if a.task == "classification" else " (first planned requests)")),
            "load_before": round(load, 2), "results": res,
            "read_s_saved_per_request": round(base["read_s_mean"] - new["read_s_mean"], 2),
            "latency_ratio": round(new["latency_s_mean"] / base["latency_s_mean"], 3),

@@ -161,7 +161,7 @@ def curate(
 
     # Embeddings: once, for decontamination and semantic dedup, for the rows still in play. A
     # funnel step of its own (dropping nothing) so its time is visible next to the others.
-    likeness = cfg.filters.min_traffic_similarity is not None and bool(traffic_texts)
+    likeness = cfg.filters.uses_traffic_reference and bool(traffic_texts)  # the filter and/or the ranking
     need_vectors = cfg.dedup.semantic or likeness or (heldout is not None and cfg.decontamination.enabled
                                                       and cfg.decontamination.cosine is not None)
     vectors: dict[int, np.ndarray] = {}
@@ -203,10 +203,12 @@ def curate(
         f.step("decontaminate", decon)
 
     # 4b. real-traffic likeness: after decontamination (a leak is named as one), before dedup (a
-    # content-free row never represents a group)
+    # content-free row never represents a group). `nearest`: each row's nearest real message cosine,
+    # for the filter and for balance's `most_traffic_like` order.
+    nearest: dict[int, float] = {}
     if likeness and f.rows:
         f.step("traffic_likeness", _unlike_traffic(embedder.encode(traffic_texts), vecs,
-                                                   cfg.filters.min_traffic_similarity, info))
+                                                   cfg.filters.min_traffic_similarity, info, nearest))
 
     # 5. dedup, best row of each group kept; cluster sizes add up across passes
     size: dict[int, int] = {}
@@ -255,14 +257,22 @@ def curate(
 
     # 6. balance
     if cfg.filters.max_per_label is not None:
+        by_traffic = cfg.filters.max_per_label_keeps == "most_traffic_like" and bool(nearest)
+
         def balance(rows: list[dict]) -> Verdicts:
             seen: Counter = Counter()
             out: Verdicts = {}
-            for i in _order(rows, cfg):
+            order = _order(rows, cfg)
+            if by_traffic:  # nearest real message first; the quality order breaks ties
+                order = sorted(order, key=lambda i: -nearest[rows[i]["_k"]])
+            for i in order:
                 lab = rows[i]["label"]
                 seen[lab] += 1
                 if seen[lab] > cfg.filters.max_per_label:
-                    out[i] = ("label_over_max", f"label {lab} already has {cfg.filters.max_per_label} better rows")
+                    n = cfg.filters.max_per_label
+                    out[i] = ("label_over_max", f"label {lab} already has {n} rows nearer real traffic (this one's "
+                              f"nearest cosine {nearest[rows[i]['_k']]:.2f})" if by_traffic
+                              else f"label {lab} already has {n} better rows")
             return out
 
         f.step("balance", balance)
@@ -279,16 +289,20 @@ def curate(
     return CurateResult(*_datasets(raw, f.rows, f.rejected), f.steps, under, info)
 
 
-def _unlike_traffic(ref: np.ndarray, vecs: Callable[[list[dict]], np.ndarray], th: float, info: dict):
+def _unlike_traffic(ref: np.ndarray, vecs: Callable[[list[dict]], np.ndarray], th: float | None, info: dict,
+                    nearest: dict[int, float]):
     """Drop generated rows whose nearest real traffic message is below cosine `th`: rows that
     read like no message a user sends (a refusal the word lists miss, a thank-you, a template's
-    "Dear [Customer Name]"). Real traffic rows are the reference's own kind and always pass."""
+    "Dear [Customer Name]"). Real traffic rows are the reference's own kind and always pass.
+    `th` None: drop nothing, only record each row's nearest cosine in `nearest` (by row key)."""
     def decide(rows: list[dict]) -> Verdicts:
         # "traffic" is traffic.STRATEGY; importing it here would close an import cycle
         x = vecs(rows)
         near = np.concatenate([(x[i:i + 1024] @ ref.T).max(1) for i in range(0, len(x), 1024)])
+        # a real message is as traffic-like as a row gets, whether or not the sample holds it
+        nearest.update((r["_k"], 1.0 if r.get("strategy") == "traffic" else float(s)) for r, s in zip(rows, near))
         out = {i: ("unlike_traffic", f"nearest real traffic message cosine {s:.2f} < {th:g}")
-               for i, s in enumerate(near) if s < th and rows[i].get("strategy") != "traffic"}
+               for i, s in enumerate(near) if th is not None and s < th and rows[i].get("strategy") != "traffic"}
         info["traffic_likeness"] = {"reference_rows": len(ref), "threshold": th, "dropped": len(out),
                                     "nearest_quantiles": {q: round(float(np.quantile(near, q / 100)), 3)
                                                           for q in (5, 25, 50)}}

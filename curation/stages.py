@@ -139,14 +139,18 @@ def _reasons(ds) -> dict[str, int]:
 
 
 def _reference(spec, r: Run, locked) -> list[str] | None:
-    """traffic.reference_texts when `curation.filters.min_traffic_similarity` is set (the dev
-    split's texts excluded); the Ray backend does not run that filter yet: one clear error.
+    """traffic.reference_texts when curate compares rows with real traffic
+    (`curation.filters.min_traffic_similarity`, or `max_per_label_keeps: most_traffic_like`), the
+    dev split's texts excluded; the Ray backend does not do either yet: one clear error.
     `locked`: the locked rows (loaded once by the caller)."""
-    if spec.curation.filters.min_traffic_similarity is None:
+    f = spec.curation.filters
+    if not f.uses_traffic_reference:
         return None
     if spec.backend.kind == "ray":
-        raise UserError("curation.filters.min_traffic_similarity: not supported with backend.kind ray yet "
-                        "(set it to null, or curate with the local backend)")
+        what = ("min_traffic_similarity" if f.min_traffic_similarity is not None
+                else "max_per_label_keeps: most_traffic_like")
+        raise UserError(f"curation.filters.{what}: not supported with backend.kind ray yet "
+                        "(turn it off, or curate with the local backend)")
     from curation.traffic import dev_split, reference_texts
 
     dev = dev_split(r.root)
@@ -166,8 +170,8 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     lock_info = read_lock(r.heldout)
     traffic = traffic_rows(run)  # (rows, hash) when the traffic stage labelled real inputs
     # the filter's real messages are an input (their hash), so with it on the locked rows load here, once
-    locked = load_locked(r.heldout) if spec.curation.filters.min_traffic_similarity is not None else None
-    reference = _reference(spec, r, locked)  # real messages for filters.min_traffic_similarity, or None
+    locked = load_locked(r.heldout) if spec.curation.filters.uses_traffic_reference else None
+    reference = _reference(spec, r, locked)  # real messages rows are compared with, or None
     st = Stage(r.curate, "curate", {"generate": gen_hash, "heldout": lock_info["sha256"],
                                     **({"traffic": traffic[1]} if traffic else {}),
                                     **({"traffic_reference": sha256_json(reference)} if reference else {})},

@@ -175,7 +175,8 @@ REFERENCE_MAX = 20_000  # real messages a generated row is compared with (a seed
 
 
 def reference_texts(spec: TaskSpec, heldout: datasets.Dataset, exclude: set[str]) -> list[str]:
-    """The real messages `curation.filters.min_traffic_similarity` compares generated rows with:
+    """The real messages curate compares generated rows with (`curation.filters.min_traffic_similarity`,
+    `max_per_label_keeps: most_traffic_like`):
     this task's slice of the traffic source, distinct, with no exact, n-gram or embedding overlap
     with the locked rows (as the traffic stage checks its rows), and none of `exclude` (the dev
     split: the loop and model selection score on it, so training rows must not be pulled toward
@@ -188,8 +189,8 @@ def reference_texts(spec: TaskSpec, heldout: datasets.Dataset, exclude: set[str]
     random.Random(cfg.seed).shuffle(rows)
     clean, _ = _decontaminated(rows, REFERENCE_MAX, spec, heldout)
     if not clean:
-        raise TrafficError(f"curation.filters.min_traffic_similarity: {cfg.source} has no usable real message "
-                           "to compare generated rows with (after the dev split and decontamination)")
+        raise TrafficError(f"curation.filters (min_traffic_similarity / max_per_label_keeps): {cfg.source} has no "
+                           "usable real message to compare generated rows with (after the dev split and decontamination)")
     return [r["text"] for r in clean]
 
 

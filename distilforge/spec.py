@@ -269,6 +269,16 @@ class CurationFilters(_Strict):
     # balance
     min_per_label: int = Field(0, ge=0)  # reported when not reached (nothing is invented)
     max_per_label: int | None = Field(None, gt=0)  # best rows kept beyond it
+    # which rows `max_per_label` keeps: the best by the quality order (judge score, length), or the
+    # ones nearest real traffic (needs `traffic:`): at a fixed training budget, the rows that read
+    # most like the messages users send (docs/outcome.md measures both)
+    max_per_label_keeps: Literal["best_quality", "most_traffic_like"] = "best_quality"
+
+    @property
+    def uses_traffic_reference(self) -> bool:
+        """Whether curate compares generated rows with real traffic (traffic.reference_texts)."""
+        return self.min_traffic_similarity is not None or (
+            self.max_per_label is not None and self.max_per_label_keeps == "most_traffic_like")
 
 
 class CurationDedup(_Strict):
@@ -579,6 +589,13 @@ class TaskSpec(_Strict):
         if self.curation.filters.min_traffic_similarity is not None and self.traffic is None:
             raise ValueError("curation.filters.min_traffic_similarity: needs a `traffic:` source (the real "
                              "messages generated rows are compared with)")
+        if self.curation.filters.max_per_label_keeps == "most_traffic_like":
+            if self.traffic is None:
+                raise ValueError("curation.filters.max_per_label_keeps: most_traffic_like needs a `traffic:` source "
+                                 "(the real messages generated rows are compared with)")
+            if self.curation.filters.max_per_label is None:
+                raise ValueError("curation.filters.max_per_label_keeps: most_traffic_like chooses which rows "
+                                 "max_per_label keeps; set curation.filters.max_per_label too")
         if self.generation.strategies.get("fewshot", 0) > 0 and not self.examples:
             raise ValueError("generation.strategies.fewshot: needs seed `examples` in the spec")
         return self

@@ -506,3 +506,51 @@ def test_likeness_filter_needs_a_traffic_source():
 
     with pytest.raises((UserError, ValueError), match="min_traffic_similarity: needs a `traffic:` source"):
         spec_for(filters={"min_traffic_similarity": 0.5})
+
+
+def _keeps_spec(keeps, max_per_label=2):
+    return parse_spec({
+        "name": "planted", "instruction": "Classify the customer's banking message by its intent.",
+        "labels": [{"name": k, "description": v} for k, v in LABELS.items()],
+        "heldout": {"source": "unused.csv"}, "traffic": {"source": "unused.csv"},
+        "curation": {"filters": {"max_per_label": max_per_label, "max_per_label_keeps": keeps}},
+    })
+
+
+def test_max_per_label_can_keep_the_rows_nearest_real_traffic(embedder):
+    import re
+
+    rows = [make_row(lab, t, i) for i, (lab, t) in enumerate(DISTINCT)]
+    rows += [make_row(lab, t, 300 + i) for i, (lab, t) in enumerate(UNLIKE)]
+    # a real message says little like the others, yet is kept first: it is traffic itself
+    real = make_row("lost_card", "Oh no, that's not a nice situation to have. I'll be happy to hear why.", 400,
+                    strategy="traffic")
+    raw = datasets.Dataset.from_list(rows + [real])
+    res = curate(raw, _keeps_spec("most_traffic_like"), embedder=embedder, traffic_texts=TRAFFIC)
+    ref = embedder.encode(TRAFFIC)
+    near = dict(zip(raw["text"], (embedder.encode(raw["text"]) @ ref.T).max(1)))
+    near[real["text"]] = 1.0
+    for lab in LABELS:
+        mine = [t for t, lb in zip(raw["text"], raw["label"]) if lb == lab]
+        kept = [t for t, lb in zip(res.kept["text"], res.kept["label"]) if lb == lab]
+        # the filter is off: nothing is dropped for its cosine, only ranked by it
+        assert len(kept) == min(2, len(mine))
+        assert min(near[t] for t in kept) >= max(near[t] for t in mine if t not in kept), lab
+    assert real["text"] in set(res.kept["text"])
+    assert set(res.rejected["reason"]) == {"label_over_max"}
+    for d in res.rejected["detail"]:
+        assert re.fullmatch(r"label \w+ already has 2 rows nearer real traffic \(this one's nearest cosine "
+                            r"[01]\.\d\d\)", d), d
+    # the default keeps by quality order (longer rows first here): another choice of rows
+    quality = curate(raw, _keeps_spec("best_quality"), embedder=embedder, traffic_texts=TRAFFIC)
+    assert len(quality.kept) == len(res.kept) and set(quality.kept["text"]) != set(res.kept["text"])
+    assert all(d.endswith("better rows") for d in quality.rejected["detail"])
+
+
+def test_most_traffic_like_needs_traffic_and_a_cap():
+    from distilforge.errors import UserError
+
+    with pytest.raises((UserError, ValueError), match="most_traffic_like needs a `traffic:` source"):
+        spec_for(filters={"max_per_label": 2, "max_per_label_keeps": "most_traffic_like"})
+    with pytest.raises((UserError, ValueError), match="set curation.filters.max_per_label too"):
+        _keeps_spec("most_traffic_like", max_per_label=None)

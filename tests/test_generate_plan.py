@@ -266,3 +266,27 @@ def test_contrastive_target_asks_for_the_boundary(tmp_path):
     p.write_text("targets:\n- {label: card_arrival, contrast: card_arrival, count: 1}\n")
     with pytest.raises(plan.TargetsError, match=r"targets\[0\]\.contrast: 'card_arrival' is not another"):
         plan.load_targets(p, spec)
+
+
+@pytest.mark.parametrize("task,old", [("extraction", "extraction_v1"), ("instruction", "instruction_v1")])
+def test_extraction_and_instruction_prompts_share_their_long_part_first(task, old):
+    """The embedded teacher re-reads a prompt only after the prefix it shares with the previous
+    request: the default template puts the schema / response format (the same for every request)
+    before the per-request style, so two requests share most of their prompt; v1 did not."""
+    import os
+
+    spec = load_spec(EXAMPLES / task / "task.yaml")
+    reqs = [r for r in plan.plan_base(spec) if r["strategy"] != "evolve"][:6]
+    new = formats.template_name(spec)
+    assert new != old
+
+    def shared(tname: str) -> float:
+        texts = ["".join(m["content"] for m in formats.messages(tname, r)) for r in reqs]
+        return min(len(os.path.commonprefix([x, y])) / len(x) for x, y in zip(texts, texts[1:]))
+
+    assert shared(new) > 0.5 and shared(new) > shared(old) + 0.2, (shared(new), shared(old))
+    user = formats.messages(new, reqs[0])[-1]["content"]
+    tail = user[len(os.path.commonprefix([user, formats.messages(new, reqs[1])[-1]["content"]])):]
+    assert "Reply as JSON" not in tail  # only the per-request part differs
+    if task == "extraction":
+        assert reqs[0]["schema_text"] in user and "schema_text" not in tail

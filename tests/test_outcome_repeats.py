@@ -52,3 +52,22 @@ def test_repeat_profile_trains_with_its_seed():
     assert prof["outcome-train-s2"]["training"]["seed"] == 2
     assert "training" not in prof["outcome-train"] or "seed" not in prof["outcome-train"].get("training", {})
     assert "outcome-train-s0" not in ob.profiles(False, [16], None)
+
+
+def test_select_pools_keep_size_rows_nearest_real_traffic():
+    """`--conditions select`: one pool per size whose curate keeps that many rows a label, the
+    ones nearest real traffic; the profile is a valid spec (traffic given, a cap set)."""
+    from distilforge.spec import parse_spec
+    from distilforge.yamlfile import read_yaml
+
+    ob = _outcome()
+    assert not any(k.startswith("outcome-select") for k in ob.profiles(False, [16, 32], None))
+    prof = ob.profiles(False, [16, 32], None, select=True)
+    for n in (16, 32):
+        f = prof[f"outcome-select-{n}"]["curation"]["filters"]
+        assert f == {"max_per_label": n, "max_per_label_keeps": "most_traffic_like"}
+    raw = read_yaml(ob.TASK, "task spec")
+    raw["profiles"] = prof
+    spec = parse_spec(raw, source="t.yaml", profile="outcome-select-16")
+    assert spec.traffic is not None and spec.curation.filters.uses_traffic_reference
+    assert spec.curation.filters.min_traffic_similarity is None  # ranked, not thresholded: equal rows

@@ -40,7 +40,7 @@ def _norm(s: str) -> str:
 
 class ExtractionFormat(TaskFormat):
     type = "extraction"
-    template = "extraction_v1"
+    template = "extraction_v2"  # v1: per-request style before the shared schema (curation/prompts/README.md)
     headline_metric = "micro_f1"
     completion_guess = 0.8
 

@@ -27,7 +27,7 @@ class NoReference(UserError):
 
 class InstructionFormat(TaskFormat):
     type = "instruction"
-    template = "instruction_v1"
+    template = "instruction_v2"  # v1: per-request style before the shared format (curation/prompts/README.md)
     headline_metric = "win_or_tie"
     heldout_has_target = False  # real inputs, no reference replies: scored against the teacher's
 
