@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from distilforge.errors import DataError, UserError
+from distilforge.errors import DataError
 from distilforge.layout import Run
 from distilforge.manifest import Stage, load_dataset_dir, output_hash, read_manifest, sha256_json
 from distilforge.records import GenerationResult
@@ -141,16 +141,9 @@ def _reasons(ds) -> dict[str, int]:
 def _reference(spec, r: Run, locked) -> list[str] | None:
     """traffic.reference_texts when curate compares rows with real traffic
     (`curation.filters.min_traffic_similarity`, or `max_per_label_keeps: most_traffic_like`), the
-    dev split's texts excluded; the Ray backend does not do either yet: one clear error.
-    `locked`: the locked rows (loaded once by the caller)."""
-    f = spec.curation.filters
-    if not f.uses_traffic_reference:
+    dev split's texts excluded. `locked`: the locked rows (loaded once by the caller)."""
+    if not spec.curation.filters.uses_traffic_reference:
         return None
-    if spec.backend.kind == "ray":
-        what = ("min_traffic_similarity" if f.min_traffic_similarity is not None
-                else "max_per_label_keeps: most_traffic_like")
-        raise UserError(f"curation.filters.{what}: not supported with backend.kind ray yet "
-                        "(turn it off, or curate with the local backend)")
     from curation.traffic import dev_split, reference_texts
 
     dev = dev_split(r.root)
@@ -187,7 +180,7 @@ def curate_stage(spec: TaskSpec, run: Path) -> dict:
     if spec.backend.kind == "ray":  # same rows and reasons, spread over a Ray cluster (docs/scaling.md)
         from curation.raybackend import curate_ray
 
-        res = curate_ray(raw, spec, heldout=locked)
+        res = curate_ray(raw, spec, heldout=locked, traffic_texts=reference)
     else:
         res = curate(raw, spec, heldout=locked, traffic_texts=reference)
     st.save("curated", res.kept)

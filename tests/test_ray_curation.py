@@ -180,6 +180,33 @@ def test_per_label_dedup_and_balance_match_too(case, local_ray):
     assert_same(local, curate_ray(raw, spec, held, cache_root=cache, backend=Backend(kind="ray", cluster_rows=120)))
 
 
+def test_traffic_likeness_and_ranking_match_too(case, local_ray):
+    """The real-traffic likeness filter and `max_per_label_keeps: most_traffic_like` on Ray: the
+    same rows dropped as unlike traffic (cosine in the detail) and the same rows kept per label.
+    Reference: other Banking77 train rows of these intents (not among the curated ones); planted
+    rows about nothing are what the filter is for, and a real row is exempt and ranked first."""
+    spec, raw, held, _, cache, emb = case
+    spec = make_spec(curation={"min_traffic_similarity": 0.5, "max_per_label": 30,
+                               "max_per_label_keeps": "most_traffic_like"})
+    mine = set(raw["text"])
+    reference = [t for _, t in read_split("train.csv", spec, 2 * PER_LABEL) if t not in mine]
+    plant = ["Thank you for your prompt response, I appreciate the assistance.",
+             "We're currently trying to resolve this problem with our team.",
+             "Hi there! I think we should talk more about this."]
+    labs = spec.label_names
+    extra = [row(spec, 90000 + i, labs[i], t) for i, t in enumerate(plant)]
+    extra.append(row(spec, 90100, labs[0], "Oh no, that's not a nice situation to have.", strategy="traffic"))
+    raw = datasets.concatenate_datasets([raw, datasets.Dataset.from_list(extra, features=raw.features)])
+    local = curate(raw, spec, held, embedder=emb, traffic_texts=reference)
+    why = dict(zip(local.rejected["text"], local.rejected["reason"]))
+    assert all(why.get(t) == "unlike_traffic" for t in plant), why
+    assert "Oh no, that's not a nice situation to have." in set(local.kept["text"])
+    assert any("nearer real traffic" in d for d in local.rejected["detail"])
+    res = curate_ray(raw, spec, held, cache_root=cache, traffic_texts=reference)
+    assert_same(local, res)
+    assert res.info["traffic_likeness"] == local.info["traffic_likeness"]
+
+
 def make_run(path, spec, raw):
     lock(spec.heldout, spec, path / "heldout")
     st = Stage(path / "generate", "generate", {}, {"test": 1}).begin()

@@ -16,7 +16,8 @@ Parity is by construction: per-row and per-group decisions call the local functi
   semantic   k-means on a sample -> each row searched against the rows of its nearest cluster
              and of clusters almost as near -> pairs over the threshold -> components -> the
              local greedy pass per component (SemDeDup-style: nothing quadratic in n)
-  balance    groupby on the label
+  likeness   tasks against the broadcast real-traffic vectors (nearest cosine per row)
+  balance    groupby on the label (ranked by those cosines under most_traffic_like)
 
 The driver (driver.py) keeps only per-row verdicts (step, detail, cluster size), the label /
 length histogram behind the quality order's medians, and the deduplicated edge lists for
@@ -86,8 +87,9 @@ def ray_session(backend=None):
             ray.shutdown()
 
 
-def curate_ray(raw, spec: TaskSpec, heldout=None, *, backend=None, cache_root=None):
+def curate_ray(raw, spec: TaskSpec, heldout=None, *, backend=None, cache_root=None, traffic_texts=None):
     """`curation.curate.curate` on Ray: same arguments (minus the in-process embedder), same result.
+    `traffic_texts`: real messages for the likeness filter and ranking (traffic.reference_texts).
 
     `backend`: a `distilforge.spec.Backend` (default `spec.backend`): cluster address, CPUs for a
     local start, encode actors, semantic cluster size and probes. `cache_root`: the embedding cache
@@ -99,7 +101,7 @@ def curate_ray(raw, spec: TaskSpec, heldout=None, *, backend=None, cache_root=No
     with ray_session(backend):
         from curation.raybackend.driver import Run
 
-        res = Run(raw, spec, heldout, backend, cache_root).run()
+        res = Run(raw, spec, heldout, backend, cache_root, traffic_texts).run()
     if agree:
         res.info["teacher_agreement"] = agree
     agreement.annotate(res.funnel, agree)

@@ -57,10 +57,12 @@ def _median(hist: Counter) -> float:
 class Run:
     """One Ray curation: the driver-side ledger (who was dropped where, and why) and the passes."""
 
-    def __init__(self, raw, spec: TaskSpec, heldout, backend, cache_root):
+    def __init__(self, raw, spec: TaskSpec, heldout, backend, cache_root, traffic_texts=None):
         import ray
 
         self.raw, self.spec, self.cfg, self.heldout = raw, spec, spec.curation, heldout
+        self.traffic = traffic_texts
+        self.nearest: np.ndarray | None = None  # by _k: nearest real traffic cosine (likeness pass)
         self.backend, self.cache_root = backend, None if cache_root is None else str(cache_root)
         self.n = len(raw)
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -172,12 +174,16 @@ class Run:
                       .drop_columns(["step", "detail"])
 
         held = self.heldout
-        need_vectors = cfg.dedup.semantic or (held is not None and cfg.decontamination.enabled and cfg.decontamination.cosine is not None)
+        likeness = cfg.filters.uses_traffic_reference and bool(self.traffic)
+        need_vectors = cfg.dedup.semantic or likeness or (held is not None and cfg.decontamination.enabled
+                                                          and cfg.decontamination.cosine is not None)
         if need_vectors and self.n_alive():
             live = self.embed(live)
         else:
             live = live.materialize()
         self.scan(live, decon=held is not None and cfg.decontamination.enabled and len(held) > 0)
+        if likeness and self.n_alive():
+            self.likeness(live)
         if cfg.dedup.exact:
             self.group_pass(live, "exact_dedup", "exact_duplicate", "same normalized text", "ekey",
                             groups.exact_partition, ["_k", "id", "label", "text", "judge", "ntok", "ekey"])
@@ -244,6 +250,38 @@ class Run:
             self.hist.setdefault(lab, Counter())[int(n)] += int(c)
         if not decon:
             self.phase("label_histogram", t0)
+
+    def likeness(self, live):
+        """Each row's nearest real traffic message (reference vectors encoded here, broadcast once):
+        the `traffic_likeness` step (drops below `min_traffic_similarity`, real rows exempt) and
+        the cosines balance ranks by under `max_per_label_keeps: most_traffic_like`."""
+        import ray
+
+        from curation.embed import Embedder
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        emb = Embedder(cfg.embeddings.model, batch_size=cfg.embeddings.batch_size, threads=cfg.embeddings.threads,
+                       cache_root=self.cache_root)
+        ref = emb.encode(list(self.traffic))
+        out = _table(self.alive(live).select_columns(["_k", "vec", "real", "label", "ntok"])
+                     .map_batches(rows.nearest_traffic, batch_format="numpy", batch_size=None,
+                                  fn_kwargs={"ref": [ray.put(ref)]}))
+        ks, near, real = _col(out, "_k").astype(np.int64), _col(out, "near"), _col(out, "real").astype(bool)
+        lab, ntok = _col(out, "label"), _col(out, "ntok")
+        o = np.argsort(ks, kind="stable")
+        ks, near, real, lab, ntok = ks[o], near[o], real[o], lab[o], ntok[o]
+        self.nearest = np.zeros(self.n, dtype=np.float64)
+        self.nearest[ks] = np.where(real, 1.0, near.astype(np.float64))
+        th = cfg.filters.min_traffic_similarity
+        drop = (near < th) & ~real if th is not None else np.zeros(len(ks), bool)
+        for lb, n in zip(lab[drop], ntok[drop]):
+            self.hist[lb][int(n)] -= 1
+        self.info["traffic_likeness"] = {"reference_rows": len(ref), "threshold": th, "dropped": int(drop.sum()),
+                                         "nearest_quantiles": {q: round(float(np.quantile(near, q / 100)), 3)
+                                                               for q in (5, 25, 50)}}
+        self.record("traffic_likeness", "unlike_traffic", ks[drop],
+                    [f"nearest real traffic message cosine {s:.2f} < {th:g}" for s in near[drop]],
+                    self.phase("traffic_likeness", t0))
 
     def group_by(self, ds, keys: list[str]):
         """Rows sharing `keys` in one block, ready for `map_batches(batch_size=None)`: the shuffle
@@ -332,13 +370,18 @@ class Run:
                                  "cluster_rows": cluster_rows, **info}
 
     def balance(self, live):
+        import ray
+
         t0 = time.perf_counter()
+        by_traffic = None  # max_per_label_keeps most_traffic_like: the cosines, broadcast once
+        if self.cfg.filters.max_per_label_keeps == "most_traffic_like" and self.nearest is not None:
+            by_traffic = [ray.put(self.nearest)]
         n = self.n_alive()
         drops = None
         if n:
             drops = _table(self.group_by(self.alive(live).select_columns(["_k", "label", "judge", "ntok"]), ["label"])
                            .map_batches(groups.balance_partition, batch_format="numpy", batch_size=None,
-                                        fn_kwargs={"med": self.medians(), "cfg": self.cfg}))
+                                        fn_kwargs={"med": self.medians(), "cfg": self.cfg, "nearest": by_traffic}))
         ks, details = _col(drops, "_k"), _col(drops, "detail")
         o = np.argsort(ks, kind="stable")
         self.record("balance", "label_over_max", ks[o], list(details[o]), self.phase("balance", t0))

@@ -103,16 +103,27 @@ def semantic_partition(batch: dict, med: dict, cfg) -> dict:
     return _run_groups(batch, "comp", decide, med, cfg)
 
 
-def balance_partition(batch: dict, med: dict, cfg) -> dict:
-    """Per label, the rows after the best `max_per_label` in quality order."""
+def balance_partition(batch: dict, med: dict, cfg, nearest=None) -> dict:
+    """Per label, the rows after the best `max_per_label` in quality order, or (`nearest`: a list
+    holding the ObjectRef of each row's nearest-traffic cosine, indexed by `_k`) after the
+    `max_per_label` nearest real traffic, the quality order breaking ties, as the local funnel."""
+    near = None
+    if nearest is not None:
+        import ray
+
+        near = ray.get(nearest[0])
+    n = cfg.filters.max_per_label
     ks, details = [], []
-    for idx in _groups(batch["label"], batch["_k"], min_size=cfg.filters.max_per_label + 1):
+    for idx in _groups(batch["label"], batch["_k"], min_size=n + 1):
         g = {c: batch[c][idx] for c in ("judge", "ntok", "label", "_k")}
         order = quality_order(g["judge"], g["ntok"], g["label"], g["_k"], med, cfg.filters.min_tokens, cfg.filters.max_tokens)
+        if near is not None:
+            order = sorted(order, key=lambda i: -near[g["_k"][i]])
         lab = g["label"][0]
-        for i in order[cfg.filters.max_per_label:]:
+        for i in order[n:]:
             ks.append(g["_k"][i])
-            details.append(f"label {lab} already has {cfg.filters.max_per_label} better rows")
+            details.append(f"label {lab} already has {n} rows nearer real traffic (this one's nearest cosine "
+                           f"{near[g['_k'][i]]:.2f})" if near is not None else f"label {lab} already has {n} better rows")
     return {"_k": np.array(ks, dtype=np.int64), "detail": np.array(details, dtype=object)}
 
 

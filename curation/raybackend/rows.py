@@ -97,6 +97,8 @@ def check_batch(batch, spec: TaskSpec, has_judge_column: bool, lsh: tuple[int, i
         "detail": np.array(detail, dtype=object),
         "id": np.array([str(r["id"]) if ok[i] else "" for i, r in enumerate(rows)], dtype=object),
         "label": label, "text": text, "judge": judge,
+        # a real traffic row (traffic.STRATEGY): the likeness filter passes it, the ranking puts it first
+        "real": np.array([r.get("strategy") == "traffic" for r in rows], dtype=bool),
         "ntok": np.array([len(dedup.tokens(t)) if ok[i] else 0 for i, t in enumerate(text)], dtype=np.int64),
         "ekey": np.array([exact_key(t, lab if per_label else None) if ok[i] else 0
                           for i, (t, lab) in enumerate(zip(text, label))], dtype=np.int64),
@@ -193,6 +195,18 @@ def leak_details(batch: dict, held, cfg) -> dict[int, tuple[str, list[str]]]:
                  for kind, hid, score in hits]
         out[i] = ("; ".join(parts), [kind for kind, _, _ in hits])
     return out
+
+
+def nearest_traffic(batch: dict, ref) -> dict:
+    """Each row's cosine to its nearest real traffic message (the broadcast reference vectors),
+    as `curate._unlike_traffic` computes it (1,024 rows per product)."""
+    import ray
+
+    r = ray.get(ref[0])  # an ObjectRef inside a list, so Ray passes it through unresolved
+    x = batch["vec"].astype(np.float32) if len(batch["_k"]) else np.zeros((0, r.shape[1]), np.float32)
+    near = (np.concatenate([(x[i:i + 1024] @ r.T).max(1) for i in range(0, len(x), 1024)])
+            if len(x) else np.zeros(0, np.float32))
+    return {"_k": batch["_k"], "near": near, "real": batch["real"], "label": batch["label"], "ntok": batch["ntok"]}
 
 
 def scan_batch(batch: dict, held, cfg) -> dict:
