@@ -29,6 +29,7 @@ import datasets
 import numpy as np
 
 from curation import agreement, decontam, dedup, filters
+from curation.embed import nearest_similarity
 from heldout.formats import task_format
 from distilforge.spec import TaskSpec
 
@@ -298,7 +299,7 @@ def _unlike_traffic(ref: np.ndarray, vecs: Callable[[list[dict]], np.ndarray], t
     def decide(rows: list[dict]) -> Verdicts:
         # "traffic" is traffic.STRATEGY; importing it here would close an import cycle
         x = vecs(rows)
-        near = np.concatenate([(x[i:i + 1024] @ ref.T).max(1) for i in range(0, len(x), 1024)])
+        near = nearest_similarity(x, ref)
         # a real message is as traffic-like as a row gets, whether or not the sample holds it
         nearest.update((r["_k"], 1.0 if r.get("strategy") == "traffic" else float(s)) for r, s in zip(rows, near))
         out = {i: ("unlike_traffic", f"nearest real traffic message cosine {s:.2f} < {th:g}")

@@ -69,6 +69,15 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def nearest_similarity(x: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Each row of `x`'s cosine to its nearest row of `ref` (both L2-normalized), `chunk` rows of
+    `x` per product so memory stays bounded; the local funnel and the Ray backend share it, so
+    both see the same floats."""
+    if not len(x):
+        return np.zeros(0, np.float32)
+    return np.concatenate([(x[i:i + chunk] @ ref.T).max(1) for i in range(0, len(x), chunk)])
+
+
 class EmbeddingCache:
     """sha256(text) -> float32 vector, one SQLite file per model."""
 

@@ -199,13 +199,13 @@ def leak_details(batch: dict, held, cfg) -> dict[int, tuple[str, list[str]]]:
 
 def nearest_traffic(batch: dict, ref) -> dict:
     """Each row's cosine to its nearest real traffic message (the broadcast reference vectors),
-    as `curate._unlike_traffic` computes it (1,024 rows per product)."""
+    as `curate._unlike_traffic` computes it."""
     import ray
 
+    from curation.embed import nearest_similarity
+
     r = ray.get(ref[0])  # an ObjectRef inside a list, so Ray passes it through unresolved
-    x = batch["vec"].astype(np.float32) if len(batch["_k"]) else np.zeros((0, r.shape[1]), np.float32)
-    near = (np.concatenate([(x[i:i + 1024] @ r.T).max(1) for i in range(0, len(x), 1024)])
-            if len(x) else np.zeros(0, np.float32))
+    near = nearest_similarity(batch["vec"].astype(np.float32) if len(batch["_k"]) else np.zeros((0, r.shape[1])), r)
     return {"_k": batch["_k"], "near": near, "real": batch["real"], "label": batch["label"], "ntok": batch["ntok"]}
 
 
